@@ -1,0 +1,6 @@
+"""AdaLoRA signal-replacement ablation: PEFT's AdaLoRA with only the triplet-scoring signal swapped."""
+
+from .signals import SIGNALS, Signal, SignalConfig, register_signal
+
+__version__ = "0.1.0"
+__all__ = ["SIGNALS", "Signal", "SignalConfig", "register_signal", "__version__"]

@@ -1,0 +1,185 @@
+"""Command-line arguments as dataclasses (parsed by HfArgumentParser, with TrainingArguments for the Trainer).
+
+Precedence, lowest first: built-in defaults < the task preset file (``configs/<task>[_<preset>].yaml``) < a YAML/JSON
+config file given as the only positional argument < flags on the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from .errors import UsageError
+from .signals import NORMALIZE_METHODS, SIGNALS
+from .tasks import TASK_NAMES
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+DEFAULT_MODEL = "microsoft/deberta-v3-base"
+
+
+@dataclass
+class RunArguments:
+    task: str = field(default="rte", metadata={"help": "GLUE task: mnli, rte, or synthetic (offline demo task)."})
+    signal: str = field(default="baseline_adalora", metadata={"help": f"Scoring signal: {', '.join(SIGNALS)}."})
+    preset: str = field(
+        default="default",
+        metadata={"help": "Task preset from configs/: 'default' (quick) or 'paper' (AdaLoRA paper settings)."},
+    )
+    output_root: str = field(
+        default="outputs", metadata={"help": "Runs go to <output-root>/<task>/<signal>/<seed>/ (the output_dir)."}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Replace a run folder that already holds a finished run."})
+
+
+@dataclass
+class ModelArguments:
+    model: str = field(
+        default_factory=lambda: os.environ.get("ADALORA_MODEL_PATH", DEFAULT_MODEL),
+        metadata={"help": "Hub id or local folder (default $ADALORA_MODEL_PATH or microsoft/deberta-v3-base); "
+                          "'tiny-deberta' builds a small random DeBERTa-v3-shaped model offline."},
+    )
+    target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Linear module names (suffixes) to adapt; default: detected from the model "
+                          "(Q, K, V, attention output, FFN in, FFN out of every encoder layer)."},
+    )
+    modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={"help": "Modules trained in full beside the adapters; default: the classification head "
+                          "(pooler and classifier)."},
+    )
+
+
+@dataclass
+class DataArguments:
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "Local GLUE folder with RTE/{train,dev}.tsv and MNLI/{train,dev_matched,dev_mismatched}.tsv; "
+                          "default: the GLUE dataset from the hub."},
+    )
+    max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows of each eval set."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Tokenized-dataset cache (default $ADALORA_CACHE or ~/.cache/adalora_ablation)."}
+    )
+
+
+@dataclass
+class AdaLoraArguments:
+    init_r: int = field(default=12, metadata={"help": "Initial rank of every adapted matrix."})
+    target_r: int = field(default=4, metadata={"help": "Average final rank; the budget is target_r x modules."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter input."})
+    tinit: int = field(default=200, metadata={"help": "Warm-up steps before the budget starts to fall."})
+    tfinal: int = field(default=200, metadata={"help": "Length of the final fixed-budget phase (the last tfinal steps)."})
+    deltaT: int = field(default=10, metadata={"help": "Steps between two allocations while the budget falls."})
+    beta1: float = field(default=0.85, metadata={"help": "PEFT sensitivity EMA (baseline_adalora)."})
+    beta2: float = field(default=0.85, metadata={"help": "PEFT uncertainty EMA (baseline_adalora)."})
+    orth_reg_weight: float = field(default=0.5, metadata={"help": "Orthogonal regularisation weight (PEFT default)."})
+    ema_decay: float = field(default=0.9, metadata={"help": "EMA decay of importance_only / plasticity_only / combo."})
+    combo_lambda: float = field(default=1.0, metadata={"help": "combo = norm(importance) + lambda * norm(plasticity)."})
+    normalize_method: str = field(default="zscore", metadata={"help": f"combo normalisation: {', '.join(NORMALIZE_METHODS)}."})
+
+
+ARGUMENT_CLASSES = (RunArguments, ModelArguments, DataArguments, AdaLoraArguments, TrainingArguments)
+
+# Trainer-side defaults that differ from TrainingArguments' own (lowest precedence).
+BASE_DEFAULTS = {"report_to": "none", "save_total_limit": 2, "logging_steps": 10, "disable_tqdm": True}
+
+
+class _OneLineParser(HfArgumentParser):
+    """argparse prints usage plus the error; we print the error alone, on one line, and exit 2."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see 'adalora-ablation train --help')")
+
+
+def _to_argv(options: dict) -> list[str]:
+    argv = []
+    for key, value in options.items():
+        if isinstance(value, bool):
+            argv += [f"--{key}", str(value)]
+        elif isinstance(value, (list, tuple)):
+            argv += [f"--{key}", *[str(v) for v in value]]
+        elif value is not None:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def _read_options(path: Path) -> dict:
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise UsageError(f"cannot read config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path} must hold a mapping of argument names to values")
+    return data
+
+
+def _peek(argv: list[str], name: str, default: str) -> str:
+    """The last value given for --name/--name-with-dashes in argv (before full parsing, to pick the preset)."""
+    value = default
+    flags = {f"--{name}", f"--{name.replace('_', '-')}"}
+    for i, tok in enumerate(argv):
+        if tok in flags and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif "=" in tok and tok.split("=", 1)[0] in flags:
+            value = tok.split("=", 1)[1]
+    return value
+
+
+def preset_path(task: str, preset: str) -> Path:
+    return CONFIG_DIR / (f"{task}.yaml" if preset == "default" else f"{task}_{preset}.yaml")
+
+
+def parse_train_args(argv: list[str]):
+    """Parse ``train`` arguments into (run, model, data, adalora, training) dataclasses."""
+    argv = list(argv)
+    file_options: dict = {}
+    if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml", ".json")):
+        file_options = _read_options(Path(argv.pop(0)))
+    user_argv = _to_argv(file_options) + argv
+    task = _peek(user_argv, "task", RunArguments.task)
+    preset = _peek(user_argv, "preset", RunArguments.preset)
+    path = preset_path(task, preset)
+    if task in TASK_NAMES and not path.exists():
+        choices = sorted(p.stem.split("_", 1)[1] for p in CONFIG_DIR.glob(f"{task}_*.yaml"))
+        raise UsageError(f"no preset {preset!r} for task {task!r}; choose one of: default, {', '.join(choices)}")
+    preset_options = _read_options(path) if path.exists() else {}
+    full = _to_argv(BASE_DEFAULTS) + _to_argv(preset_options) + user_argv
+    parser = _OneLineParser(ARGUMENT_CLASSES, prog="adalora-ablation train")
+    try:
+        run, model, data, adalora, training = parser.parse_args_into_dataclasses(args=full)
+    except ValueError as exc:  # TrainingArguments.__post_init__ rejects some combinations
+        raise UsageError(str(exc).splitlines()[0]) from None
+    validate(run, adalora)
+    return run, model, data, adalora, training
+
+
+def validate(run: RunArguments, adalora: AdaLoraArguments) -> None:
+    if run.task not in TASK_NAMES:
+        raise UsageError(f"unknown task {run.task!r}; use --task with one of: {', '.join(TASK_NAMES)}")
+    if run.signal not in SIGNALS:
+        raise UsageError(f"unknown signal {run.signal!r}; use --signal with one of: {', '.join(SIGNALS)}")
+    if adalora.normalize_method not in NORMALIZE_METHODS:
+        raise UsageError(f"unknown --normalize-method {adalora.normalize_method!r}; "
+                         f"choose one of: {', '.join(NORMALIZE_METHODS)}")
+    if not 0 < adalora.target_r <= adalora.init_r:
+        raise UsageError(f"--target-r {adalora.target_r} must be between 1 and --init-r {adalora.init_r}")
+    if adalora.deltaT < 1 or adalora.tinit < 0 or adalora.tfinal < 0:
+        raise UsageError("--deltaT must be >= 1 and --tinit/--tfinal >= 0")
+    if not 0 < adalora.ema_decay < 1:
+        raise UsageError(f"--ema-decay {adalora.ema_decay} must be strictly between 0 and 1")
+
+
+def help_text() -> str:
+    return _OneLineParser(ARGUMENT_CLASSES, prog="adalora-ablation train").format_help()
+

@@ -1,0 +1,106 @@
+"""The Trainer hook: one AdaLoRA update per optimizer step, and the run's jsonl logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from .allocator import SignalRankAllocator
+from .run_files import METRICS, RANK_PATTERN, SIGNAL_SCORES, append_jsonl
+
+
+def phase_of(step: int, tinit: int, tfinal: int, total_step: int) -> str:
+    if step <= tinit:
+        return "warmup"
+    return "final" if step >= total_step - tfinal else "reduction"
+
+
+def describe_schedule(allocator: SignalRankAllocator) -> str:
+    cfg = allocator.peft_config
+    final_start = cfg.total_step - cfg.tfinal
+    return (
+        f"[AdaLoRA schedule] {allocator.layout.num_modules} modules x init_r {allocator.layout.r}: "
+        f"warm-up until step {cfg.tinit}; budget falls from {allocator.init_bgt} to {allocator.target_bgt} "
+        f"between steps {cfg.tinit} and {final_start} with an allocation every {cfg.deltaT} steps; fixed at "
+        f"{allocator.target_bgt} for the last {cfg.tfinal} steps ({final_start}..{cfg.total_step - 1}); "
+        f"total_step={cfg.total_step}; signal={allocator.signal_name}"
+    )
+
+
+def score_aggregates(scores: torch.Tensor, names: list[str]) -> dict[str, dict[str, float]]:
+    """Per-module sum/mean/min/max of its triplet scores."""
+    s = scores.detach().double().cpu()
+    rows = zip(s.sum(1).tolist(), s.mean(1).tolist(), s.min(1).values.tolist(), s.max(1).values.tolist())
+    return {n: {"sum": a, "mean": b, "min": c, "max": d} for n, (a, b, c, d) in zip(names, rows)}
+
+
+class AdaLoraCallback(TrainerCallback):
+    def __init__(self, peft_model, allocator: SignalRankAllocator, run_dir: Path, write_files: bool, log=print):
+        self.peft_model = peft_model
+        self.allocator = allocator
+        self.run_dir = Path(run_dir)
+        self.write_files = write_files
+        self.log = log
+        self.ranks = [allocator.layout.r] * allocator.layout.num_modules
+        self.allocations = 0
+        self.budget_violations = 0
+        self.trainer = None  # set by train.py; used to detect optimizer steps skipped by the fp16 scaler
+
+    # -- Trainer events ------------------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        total_step = self.allocator.peft_config.total_step
+        if state.max_steps != total_step:
+            raise RuntimeError(
+                f"AdaLoRA total_step={total_step} but the Trainer will take {state.max_steps} optimizer steps; "
+                "the budget schedule would be wrong (please report this with your arguments)"
+            )
+        self.log(describe_schedule(self.allocator))
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        # Called after optimizer.step() and before zero_grad(), once per optimizer step (not per micro-batch).
+        # state.global_step is still the 0-based index of this step, which is what PEFT expects.
+        if self.trainer is not None and self.trainer.accelerator.optimizer_step_was_skipped:
+            return  # the fp16 scaler found inf/NaN: the weights did not move, so neither do EMAs or masks
+        step = state.global_step
+        self.peft_model.base_model.update_and_allocate(step)
+        allocation, self.allocator.last_allocation = self.allocator.last_allocation, None
+        if allocation is not None:
+            self._record_allocation(step, state.epoch, allocation)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.write_files and logs:
+            append_jsonl(self.run_dir / METRICS, {"step": state.global_step, **logs})
+
+    # -- allocation records --------------------------------------------------------------------------------------
+    def _record_allocation(self, step: int, epoch, allocation: dict) -> None:
+        layout = self.allocator.layout
+        cfg = self.allocator.peft_config
+        new_ranks = allocation["keep"].sum(1).tolist()
+        total_rank = sum(new_ranks)
+        budget = allocation["budget"]
+        ok = total_rank == budget
+        self.allocations += 1
+        self.budget_violations += not ok
+        active = sum(r > 0 for r in new_ranks)
+        self.log(f"[AdaLoRA Update] Step {step}: Total budget={budget}, Active modules={active}")
+        for name, old, new in zip(layout.names, self.ranks, new_ranks):
+            if old != new:
+                self.log(f"  {name}: rank {old} -> {new}")
+        self.log(f"[AdaLoRA Update] Budget check: kept {total_rank} triplets, budget {budget}: {'OK' if ok else 'MISMATCH'}")
+        self.ranks = new_ranks
+        if not self.write_files:
+            return
+        common = {"step": step, "epoch": epoch, "phase": phase_of(step, cfg.tinit, cfg.tfinal, cfg.total_step)}
+        append_jsonl(self.run_dir / RANK_PATTERN, {
+            **common, "budget": budget, "total_rank": total_rank, "budget_ok": ok,
+            "nonfinite_steps": allocation["nonfinite_steps"], "score_updates": allocation["steps_seen"],
+            "ranks": dict(zip(layout.names, new_ranks)),
+            "kept": {n: [int(k) for k in row] for n, row in zip(layout.names, allocation["keep"].tolist())},
+        })
+        append_jsonl(self.run_dir / SIGNAL_SCORES, {
+            **common, "signal": self.allocator.signal_name,
+            "modules": score_aggregates(allocation["scores"], layout.names),
+            "parts": {part: score_aggregates(s, layout.names) for part, s in allocation["parts"].items()},
+        })

@@ -1,0 +1,179 @@
+"""One run: parse -> check -> load model and data -> wrap with AdaLoRA (+ our allocator) -> Trainer -> summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import peft
+import torch
+import transformers
+from sklearn.metrics import accuracy_score
+from transformers import DataCollatorWithPadding, Trainer, set_seed
+
+from .allocator import install_allocator
+from .args import parse_train_args
+from .callback import AdaLoraCallback
+from .data import load_tokenized
+from .errors import UsageError
+from .model import (
+    count_parameters, detect_head_modules, detect_target_modules, load_model_and_tokenizer, wrap_with_adalora,
+)
+from .run_files import SUMMARY, read_summary, write_json_atomic
+from .signals import SignalConfig
+from .tasks import TASKS
+
+PEFT_VERSION = "0.18.1"
+
+
+def check_peft_version(version: str = peft.__version__) -> None:
+    if version != PEFT_VERSION:
+        raise UsageError(f"peft {version} is installed but this tool is pinned to peft {PEFT_VERSION} (its AdaLoRA "
+                         f"schedule and masking are what we compare against): pip install peft=={PEFT_VERSION}")
+
+
+def compute_total_step(num_train_rows: int, args) -> int:
+    """The number of optimizer steps the Trainer will take (PEFT needs it before the model is wrapped)."""
+    if args.max_steps > 0:
+        return args.max_steps
+    batch = args.train_batch_size  # per device x GPUs seen by this process
+    batches = num_train_rows // batch if args.dataloader_drop_last else math.ceil(num_train_rows / batch)
+    world = max(args.world_size, 1)  # accelerate shards the batches over processes
+    per_process = batches // world if args.dataloader_drop_last else math.ceil(batches / world)
+    per_epoch = max(math.ceil(per_process / args.gradient_accumulation_steps), 1)
+    return math.ceil(args.num_train_epochs * per_epoch)
+
+
+def check_schedule(tinit: int, tfinal: int, total_step: int) -> None:
+    if tinit >= total_step - tfinal:
+        hint_tinit, hint_tfinal = max(total_step // 10, 0), max(total_step // 5, 0)
+        raise UsageError(
+            f"impossible AdaLoRA schedule: total_step came out as {total_step} optimizer steps, but --tinit {tinit} "
+            f">= total_step - --tfinal {tfinal} = {total_step - tfinal}, leaving no budget-reduction phase; try "
+            f"--tinit {hint_tinit} --tfinal {hint_tfinal}, or train longer (--max-steps / --num-train-epochs)"
+        )
+
+
+def run_dir_for(output_root: str, task: str, signal: str, seed: int) -> Path:
+    return Path(output_root) / task / signal / str(seed)
+
+
+def compute_accuracy(eval_pred):
+    logits, labels = eval_pred
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return {"accuracy": float(accuracy_score(labels, np.argmax(logits, axis=-1)))}
+
+
+def library_versions() -> dict[str, str]:
+    import datasets
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "datasets": datasets.__version__}
+
+
+def train(argv: list[str], log=print) -> dict:
+    """Run one training job from command-line style arguments; returns the final summary."""
+    started = time.time()
+    run_args, model_args, data_args, ada_args, training_args = parse_train_args(argv)
+    check_peft_version()
+    task = TASKS[run_args.task]
+    seed = training_args.seed
+    run_dir = run_dir_for(run_args.output_root, task.name, run_args.signal, seed)
+    if read_summary(run_dir) is not None and not run_args.overwrite:
+        raise UsageError(f"{run_dir} already holds a finished run; pass --overwrite to replace it "
+                         f"or choose another --output-root")
+    training_args.output_dir = str(run_dir)
+
+    # Everything that can fail on bad input happens before anything is written.
+    set_seed(seed)
+    model, tokenizer = load_model_and_tokenizer(model_args.model, task.labels)
+    data = load_tokenized(task, data_args, tokenizer, model_args.model, log=log)
+    train_set = data[task.train_split]
+    eval_sets = {name: data[split] for name, split in task.eval_splits.items()}
+    target_modules = detect_target_modules(model, model_args.target_modules)
+    modules_to_save = model_args.modules_to_save or detect_head_modules(model)
+    total_step = compute_total_step(len(train_set), training_args)
+    check_schedule(ada_args.tinit, ada_args.tfinal, total_step)
+
+    peft_model = wrap_with_adalora(model, target_modules, modules_to_save, ada_args, total_step)
+    signal_config = SignalConfig(beta1=ada_args.beta1, beta2=ada_args.beta2, ema_decay=ada_args.ema_decay,
+                                 combo_lambda=ada_args.combo_lambda, normalize_method=ada_args.normalize_method,
+                                 seed=seed)
+    allocator = install_allocator(peft_model, run_args.signal, signal_config)
+    params = count_parameters(peft_model)
+    log(f"[model] {model_args.model}: {len(target_modules)} adapted modules, trained in full: {modules_to_save}; "
+        f"trainable parameters {params['trainable']:,} of {params['total']:,}")
+    if task.synthetic:
+        log("[data] task 'synthetic' is a SYNTHETIC keyword task for offline demos, not GLUE")
+
+    is_main = training_args.process_index == 0
+    if is_main:
+        if run_dir.exists():  # an unfinished run, or --overwrite of a finished one: start clean
+            log(f"[run] replacing the previous contents of {run_dir}")
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+    callback = AdaLoraCallback(peft_model, allocator, run_dir, write_files=is_main, log=log if is_main else _quiet)
+    trainer = Trainer(
+        model=peft_model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_sets[""] if "" in eval_sets else eval_sets,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_accuracy,
+        callbacks=[callback],
+    )
+    callback.trainer = trainer
+    train_result = trainer.train()
+    eval_metrics = trainer.evaluate()
+
+    summary = {
+        "task": task.name,
+        "synthetic": task.synthetic,
+        "signal": run_args.signal,
+        "seed": seed,
+        "model": model_args.model,
+        **accuracy_fields(eval_metrics),
+        "eval_metrics": eval_metrics,
+        "train_loss": train_result.training_loss,
+        "total_step": total_step,
+        "total_rank": sum(callback.ranks),
+        "target_budget": allocator.target_bgt,
+        "initial_budget": allocator.init_bgt,
+        "budget_check_passed": callback.budget_violations == 0 and sum(callback.ranks) == allocator.target_bgt,
+        "allocations": callback.allocations,
+        "nonfinite_steps": int(allocator.nonfinite_steps),
+        "final_ranks": dict(zip(allocator.layout.names, callback.ranks)),
+        "trainable_parameters": params["trainable"],
+        "total_parameters": params["total"],
+        "target_modules": target_modules,
+        "modules_to_save": modules_to_save,
+        "config": {
+            "run": dataclasses.asdict(run_args), "model": dataclasses.asdict(model_args),
+            "data": dataclasses.asdict(data_args), "adalora": dataclasses.asdict(ada_args),
+            "training": training_args.to_dict(),
+        },
+        "versions": library_versions(),
+        "wall_time_s": round(time.time() - started, 2),
+    }
+    if is_main:
+        write_json_atomic(run_dir / SUMMARY, summary)
+        log(f"[run] {task.name}/{run_args.signal}/{seed}: accuracy {summary['eval_accuracy']:.4f}, "
+            f"total rank {summary['total_rank']} (budget {summary['target_budget']}) -> {run_dir}")
+    return summary
+
+
+def accuracy_fields(metrics: dict) -> dict:
+    """eval_accuracy (MNLI: matched) and, for MNLI, eval_accuracy_mm (mismatched)."""
+    if "eval_accuracy" in metrics:
+        return {"eval_accuracy": metrics["eval_accuracy"]}
+    return {"eval_accuracy": metrics["eval_matched_accuracy"], "eval_accuracy_mm": metrics["eval_mismatched_accuracy"]}
+
+
+def _quiet(*_args, **_kwargs):
+    pass
+
