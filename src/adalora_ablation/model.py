@@ -136,7 +136,7 @@ def detect_head_modules(model: torch.nn.Module) -> list[str]:
 
 def wrap_with_adalora(model, target_modules: list[str], modules_to_save: list[str], adalora_args, total_step: int):
     config = AdaLoraConfig(
-        task_type="SEQ_CLS", target_modules=target_modules, modules_to_save=modules_to_save,
+        task_type="SEQ_CLS", target_modules=list(target_modules), modules_to_save=list(modules_to_save),  # PEFT extends it in place
         init_r=adalora_args.init_r, target_r=adalora_args.target_r, lora_alpha=adalora_args.lora_alpha,
         lora_dropout=adalora_args.lora_dropout, tinit=adalora_args.tinit, tfinal=adalora_args.tfinal,
         deltaT=adalora_args.deltaT, beta1=adalora_args.beta1, beta2=adalora_args.beta2,
