@@ -157,9 +157,12 @@ def parse_train_args(argv: list[str]):
     full = _to_argv(BASE_DEFAULTS) + _to_argv(preset_options) + user_argv
     parser = _OneLineParser(ARGUMENT_CLASSES, prog="adalora-ablation train")
     try:
-        run, model, data, adalora, training = parser.parse_args_into_dataclasses(args=full)
+        *parsed, unknown = parser.parse_args_into_dataclasses(args=full, return_remaining_strings=True)
     except ValueError as exc:  # TrainingArguments.__post_init__ rejects some combinations
         raise UsageError(str(exc).splitlines()[0]) from None
+    if unknown:
+        raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (see 'adalora-ablation train --help')")
+    run, model, data, adalora, training = parsed
     validate(run, adalora)
     return run, model, data, adalora, training
 

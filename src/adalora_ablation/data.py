@@ -78,24 +78,30 @@ def local_split_path(data_dir: str, task: Task, split: str) -> Path:
     return Path(data_dir).expanduser() / task.local_dir / LOCAL_FILES[split]
 
 
+def local_files(task: Task, data_dir: str) -> dict[str, Path]:
+    """The task's local TSV per split; a missing one is a usage error naming the expected layout."""
+    splits = [task.train_split, *task.eval_splits.values()]
+    paths = {s: local_split_path(data_dir, task, s) for s in splits}
+    absent = [str(p) for p in paths.values() if not p.is_file()]
+    if absent:
+        raise UsageError(f"missing data file(s) {', '.join(absent)}; pass --data-dir with a GLUE folder holding "
+                         f"{task.local_dir}/{{{','.join(LOCAL_FILES[s] for s in splits)}}}")
+    return paths
+
+
 def load_raw(task: Task, data_dir: str | None) -> DatasetDict:
     """Train split plus every eval split of the task, with columns (text_keys..., label)."""
-    splits = [task.train_split, *task.eval_splits.values()]
     if task.synthetic:
         return synthetic_task(seed=0)  # one fixed dataset for every run, so signals and seeds share it
     if data_dir is not None:
-        paths = {s: local_split_path(data_dir, task, s) for s in splits}
-        absent = [str(p) for p in paths.values() if not p.is_file()]
-        if absent:
-            raise UsageError(f"missing data file(s) {', '.join(absent)}; pass --data-dir with a GLUE folder holding "
-                             f"{task.local_dir}/{{{','.join(LOCAL_FILES[s] for s in splits)}}}")
-        return DatasetDict({s: read_glue_tsv(p, task) for s, p in paths.items()})
+        return DatasetDict({s: read_glue_tsv(p, task) for s, p in local_files(task, data_dir).items()})
     try:
         raw = datasets.load_dataset("nyu-mll/glue", task.hub_config)
     except Exception as exc:  # network errors come in many types; all mean the same to the user
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"cannot load GLUE {task.name} from the hub ({first}); offline, pass --data-dir with a local "
                          f"GLUE folder") from None
+    splits = [task.train_split, *task.eval_splits.values()]
     return DatasetDict({s: raw[s].select_columns([*task.text_keys, "label"]) for s in splits})
 
 
@@ -105,8 +111,7 @@ def data_fingerprint(task: Task, data_dir: str | None) -> str:
     if data_dir is None:
         return f"hub:nyu-mll/glue/{task.hub_config}"
     parts = []
-    for split in [task.train_split, *task.eval_splits.values()]:
-        p = local_split_path(data_dir, task, split)
+    for p in local_files(task, data_dir).values():
         st = p.stat()
         parts.append(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}")
     return "|".join(parts)

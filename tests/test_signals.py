@@ -1,0 +1,141 @@
+"""Each signal's formula against numbers computed independently here, on small tensors."""
+
+import pytest
+import torch
+from scipy.stats import rankdata
+
+from adalora_ablation.lora_layout import LoraLayout
+from adalora_ablation.signals import SIGNALS, SignalConfig, build_signal, normalize
+
+
+class TwoModules(torch.nn.Module):
+    """Two fake adapted modules with PEFT's parameter naming (A: r x in, E: r x 1, B: out x r)."""
+
+    def __init__(self, r=3):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        for name, (din, dout) in {"q": (4, 5), "ffn": (6, 2)}.items():
+            mod = torch.nn.Module()
+            mod.lora_A = torch.nn.ParameterDict({"default": torch.nn.Parameter(torch.randn(r, din, generator=g))})
+            mod.lora_E = torch.nn.ParameterDict({"default": torch.nn.Parameter(torch.randn(r, 1, generator=g))})
+            mod.lora_B = torch.nn.ParameterDict({"default": torch.nn.Parameter(torch.randn(dout, r, generator=g))})
+            self.add_module(name, mod)
+
+    def set_grads(self, seed):
+        g = torch.Generator().manual_seed(seed)
+        for p in self.parameters():
+            p.grad = torch.randn(p.shape, generator=g)
+
+
+def step_all(signal, model, layout, seeds):
+    for s in seeds:
+        model.set_grads(s)
+        signal.update(layout.flat_weights(), layout.flat_grads(), torch.tensor(True))
+
+
+def per_module(model):
+    """(A, E, B) parameters per module in the layout's (sorted) order: ffn before q."""
+    return [(m.lora_A["default"], m.lora_E["default"], m.lora_B["default"]) for m in (model.ffn, model.q)]
+
+
+def test_layout_orders_modules_like_peft_and_shortens_names():
+    layout = LoraLayout(TwoModules())
+    assert layout.keys == ["ffn.%s.default", "q.%s.default"]
+    assert layout.num_triplets == 6 and layout.r == 3
+
+
+@pytest.mark.parametrize("decay", [0.9, 0.5])
+def test_importance_only_is_ema_of_abs_w_times_grad_combined_like_peft(decay):
+    model, seeds = TwoModules(), [1, 2, 3]
+    layout = LoraLayout(model)
+    signal = build_signal("importance_only", layout, SignalConfig(ema_decay=decay))
+    step_all(signal, model, layout, seeds)
+    expected = []
+    for a, e, b in per_module(model):
+        ema = {k: torch.zeros_like(p) for k, p in (("a", a), ("e", e), ("b", b))}
+        for s in seeds:
+            model.set_grads(s)  # the same gradients as the signal saw at that step
+            for k, p in (("a", a), ("e", e), ("b", b)):
+                ema[k] = decay * ema[k] + (1 - decay) * (p * p.grad).abs()
+        expected.append(ema["e"].view(-1) + ema["a"].mean(1) + ema["b"].mean(0))
+    torch.testing.assert_close(signal.scores(), torch.stack(expected))
+
+
+def test_plasticity_is_ema_of_triplet_gradient_norm():
+    model, seeds, decay = TwoModules(), [4, 5], 0.9
+    layout = LoraLayout(model)
+    signal = build_signal("plasticity_only", layout, SignalConfig(ema_decay=decay))
+    step_all(signal, model, layout, seeds)
+    expected = []
+    for a, e, b in per_module(model):
+        ema = torch.zeros(3)
+        for s in seeds:
+            model.set_grads(s)
+            norm = torch.sqrt(e.grad.view(-1) ** 2 + (a.grad ** 2).sum(1) + (b.grad ** 2).sum(0))
+            ema = decay * ema + (1 - decay) * norm
+        expected.append(ema)
+    torch.testing.assert_close(signal.scores(), torch.stack(expected))
+
+
+def test_baseline_is_peft_sensitivity_times_uncertainty():
+    model, seeds, beta = TwoModules(), [6, 7, 8], 0.85
+    layout = LoraLayout(model)
+    signal = build_signal("baseline_adalora", layout, SignalConfig(beta1=beta, beta2=beta))
+    step_all(signal, model, layout, seeds)
+    expected = []
+    for a, e, b in per_module(model):
+        score = {}
+        for k, p in (("a", a), ("e", e), ("b", b)):
+            ipt_avg, unc_avg = torch.zeros_like(p), torch.zeros_like(p)
+            for s in seeds:
+                model.set_grads(s)
+                ipt = (p * p.grad).abs()
+                ipt_avg = beta * ipt_avg + (1 - beta) * ipt
+                unc_avg = beta * unc_avg + (1 - beta) * (ipt - ipt_avg).abs()
+            score[k] = ipt_avg * unc_avg
+        expected.append(score["e"].view(-1) + score["a"].mean(1) + score["b"].mean(0))
+    torch.testing.assert_close(signal.scores(), torch.stack(expected))
+
+
+@pytest.mark.parametrize("method", ["zscore", "minmax", "rank"])
+def test_combo_is_normalized_importance_plus_lambda_normalized_plasticity(method):
+    model, seeds, lam = TwoModules(), [9, 10], 0.7
+    layout = LoraLayout(model)
+    config = SignalConfig(ema_decay=0.8, combo_lambda=lam, normalize_method=method)
+    combo, imp, pla = (build_signal(n, layout, config) for n in ("combo", "importance_only", "plasticity_only"))
+    for sig in (combo, imp, pla):
+        step_all(sig, model, layout, seeds)
+
+    def norm(x):
+        x = x.flatten().double().numpy()
+        if method == "zscore":
+            return (x - x.mean()) / x.std()
+        if method == "minmax":
+            return (x - x.min()) / (x.max() - x.min())
+        return (rankdata(x) - 1) / (len(x) - 1)
+
+    expected = norm(imp.scores()) + lam * norm(pla.scores())
+    torch.testing.assert_close(combo.scores().flatten().double(), torch.from_numpy(expected), rtol=1e-5, atol=1e-6)
+    assert set(combo.parts()) == {"importance", "plasticity"}
+
+
+def test_rank_normalization_averages_ties_and_constant_scores_normalize_to_zero():
+    x = torch.tensor([3.0, 1.0, 3.0, 2.0])
+    torch.testing.assert_close(normalize(x, "rank"), torch.tensor([(2.5) / 3, 0.0, 2.5 / 3, 1 / 3]))
+    for method in ("zscore", "minmax"):
+        assert torch.equal(normalize(torch.ones(5), method), torch.zeros(5))
+
+
+@pytest.mark.parametrize("name", sorted(SIGNALS))
+def test_nonfinite_gradients_leave_every_ema_unchanged(name):
+    model = TwoModules()
+    layout = LoraLayout(model)
+    signal = build_signal(name, layout, SignalConfig())
+    step_all(signal, model, layout, [1, 2])
+    before = signal.state_dict()
+    model.set_grads(3)
+    model.q.lora_A["default"].grad[0, 0] = float("nan")
+    g = layout.flat_grads()
+    signal.update(layout.flat_weights(), g, torch.isfinite(g).all())
+    after = signal.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
