@@ -35,6 +35,10 @@ class RunArguments:
         default="outputs", metadata={"help": "Runs go to <output-root>/<task>/<signal>/<seed>/ (the output_dir)."}
     )
     overwrite: bool = field(default=False, metadata={"help": "Replace a run folder that already holds a finished run."})
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Continue an unfinished run from its latest complete checkpoint (start fresh if none)."},
+    )
 
 
 @dataclass

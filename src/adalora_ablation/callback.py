@@ -47,6 +47,26 @@ class AdaLoraCallback(TrainerCallback):
         self.allocations = 0
         self.budget_violations = 0
         self.trainer = None  # set by train.py; used to detect optimizer steps skipped by the fp16 scaler
+        self.pending_resume: dict | None = None  # state from a checkpoint, applied once its weights are loaded
+
+    # -- resume ------------------------------------------------------------------------------------------------
+    def resume_state(self) -> dict:
+        """Everything besides weights/optimizer that a checkpoint needs to continue bit for bit."""
+        adapter = self.peft_model.base_model.trainable_adapter_name
+        return {
+            "allocator": self.allocator.state_dict(),
+            "rank_pattern": self.peft_model.peft_config[adapter].rank_pattern,
+            "ranks": list(self.ranks), "allocations": self.allocations, "budget_violations": self.budget_violations,
+        }
+
+    def _apply_resume_state(self, state: dict) -> None:
+        adapter = self.peft_model.base_model.trainable_adapter_name
+        self.allocator.load_state_dict(state["allocator"])
+        # Set only now: had it been set before the Trainer loaded the checkpoint, PEFT would have pruned the
+        # adapters to it while loading.
+        self.peft_model.peft_config[adapter].rank_pattern = state["rank_pattern"]
+        self.ranks = list(state["ranks"])
+        self.allocations, self.budget_violations = state["allocations"], state["budget_violations"]
 
     # -- Trainer events ------------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
@@ -57,6 +77,10 @@ class AdaLoraCallback(TrainerCallback):
                 "the budget schedule would be wrong (please report this with your arguments)"
             )
         self.log(describe_schedule(self.allocator))
+        if self.pending_resume is not None:
+            self._apply_resume_state(self.pending_resume)
+            self.pending_resume = None
+            self.log(f"[run] resumed at step {state.global_step} with the allocator state of that checkpoint")
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         # Called after optimizer.step() and before zero_grad(), once per optimizer step (not per micro-batch).

@@ -13,6 +13,8 @@ RANK_PATTERN = "rank_pattern.jsonl"
 SIGNAL_SCORES = "signal_scores.jsonl"
 SUMMARY = "final_summary.json"
 RUN_LOGS = (METRICS, RANK_PATTERN, SIGNAL_SCORES)
+ALLOCATOR_STATE = "adalora_allocator.pt"  # inside every checkpoint-*
+FINAL_ADAPTER = "final_adapter"  # the pruned adapter for inference (PEFT format)
 
 
 def _clean(value):
@@ -27,11 +29,16 @@ def _clean(value):
 
 
 def append_jsonl(path: Path, record: dict) -> None:
-    """Append one record as one line, in a single write, flushed to the OS."""
-    line = json.dumps(_clean(record), sort_keys=False) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
+    """Append one record as one line with a single O_APPEND write: a killed process leaves whole lines only."""
+    data = (json.dumps(_clean(record)) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):  # only on a full disk; never leave half a record behind
+            os.ftruncate(fd, os.fstat(fd).st_size - written)
+            raise OSError(f"short write to {path}")
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -54,6 +61,27 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def truncate_jsonl(path: Path, keep) -> int:
+    """Rewrite a jsonl file (atomically) with only the records for which keep(record) is true; a torn last line
+    (which append_jsonl never writes, but an outside copy might) is dropped. Returns the number of lines kept."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if keep(record):
+            kept.append(line + "\n")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+    return len(kept)
 
 
 def read_summary(run_dir: Path) -> dict | None:

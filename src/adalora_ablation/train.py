@@ -14,7 +14,7 @@ import peft
 import torch
 import transformers
 from sklearn.metrics import accuracy_score
-from transformers import DataCollatorWithPadding, Trainer, set_seed
+from transformers import DataCollatorWithPadding, set_seed
 
 from .allocator import install_allocator
 from .args import parse_train_args
@@ -24,7 +24,8 @@ from .errors import UsageError
 from .model import (
     count_parameters, detect_head_modules, detect_target_modules, load_model_and_tokenizer, wrap_with_adalora,
 )
-from .run_files import SUMMARY, read_summary, write_json_atomic
+from .resume import AdaLoraTrainer, checkpoint_step, latest_complete_checkpoint, rewind_logs
+from .run_files import ALLOCATOR_STATE, FINAL_ADAPTER, SUMMARY, read_summary, write_json_atomic
 from .signals import SignalConfig
 from .tasks import TASKS
 
@@ -112,13 +113,19 @@ def train(argv: list[str], log=print) -> dict:
         log("[data] task 'synthetic' is a SYNTHETIC keyword task for offline demos, not GLUE")
 
     is_main = training_args.process_index == 0
-    if is_main:
-        if run_dir.exists():  # an unfinished run, or --overwrite of a finished one: start clean
+    callback = AdaLoraCallback(peft_model, allocator, run_dir, write_files=is_main, log=log if is_main else _quiet)
+    checkpoint = latest_complete_checkpoint(run_dir) if run_args.resume and read_summary(run_dir) is None else None
+    if checkpoint is not None:
+        log(f"[run] resuming {run_dir} from {checkpoint.name}")
+        callback.pending_resume = torch.load(checkpoint / ALLOCATOR_STATE, weights_only=False)
+        if is_main:
+            rewind_logs(run_dir, checkpoint_step(checkpoint))
+    elif is_main:
+        if run_dir.exists():  # an unfinished run without a checkpoint, or --overwrite: start clean
             log(f"[run] replacing the previous contents of {run_dir}")
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
-    callback = AdaLoraCallback(peft_model, allocator, run_dir, write_files=is_main, log=log if is_main else _quiet)
-    trainer = Trainer(
+    trainer = AdaLoraTrainer(
         model=peft_model,
         args=training_args,
         train_dataset=train_set,
@@ -126,10 +133,14 @@ def train(argv: list[str], log=print) -> dict:
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_accuracy,
         callbacks=[callback],
+        adalora_callback=callback,
     )
     callback.trainer = trainer
-    train_result = trainer.train()
+    train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     eval_metrics = trainer.evaluate()
+    if is_main:  # the pruned adapter for inference, apart from the (full-shape) training checkpoints
+        peft_model.save_pretrained(run_dir / FINAL_ADAPTER)
+        tokenizer.save_pretrained(run_dir / FINAL_ADAPTER)
 
     summary = {
         "task": task.name,
@@ -148,6 +159,7 @@ def train(argv: list[str], log=print) -> dict:
         "allocations": callback.allocations,
         "nonfinite_steps": int(allocator.nonfinite_steps),
         "final_ranks": dict(zip(allocator.layout.names, callback.ranks)),
+        "resumed_from": checkpoint.name if checkpoint else None,
         "trainable_parameters": params["trainable"],
         "total_parameters": params["total"],
         "target_modules": target_modules,
