@@ -1,4 +1,4 @@
-"""``adalora-ablation`` command: train one run, or run the offline demo."""
+"""``adalora-ablation`` command: train one run, run the offline demo, plot runs, report over seeds."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from .errors import UsageError
 COMMANDS = {
     "train": "train one run (flags or a YAML/JSON file; 'train --help' lists them)",
     "demo": "offline four-signal comparison on tiny-deberta + the synthetic task",
+    "plot": "figures of one run, or of several signals with --compare ('plot --help')",
+    "report": "per-signal accuracy/rank table over seeds, allocation similarity, churn ('report --help')",
+    "ablate": "run a task x signal x seed grid, skipping finished runs and resuming broken ones ('ablate --help')",
 }
 
 
@@ -38,7 +41,25 @@ def _demo(argv: list[str]) -> int:
     return demo_main(argv)
 
 
-HANDLERS = {"train": _train, "demo": _demo}
+def _plot(argv: list[str]) -> int:
+    from .plots import plot_main
+
+    return plot_main(argv)
+
+
+def _report(argv: list[str]) -> int:
+    from .report import report_main
+
+    return report_main(argv)
+
+
+def _ablate(argv: list[str]) -> int:
+    from .ablate import ablate_main
+
+    return ablate_main(argv)
+
+
+HANDLERS = {"train": _train, "demo": _demo, "plot": _plot, "report": _report, "ablate": _ablate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,424 @@
+"""``adalora-ablation plot``: figures of one run (rank evolution, signal heatmap, final-rank heatmap) or a
+comparison of several signals at one seed.
+
+Figures are built with matplotlib's object API (``Figure``, not ``pyplot``): headless by construction, no global
+backend switch, nothing left open between calls. Each ``plot_*`` function returns its Figure so that callers and
+tests can inspect the panels before it is saved.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+from matplotlib.colors import CenteredNorm, Normalize
+from matplotlib.figure import Figure
+from peft.tuners.adalora.layer import RankAllocator
+
+from .cli import OneLineArgumentParser
+from .errors import UsageError
+from .report import COMPARE_DIR, discover_runs, ordered_signals
+from .run_files import METRICS, RANK_PATTERN, SIGNAL_SCORES, read_jsonl, read_summary
+from .signals import SIGNALS
+
+# -- module names ----------------------------------------------------------------------------------------------
+MODULE_TYPES = ("Q", "K", "V", "O", "FFN-in", "FFN-out")
+# Checked in order: "attention.output.dense" must win over "output.dense".
+_TYPE_SUFFIXES = (
+    ("attention.output.dense", "O"), ("intermediate.dense", "FFN-in"), ("output.dense", "FFN-out"),
+    ("query_proj", "Q"), ("query", "Q"), ("key_proj", "K"), ("key", "K"), ("value_proj", "V"), ("value", "V"),
+)
+_LAYER_RE = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
+
+
+def module_type(name: str) -> str:
+    """Q, K, V, O, FFN-in or FFN-out; any other target module keeps its leaf name as its type."""
+    for suffix, kind in _TYPE_SUFFIXES:
+        if name == suffix or name.endswith("." + suffix):
+            return kind
+    return name.rsplit(".", 1)[-1]
+
+
+def layer_index(name: str) -> int:
+    match = _LAYER_RE.search(name)
+    if match is None:
+        raise UsageError(f"module {name!r} has no layer number (layer.N. or layers.N.); cannot place it in a figure")
+    return int(match.group(1))
+
+
+def ordered_types(names) -> list[str]:
+    types = {module_type(n) for n in names}
+    return [t for t in MODULE_TYPES if t in types] + sorted(types - set(MODULE_TYPES))
+
+
+def sort_modules(names) -> list[str]:
+    """By layer number (numerically: layer.10 after layer.9), then Q, K, V, O, FFN-in, FFN-out."""
+    order = {t: i for i, t in enumerate(ordered_types(names))}
+    return sorted(names, key=lambda n: (layer_index(n), order[module_type(n)]))
+
+
+def short_label(name: str) -> str:
+    return f"L{layer_index(name)} {module_type(name)}"
+
+
+# -- one run's files -------------------------------------------------------------------------------------------
+@dataclass
+class RunLogs:
+    path: Path
+    summary: dict | None  # None for an unfinished run: figures then use the jsonl logs alone
+    allocations: list[dict]  # rank_pattern.jsonl
+    scores: list[dict]  # signal_scores.jsonl
+    metrics: list[dict]  # metrics.jsonl
+
+    @property
+    def title(self) -> str:
+        task, signal, seed = self.path.parts[-3:]
+        return f"{task} / {signal} / seed {seed}" + ("" if self.summary else " (unfinished: no final_summary.json)")
+
+    @property
+    def init_rank(self) -> int:
+        return len(next(iter(self.allocations[0]["kept"].values())))
+
+    @property
+    def final_ranks(self) -> dict[str, int]:
+        return self.summary["final_ranks"] if self.summary else self.allocations[-1]["ranks"]
+
+
+def load_run(run_dir: Path) -> RunLogs:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        task, signal, seed = run_dir.parts[-3:]
+        raise UsageError(f"no run folder {run_dir}; train it with 'adalora-ablation train --task {task} --signal "
+                         f"{signal} --seed {seed} --output-root {run_dir.parents[2]}' or fix --output-root")
+    run = RunLogs(run_dir, read_summary(run_dir), read_jsonl(run_dir / RANK_PATTERN),
+                  read_jsonl(run_dir / SIGNAL_SCORES), read_jsonl(run_dir / METRICS))
+    if not run.allocations or not run.scores:
+        raise UsageError(f"{run_dir} has no allocation records ({RANK_PATTERN}, {SIGNAL_SCORES}): the run stopped "
+                         "before its first allocation (step tinit + deltaT), so there is nothing to plot")
+    return run
+
+
+@dataclass
+class Phases:
+    warmup_end: int
+    final_start: int | None  # None: the unfinished run never reached the final phase
+    end: int
+
+
+def phases_of(run: RunLogs) -> Phases:
+    if run.summary:
+        ada, total = run.summary["config"]["adalora"], run.summary["total_step"]
+        return Phases(ada["tinit"], total - ada["tfinal"], total)
+    # Unfinished run: the phase recorded on each allocation line. The first allocation comes at most deltaT steps
+    # after tinit, so here the warm-up is shaded until that first allocation.
+    steps = {phase: [a["step"] for a in run.allocations if a["phase"] == phase] for phase in ("reduction", "final")}
+    last = max([a["step"] for a in run.allocations] + [m["step"] for m in run.metrics])
+    first_final = min(steps["final"], default=None)
+    return Phases(min(steps["reduction"], default=run.allocations[0]["step"]), first_final, last)
+
+
+def scheduled_budget(summary: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The budget at every step, from PEFT's own RankAllocator.budget_schedule (called with the run's recorded
+    settings, so the curve is PEFT's cubic schedule rather than a copy of it that could drift)."""
+    ada = summary["config"]["adalora"]
+    state = SimpleNamespace(
+        peft_config=SimpleNamespace(tinit=ada["tinit"], tfinal=ada["tfinal"], deltaT=ada["deltaT"],
+                                    total_step=summary["total_step"]),
+        init_bgt=summary["initial_budget"], target_bgt=summary["target_budget"],
+    )
+    steps = np.arange(summary["total_step"] + 1)
+    return steps, np.array([RankAllocator.budget_schedule(state, int(s))[0] for s in steps])
+
+
+def rank_series(run: RunLogs, end: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per-module rank as a step function: init_r from step 0, then each allocation's rank, held until `end`."""
+    steps = np.array([0] + [a["step"] for a in run.allocations] + [end])
+    modules = list(run.allocations[0]["ranks"])
+    series = {m: np.array([run.init_rank] + [a["ranks"][m] for a in run.allocations]
+                          + [run.allocations[-1]["ranks"][m]]) for m in modules}
+    return steps, series
+
+
+def eval_curves(metrics: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+    """Eval accuracy over steps per eval set. The evaluation after training repeats the last step: keep one."""
+    curves: dict[str, dict[int, float]] = {}
+    for line in metrics:
+        for key, value in line.items():
+            if key.startswith("eval_") and key.endswith("accuracy") and value is not None:
+                curves.setdefault(key, {})[line["step"]] = value
+    return {k: (sorted(v), [v[s] for s in sorted(v)]) for k, v in curves.items()}
+
+
+# -- drawing helpers -------------------------------------------------------------------------------------------
+PHASE_COLOURS = {"warm-up": "0.85", "reduction": "#fdf2d0", "final": "#d6eaf8"}
+
+
+def shade_phases(ax, phases: Phases, label: bool) -> None:
+    spans = [("warm-up", 0, phases.warmup_end),
+             ("reduction", phases.warmup_end, phases.final_start if phases.final_start is not None else phases.end)]
+    if phases.final_start is not None:
+        spans.append(("final", phases.final_start, phases.end))
+    for name, start, stop in spans:
+        ax.axvspan(start, stop, color=PHASE_COLOURS[name], zorder=0, label=f"{name} phase" if label else None)
+
+
+def label_font_size(rows: int) -> float:
+    return 8 if rows <= 40 else 6.5
+
+
+def draw_rank_grid(ax, final_ranks: dict[str, int], norm: Normalize):
+    """Layers (rows) x matrix types (columns), colour and number = final rank; absent cells stay blank."""
+    layers = sorted({layer_index(m) for m in final_ranks})
+    types = ordered_types(final_ranks)
+    grid = np.full((len(layers), len(types)), np.nan)
+    for name, rank in final_ranks.items():
+        grid[layers.index(layer_index(name)), types.index(module_type(name))] = rank
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", norm=norm, aspect="auto", interpolation="nearest")
+    font = label_font_size(len(layers))
+    for (row, col), value in np.ndenumerate(grid):
+        if not np.isnan(value):
+            # Dark text on the light (high) end of viridis, light text on the dark end.
+            ax.text(col, row, f"{value:.0f}", ha="center", va="center", fontsize=font,
+                    color="black" if norm(value) > 0.6 else "white")
+    ax.set_xticks(range(len(types)), types, fontsize=8)
+    ax.set_yticks(range(len(layers)), [f"layer {i}" for i in layers], fontsize=font)
+    ax.set_xlabel("matrix type")
+    return image
+
+
+# -- one run ---------------------------------------------------------------------------------------------------
+def plot_rank_evolution(run: RunLogs) -> Figure:
+    phases = phases_of(run)
+    steps, series = rank_series(run, phases.end)
+    fig = Figure(figsize=(10, 7.5), layout="constrained")
+    ax_total, ax_types = fig.subplots(2, 1, sharex=True)
+
+    ax_total.plot(steps, np.sum(list(series.values()), axis=0), drawstyle="steps-post", lw=2, color="C0",
+                  label="total rank (kept triplets)")
+    if run.summary:
+        ax_total.plot(*scheduled_budget(run.summary), ls="--", color="black", lw=1, label="scheduled budget (PEFT)")
+    else:
+        ax_total.plot([a["step"] for a in run.allocations], [a["budget"] for a in run.allocations], "k+",
+                      label="budget at each allocation")
+    misses = [a for a in run.allocations if not a["budget_ok"]]
+    if misses:
+        ax_total.plot([a["step"] for a in misses], [a["total_rank"] for a in misses], "rx", ms=9,
+                      label="budget check failed")
+    ax_total.set_ylabel("total rank")
+    ax_total.set_title("Total rank vs scheduled budget")
+
+    for kind in ordered_types(series):
+        ranks = np.sum([r for m, r in series.items() if module_type(m) == kind], axis=0)
+        ax_types.plot(steps, ranks, drawstyle="steps-post", lw=1.6, label=kind)
+    ax_types.set_ylabel("rank (summed over layers)")
+    ax_types.set_xlabel("optimizer step")
+    ax_types.set_title("Rank per module type")
+
+    for ax in (ax_total, ax_types):
+        shade_phases(ax, phases, label=ax is ax_total)
+        ax.set_xlim(0, phases.end)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper right", ncol=2)
+    fig.suptitle(f"Rank evolution: {run.title}")
+    return fig
+
+
+def plot_signal_heatmap(run: RunLogs) -> Figure:
+    """Modules (rows, by layer then type) x allocation steps (columns), colour = the module's mean triplet score."""
+    modules = sort_modules(run.scores[0]["modules"])
+    steps = [r["step"] for r in run.scores]
+    scores = np.array([[np.nan if r["modules"][m]["mean"] is None else r["modules"][m]["mean"] for r in run.scores]
+                       for m in modules])
+    fig = Figure(figsize=(max(7.0, 0.32 * len(steps) + 3.5), max(4.0, 0.15 * len(modules) + 1.8)),
+                 layout="constrained")
+    ax = fig.subplots()
+    finite = scores[np.isfinite(scores)]
+    # Signed scores (combo's z-scores) get a diverging map centred at 0; one-signed scores a sequential one.
+    signed = bool(finite.size) and finite.min() < 0 < finite.max()
+    image = ax.imshow(np.ma.masked_invalid(scores), aspect="auto", interpolation="nearest",
+                      cmap="RdBu_r" if signed else "viridis", norm=CenteredNorm(0) if signed else None)
+    font = label_font_size(len(modules))
+    ax.set_yticks(range(len(modules)), [short_label(m) for m in modules], fontsize=font)
+    for row in range(1, len(modules)):  # a thin line between layers keeps 72+ rows scannable
+        if layer_index(modules[row]) != layer_index(modules[row - 1]):
+            ax.axhline(row - 0.5, color="white", lw=0.8)
+    every = max(1, len(steps) // 25)  # at most ~25 step labels, whatever the number of allocations
+    ax.set_xticks(range(0, len(steps), every), [str(s) for s in steps[::every]], rotation=90, fontsize=8)
+    ax.set_xlabel("allocation step")
+    ax.set_ylabel("module (layer, type)")
+    signal = run.scores[0].get("signal", "")
+    fig.colorbar(image, ax=ax, label=f"mean triplet score ({signal})", shrink=0.8)
+    ax.set_title(f"Signal scores per module: {run.title}")
+    return fig
+
+
+def plot_final_rank_heatmap(run: RunLogs) -> Figure:
+    """The AdaLoRA paper's Fig. 3: final rank of every adapted matrix, layers x matrix type."""
+    ranks = run.final_ranks
+    layers = len({layer_index(m) for m in ranks})
+    fig = Figure(figsize=(6.5, max(3.5, 0.36 * layers + 1.8)), layout="constrained")
+    ax = fig.subplots()
+    image = draw_rank_grid(ax, ranks, Normalize(0, run.init_rank))
+    fig.colorbar(image, ax=ax, label="final rank")
+    ax.set_title(f"Final rank: {run.title}\ntotal {sum(ranks.values())}", fontsize=10)
+    return fig
+
+
+RUN_FIGURES = {
+    "rank_evolution.png": plot_rank_evolution,
+    "signal_heatmap.png": plot_signal_heatmap,
+    "final_rank_heatmap.png": plot_final_rank_heatmap,
+}
+
+
+def save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    run = load_run(run_dir)
+    return [save(make(run), Path(run_dir) / name) for name, make in RUN_FIGURES.items()]
+
+
+# -- comparison ------------------------------------------------------------------------------------------------
+MARKERS = "os^Dv"  # distinct markers keep signals with identical values visible where their lines overlap
+
+
+def plot_comparison(runs: dict[str, RunLogs], missing: list[str] = ()) -> Figure:
+    """Final-rank heatmaps side by side on one colour scale, then accuracy, eval curves and rank per layer."""
+    signals = list(runs)
+    fig = Figure(figsize=(max(13.0, 3.3 * len(signals)), 11), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.25, 1])
+    heat_axes = np.atleast_1d(top.subplots(1, len(signals), sharey=True))
+    norm = Normalize(0, max(run.init_rank for run in runs.values()))
+    for ax, (signal, run) in zip(heat_axes, runs.items()):
+        image = draw_rank_grid(ax, run.final_ranks, norm)
+        ax.set_title(f"{signal}\ntotal rank {sum(run.final_ranks.values())}", fontsize=10)
+    top.colorbar(image, ax=list(heat_axes), label="final rank", shrink=0.8)
+
+    ax_acc, ax_eval, ax_layer = bottom.subplots(1, 3)
+    draw_accuracy(ax_acc, runs)
+    draw_eval_curves(ax_eval, runs)
+    for i, (signal, run) in enumerate(runs.items()):
+        per_layer: dict[int, int] = {}
+        for name, rank in run.final_ranks.items():
+            per_layer[layer_index(name)] = per_layer.get(layer_index(name), 0) + rank
+        layers = sorted(per_layer)
+        ax_layer.plot(layers, [per_layer[l] for l in layers], marker=MARKERS[i % len(MARKERS)], color=f"C{i}",
+                      label=signal)
+    ax_layer.set_xticks(layers)
+    ax_layer.set_xlabel("layer")
+    ax_layer.set_ylabel("final rank (summed over matrix types)")
+    ax_layer.set_title("Final rank per layer")
+    ax_layer.legend(fontsize=8)
+    ax_layer.grid(alpha=0.3)
+
+    first = next(iter(runs.values()))
+    task, _, seed = first.path.parts[-3:]
+    title = f"{task}: signals compared at seed {seed}"
+    if missing:
+        title += f"  (no run for: {', '.join(missing)})"
+    fig.suptitle(title)
+    return fig
+
+
+def draw_accuracy(ax, runs: dict[str, RunLogs]) -> None:
+    """Final eval accuracy per signal as points (not bars: a zero-based bar axis would hide the differences)."""
+    keys = [("eval_accuracy", "o", "accuracy")]
+    if any(run.summary and "eval_accuracy_mm" in run.summary for run in runs.values()):
+        keys = [("eval_accuracy", "o", "matched"), ("eval_accuracy_mm", "s", "mismatched")]
+    signals = list(runs)
+    for key, marker, label in keys:
+        points = [(i, runs[s].summary[key]) for i, s in enumerate(signals)
+                  if runs[s].summary and runs[s].summary.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), marker, ms=8, ls="none", label=label)
+            for x, y in points:
+                ax.annotate(f"{y:.4f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+    for i, s in enumerate(signals):
+        if not runs[s].summary:
+            ax.annotate("unfinished", (i, 0.5), xycoords=("data", "axes fraction"), ha="center", color="red")
+    ax.set_xticks(range(len(signals)), signals, rotation=20, ha="right", fontsize=8)
+    ax.set_xlim(-0.5, len(signals) - 0.5)
+    ax.set_ylabel("final eval accuracy")
+    ax.set_title("Accuracy per signal")
+    if len(keys) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def draw_eval_curves(ax, runs: dict[str, RunLogs]) -> None:
+    styles = {"eval_accuracy": "-", "eval_matched_accuracy": "-", "eval_mismatched_accuracy": "--"}
+    for i, (signal, run) in enumerate(runs.items()):
+        for key, (steps, values) in eval_curves(run.metrics).items():
+            name = signal if key == "eval_accuracy" else f"{signal} ({key.split('_')[1]})"
+            ax.plot(steps, values, styles.get(key, ":"), marker=MARKERS[i % len(MARKERS)], ms=5, color=f"C{i}",
+                    label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("eval accuracy")
+    ax.set_title("Eval accuracy during training")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def compare_runs(output_root: str, task: str, signals: list[str], seed: int) -> Path:
+    dirs = {s: Path(output_root) / task / s / str(seed) for s in signals}
+    present = {s: d for s, d in dirs.items() if d.is_dir()}
+    if not present:
+        raise UsageError(f"none of {', '.join(signals)} has a run folder {Path(output_root) / task}/<signal>/{seed}; "
+                         f"train them with 'adalora-ablation train --task {task} --signal SIGNAL --seed {seed}' "
+                         "or fix --output-root / --seed")
+    missing = [s for s in signals if s not in present]
+    for s in missing:
+        print(f"[plot] no run folder {dirs[s]}: {s} is left out of the comparison", file=sys.stderr)
+    fig = plot_comparison({s: load_run(d) for s, d in present.items()}, missing)
+    out_dir = Path(output_root) / task / COMPARE_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return save(fig, out_dir / f"compare_seed{seed}.png")
+
+
+# -- command line ----------------------------------------------------------------------------------------------
+def plot_main(argv: list[str]) -> int:
+    parser = OneLineArgumentParser(
+        prog="adalora-ablation plot",
+        description="One run: rank_evolution.png, signal_heatmap.png, final_rank_heatmap.png in its folder. "
+                    "--compare: <output-root>/<task>/compare/compare_seed<seed>.png.")
+    parser.add_argument("--task", required=True, help="mnli, rte or synthetic")
+    parser.add_argument("--signal", choices=list(SIGNALS), metavar="SIGNAL",
+                        help=f"the run's signal (one run): {', '.join(SIGNALS)}")
+    parser.add_argument("--compare", action="store_true", help="compare --signals at one seed")
+    parser.add_argument("--signals", nargs="+", choices=list(SIGNALS), metavar="SIGNAL",
+                        help="with --compare (default: every signal with a run folder at --seed)")
+    parser.add_argument("--seed", type=int, default=42, help="default 42 (the training default)")
+    parser.add_argument("--output-root", "--output_root", default="outputs",
+                        help="runs are read from <output-root>/<task>/<signal>/<seed>/ (default outputs)")
+    args = parser.parse_args(argv)
+    if args.compare:
+        if args.signal:
+            raise UsageError("--signal names one run; with --compare use --signals A B ...")
+        signals = args.signals or ordered_signals(
+            {s for s, seed in discover_runs(args.output_root, args.task) if seed == args.seed})
+        if not signals:
+            raise UsageError(f"no runs with seed {args.seed} under {Path(args.output_root) / args.task}; pass "
+                             "--signals and --seed of existing runs, or fix --output-root")
+        paths = [compare_runs(args.output_root, args.task, signals, args.seed)]
+    else:
+        if args.signals:
+            raise UsageError("--signals is for --compare; one run needs --signal SIGNAL")
+        if args.signal is None:
+            raise UsageError("one run needs --signal SIGNAL (or use --compare --signals A B ...)")
+        paths = plot_run(Path(args.output_root) / args.task / args.signal / str(args.seed))
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    from .cli import main
+
+    sys.exit(main(["plot", *sys.argv[1:]]))

@@ -1,0 +1,378 @@
+"""``adalora-ablation report``: one table over seeds per signal, read from the run folders' final files.
+
+Per signal: accuracy mean, sample std and a 95% t confidence interval; the difference to baseline_adalora with a
+paired t-test over shared seeds; final total rank and budget check. Between signals: how similar their final
+allocations are. Per run: rank churn (triplets pruned and later revived). Runs that are missing or unfinished are
+listed in every output format, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from .cli import OneLineArgumentParser
+from .errors import UsageError
+from .run_files import RANK_PATTERN, read_jsonl, read_summary
+from .signals import SIGNALS
+
+BASELINE = "baseline_adalora"
+COMPARE_DIR = "compare"  # <output-root>/<task>/compare/ holds comparison figures, not runs
+MIN_TEST_SEEDS = 3  # a paired t-test on fewer shared seeds has too few degrees of freedom to mean anything
+TEST_NAME = "paired t-test (scipy.stats.ttest_rel, two-sided)"
+REQUIRED_FIELDS = ("eval_accuracy", "total_rank", "target_budget", "budget_check_passed", "final_ranks")
+
+
+def accuracy_metrics(task: str) -> dict[str, str]:
+    """Summary field -> label. MNLI has a matched and a mismatched dev set, reported separately."""
+    if task == "mnli":
+        return {"eval_accuracy": "matched acc", "eval_accuracy_mm": "mismatched acc"}
+    return {"eval_accuracy": "accuracy"}
+
+
+# -- finding and checking runs ---------------------------------------------------------------------------------
+@dataclass
+class Run:
+    signal: str
+    seed: int
+    path: Path
+    summary: dict | None = None
+    problem: str | None = None  # why the run cannot be used; None for a finished run with a valid summary
+    allocations: list[dict] = field(default_factory=list)  # rank_pattern.jsonl records
+
+    @property
+    def valid(self) -> bool:
+        return self.problem is None
+
+
+def discover_runs(output_root: str | Path, task: str) -> dict[tuple[str, int], Path]:
+    """Every <output-root>/<task>/<signal>/<seed>/ folder (seed folders are integers, as train writes them)."""
+    task_dir = Path(output_root) / task
+    found = {}
+    if not task_dir.is_dir():
+        return found
+    for signal_dir in task_dir.iterdir():
+        if not signal_dir.is_dir() or signal_dir.name == COMPARE_DIR:
+            continue
+        for seed_dir in signal_dir.iterdir():
+            if seed_dir.is_dir() and seed_dir.name.isdigit():
+                found[(signal_dir.name, int(seed_dir.name))] = seed_dir
+    return found
+
+
+def ordered_signals(names) -> list[str]:
+    """Baseline first, then the built-in signals in their usual order, then any others alphabetically."""
+    known = [BASELINE] + [s for s in SIGNALS if s != BASELINE]
+    return [s for s in known if s in names] + sorted(set(names) - set(known))
+
+
+def check_run(run: Run, required: tuple[str, ...]) -> None:
+    """Fill in the run's summary, allocation records and, if it cannot be used, the problem."""
+    if not run.path.is_dir():
+        run.problem = "no run folder"
+        return
+    run.allocations = read_jsonl(run.path / RANK_PATTERN)
+    summary = read_summary(run.path)
+    if summary is None:
+        run.problem = "no valid final_summary.json (unfinished, killed or corrupt run)"
+        return
+    absent = [f for f in required if summary.get(f) is None]  # NaN is written as null: just as unusable
+    if absent:
+        run.problem = f"final_summary.json has no value for {', '.join(absent)}"
+        return
+    run.summary = summary
+
+
+def collect_runs(output_root: str | Path, task: str, signals: list[str] | None = None,
+                 seeds: list[int] | None = None) -> list[Run]:
+    """Every requested (signal, seed) run, found or not. Defaults: every signal and every seed found on disk, so a
+    seed that one signal has and another lacks shows up as missing for the latter."""
+    found = discover_runs(output_root, task)
+    if not found:
+        raise UsageError(
+            f"no runs for task {task!r} under {Path(output_root) / task}/<signal>/<seed>/; produce some with "
+            f"'adalora-ablation train --task {task} --signal SIGNAL --seed N --output-root {output_root}' "
+            f"(or 'adalora-ablation demo' for task synthetic), or point --output-root at your runs"
+        )
+    signals = signals or ordered_signals({s for s, _ in found})
+    seeds = seeds or sorted({seed for _, seed in found})
+    required = REQUIRED_FIELDS + tuple(accuracy_metrics(task))
+    runs = []
+    for signal in signals:
+        for seed in seeds:
+            run = Run(signal, seed, found.get((signal, seed), Path(output_root) / task / signal / str(seed)))
+            check_run(run, required)
+            runs.append(run)
+    return runs
+
+
+# -- statistics ------------------------------------------------------------------------------------------------
+def describe(values: list[float]) -> dict:
+    """Mean, sample std (ddof=1) and the 95% t-interval of the mean; std and CI need at least two values."""
+    n = len(values)
+    out = {"n": n, "mean": float(np.mean(values)) if n else None, "std": None, "ci95_low": None, "ci95_high": None}
+    if n >= 2:
+        std = float(np.std(values, ddof=1))
+        half = float(stats.t.ppf(0.975, n - 1)) * std / np.sqrt(n)
+        out.update(std=std, ci95_low=out["mean"] - half, ci95_high=out["mean"] + half)
+    return out
+
+
+def paired_difference(values: dict[int, float], baseline: dict[int, float]) -> dict:
+    """Mean of (signal - baseline) over shared seeds, and a paired t-test when there are enough of them."""
+    shared = sorted(set(values) & set(baseline))
+    diffs = [values[s] - baseline[s] for s in shared]
+    out = {"shared_seeds": shared, "mean_diff": float(np.mean(diffs)) if diffs else None,
+           "test": None, "t": None, "p_value": None, "note": None}
+    if len(shared) < MIN_TEST_SEEDS:
+        out["note"] = (f"no test possible: {len(shared)} shared seed(s) with {BASELINE}, "
+                       f"a paired test needs >= {MIN_TEST_SEEDS}")
+    elif np.ptp(diffs) == 0:  # zero variance of the differences: the t statistic is undefined
+        out["note"] = "no test possible: the difference is identical on every shared seed"
+    else:
+        result = stats.ttest_rel([values[s] for s in shared], [baseline[s] for s in shared])
+        out.update(test=TEST_NAME, t=float(result.statistic), p_value=float(result.pvalue))
+    return out
+
+
+def signal_row(signal: str, runs: list[Run], baseline_runs: list[Run], metrics: dict[str, str]) -> dict:
+    valid = [r for r in runs if r.valid]
+    row = {"signal": signal, "n": len(valid), "seeds": [r.seed for r in valid],
+           "problems": [{"seed": r.seed, "problem": r.problem, "path": str(r.path)} for r in runs if not r.valid]}
+    for key in metrics:
+        values = {r.seed: float(r.summary[key]) for r in valid}
+        entry = describe(list(values.values()))
+        if signal != BASELINE:
+            base = {r.seed: float(r.summary[key]) for r in baseline_runs if r.valid}
+            entry["vs_baseline"] = paired_difference(values, base) if base else {
+                "note": f"no finished {BASELINE} run among the requested signals and seeds"}
+        row[key] = entry
+    row["total_rank"] = sorted({r.summary["total_rank"] for r in valid})
+    row["target_budget"] = sorted({r.summary["target_budget"] for r in valid})
+    row["budget_check_passed"] = sum(bool(r.summary["budget_check_passed"]) for r in valid)
+    return row
+
+
+# -- allocations -----------------------------------------------------------------------------------------------
+def kept_triplets(record: dict) -> set[tuple[str, int]]:
+    return {(m, i) for m, row in record["kept"].items() for i, k in enumerate(row) if k}
+
+
+def rank_spearman(a: dict[str, int], b: dict[str, int]) -> float | None:
+    """Spearman correlation of two runs' final per-module ranks; None when either is constant (undefined)."""
+    modules = sorted(set(a) & set(b))
+    x, y = [a[m] for m in modules], [b[m] for m in modules]
+    if len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    return float(stats.spearmanr(x, y).statistic)
+
+
+def jaccard(a: set, b: set) -> float | None:
+    return len(a & b) / len(a | b) if a | b else None
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def allocation_similarity(runs_by_signal: dict[str, list[Run]]) -> list[dict]:
+    """Per pair of signals, over the seeds both finished: Spearman of final per-module ranks and Jaccard overlap
+    of the finally kept triplets (last rank_pattern.jsonl record), each averaged over those seeds."""
+    out = []
+    for a, b in combinations(runs_by_signal, 2):
+        runs_a = {r.seed: r for r in runs_by_signal[a] if r.valid and r.allocations}
+        runs_b = {r.seed: r for r in runs_by_signal[b] if r.valid and r.allocations}
+        shared = sorted(set(runs_a) & set(runs_b))
+        rhos = [rank_spearman(runs_a[s].summary["final_ranks"], runs_b[s].summary["final_ranks"]) for s in shared]
+        jaccards = [jaccard(kept_triplets(runs_a[s].allocations[-1]), kept_triplets(runs_b[s].allocations[-1]))
+                    for s in shared]
+        out.append({"signals": [a, b], "shared_seeds": shared, "spearman": _mean_or_none(rhos),
+                    "spearman_seeds": sum(r is not None for r in rhos), "jaccard": _mean_or_none(jaccards)})
+    return out
+
+
+def rank_churn(allocations: list[dict]) -> dict:
+    """Triplets masked at one allocation and active again at a later one (distinct triplets, and 0->1 events
+    between consecutive allocations). Warm-up is not counted: nothing is masked before the first allocation."""
+    modules = list(allocations[0]["kept"])
+    kept = np.array([[k for m in modules for k in record["kept"][m]] for record in allocations], dtype=bool)
+    masked_so_far = np.logical_or.accumulate(~kept, axis=0)
+    revived = kept[1:] & masked_so_far[:-1]
+    return {"allocations": len(allocations), "triplets": kept.shape[1],
+            "revived_triplets": int(revived.any(axis=0).sum()),
+            "revival_events": int((kept[1:] & ~kept[:-1]).sum())}
+
+
+# -- the report ------------------------------------------------------------------------------------------------
+def build_report(output_root: str | Path, task: str, signals: list[str] | None = None,
+                 seeds: list[int] | None = None) -> dict:
+    runs = collect_runs(output_root, task, signals, seeds)
+    runs_by_signal: dict[str, list[Run]] = {}
+    for run in runs:
+        runs_by_signal.setdefault(run.signal, []).append(run)
+    metrics = accuracy_metrics(task)
+    baseline_runs = runs_by_signal.get(BASELINE, [])
+    valid = [r for r in runs if r.valid]
+    return {
+        "task": task,
+        "output_root": str(output_root),
+        "synthetic": any(r.summary.get("synthetic") for r in valid),
+        "metrics": metrics,
+        "test": TEST_NAME,
+        "baseline": BASELINE,
+        "signals": [signal_row(s, rs, baseline_runs, metrics) for s, rs in runs_by_signal.items()],
+        "similarity": allocation_similarity(runs_by_signal),
+        "churn": [{"signal": r.signal, "seed": r.seed, "finished": r.valid, **rank_churn(r.allocations)}
+                  for r in runs if r.allocations],
+        "missing_or_partial": [{"signal": r.signal, "seed": r.seed, "problem": r.problem, "path": str(r.path)}
+                               for r in runs if not r.valid],
+    }
+
+
+def _f(value, fmt: str = ".4f", none: str = "—") -> str:
+    return none if value is None else format(value, fmt)
+
+
+def _accuracy_cell(entry: dict) -> str:
+    if entry["n"] == 0:
+        return "—"
+    if entry["std"] is None:
+        return f"{entry['mean']:.4f} (1 seed: no std/CI)"
+    return f"{entry['mean']:.4f} ± {entry['std']:.4f} [{entry['ci95_low']:.4f}, {entry['ci95_high']:.4f}]"
+
+
+def _difference_cell(entry: dict) -> str:
+    diff = entry.get("vs_baseline")
+    if diff is None:
+        return "(baseline)"
+    if diff.get("mean_diff") is None:
+        return diff["note"] if diff.get("note") else f"no seeds shared with {BASELINE}"
+    head = f"{diff['mean_diff']:+.4f} over {len(diff['shared_seeds'])} seed(s)"
+    if diff["p_value"] is None:
+        return f"{head}; {diff['note']}"
+    return f"{head}; paired t-test p={diff['p_value']:.3g}"
+
+
+def _range(values: list) -> str:
+    if not values:
+        return "—"
+    return str(values[0]) if len(values) == 1 else f"{values[0]}–{values[-1]} (varies)"
+
+
+def to_markdown(report: dict) -> str:
+    metrics = report["metrics"]
+    problems = report["missing_or_partial"]
+    lines = [f"## {report['task']}: AdaLoRA scoring signals ({report['output_root']})", ""]
+    if report["synthetic"]:
+        lines += ["SYNTHETIC task (offline demo): these numbers say nothing about GLUE.", ""]
+    if problems:
+        lines += [f"**{len(problems)} requested run(s) missing or unfinished: listed at the end and left out of "
+                  "every statistic.**", ""]
+    header = ["signal", "seeds"] + [f"{label} mean ± std [95% CI]" for label in metrics.values()]
+    header += [f"Δ {label} vs {BASELINE}" for label in metrics.values()]
+    header += ["final total rank (budget)", "budget check"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in report["signals"]:
+        n = row["n"]
+        cells = [row["signal"], str(n)] + [_accuracy_cell(row[k]) for k in metrics]
+        cells += [_difference_cell(row[k]) for k in metrics]
+        cells += [f"{_range(row['total_rank'])} ({_range(row['target_budget'])})",
+                  "—" if n == 0 else f"{'pass' if row['budget_check_passed'] == n else 'FAIL'} "
+                                     f"{row['budget_check_passed']}/{n}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "std: sample std (ddof=1) over seeds; 95% CI: mean ± t(0.975, n-1)·std/√n. Δ: mean of "
+              f"(signal - {BASELINE}) over seeds both finished; test: {TEST_NAME}, only with >= {MIN_TEST_SEEDS} "
+              "shared seeds.", ""]
+    lines += similarity_markdown(report["similarity"]) + churn_markdown(report["churn"])
+    lines += ["### Missing or unfinished runs", ""]
+    lines += [f"- {p['signal']} / seed {p['seed']}: {p['problem']} ({p['path']})" for p in problems] or [
+        "None: every requested run has a valid final_summary.json."]
+    return "\n".join(lines)
+
+
+def similarity_markdown(similarity: list[dict]) -> list[str]:
+    lines = ["### Allocation similarity (final allocations, averaged over shared finished seeds)", ""]
+    if not similarity:
+        return lines + ["Only one signal: nothing to compare.", ""]
+    lines += ["| signals | shared seeds | Spearman ρ of final per-module ranks | Jaccard of kept triplets |",
+              "|---|---|---|---|"]
+    for s in similarity:
+        rho = _f(s["spearman"], ".3f", "n/a (no seeds, or constant ranks)")
+        lines.append(f"| {s['signals'][0]} vs {s['signals'][1]} | {len(s['shared_seeds'])} | {rho} | "
+                     f"{_f(s['jaccard'], '.3f', 'n/a (no shared seeds)')} |")
+    return lines + [""]
+
+
+def churn_markdown(churn: list[dict]) -> list[str]:
+    lines = ["### Rank churn per run (triplets masked at one allocation and active again at a later one)", ""]
+    if not churn:
+        return lines + ["No allocation records found.", ""]
+    lines += ["| signal | seed | allocations | revived triplets / all | revival events |", "|---|---|---|---|---|"]
+    for c in churn:
+        note = "" if c["finished"] else " (unfinished run)"
+        lines.append(f"| {c['signal']} | {c['seed']}{note} | {c['allocations']} | "
+                     f"{c['revived_triplets']} / {c['triplets']} | {c['revival_events']} |")
+    return lines + [""]
+
+
+def to_csv(report: dict) -> str:
+    """One row per signal (the main table) with numeric columns; missing/unfinished runs in the last column."""
+    columns = ["signal", "n_seeds", "seeds"]
+    for key in report["metrics"]:
+        columns += [f"{key}_{part}" for part in ("mean", "std", "ci95_low", "ci95_high")]
+        columns += [f"{key}_diff_vs_baseline", f"{key}_shared_seeds", f"{key}_p_value", f"{key}_test"]
+    columns += ["final_total_rank", "target_budget", "budget_check_passed_runs", "missing_or_unfinished"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    for row in report["signals"]:
+        out = {"signal": row["signal"], "n_seeds": row["n"], "seeds": " ".join(map(str, row["seeds"])),
+               "final_total_rank": " ".join(map(str, row["total_rank"])),
+               "target_budget": " ".join(map(str, row["target_budget"])),
+               "budget_check_passed_runs": row["budget_check_passed"],
+               "missing_or_unfinished": "; ".join(f"seed {p['seed']}: {p['problem']}" for p in row["problems"])}
+        for key in report["metrics"]:
+            entry = row[key]
+            out.update({f"{key}_{part}": entry[part] for part in ("mean", "std", "ci95_low", "ci95_high")})
+            diff = entry.get("vs_baseline") or {}
+            out.update({f"{key}_diff_vs_baseline": diff.get("mean_diff"),
+                        f"{key}_shared_seeds": " ".join(map(str, diff.get("shared_seeds", []))),
+                        f"{key}_p_value": diff.get("p_value"),
+                        f"{key}_test": diff.get("test") or diff.get("note") or ""})
+        writer.writerow(out)
+    return buffer.getvalue()
+
+
+FORMATTERS = {"markdown": to_markdown, "csv": to_csv, "json": lambda report: json.dumps(report, indent=2)}
+
+
+def report_main(argv: list[str]) -> int:
+    parser = OneLineArgumentParser(prog="adalora-ablation report",
+                                   description="Accuracy, rank and allocation statistics over seeds, per signal.")
+    parser.add_argument("--task", required=True, help="task folder under the output root (mnli, rte, synthetic)")
+    parser.add_argument("--signals", nargs="+", choices=list(SIGNALS), metavar="SIGNAL",
+                        help=f"some of {', '.join(SIGNALS)} (default: every signal folder found)")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="seeds to report (default: every seed folder found)")
+    parser.add_argument("--format", choices=list(FORMATTERS), default="markdown",
+                        help="markdown (default): all tables; csv: the per-signal table; json: everything")
+    parser.add_argument("--output-root", "--output_root", default="outputs",
+                        help="runs are read from <output-root>/<task>/<signal>/<seed>/ (default outputs)")
+    args = parser.parse_args(argv)
+    report = build_report(args.output_root, args.task, args.signals, args.seeds)
+    print(FORMATTERS[args.format](report))
+    return 0
+
+
+if __name__ == "__main__":
+    from .cli import main
+
+    sys.exit(main(["report", *sys.argv[1:]]))

@@ -1,0 +1,231 @@
+"""Figures from really trained tiny runs: panels, heatmap shapes and values, files, command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import matplotlib.image
+import pytest
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+from adalora_ablation.cli import main
+from adalora_ablation.model import tiny_tokenizer
+from adalora_ablation.plots import (
+    MODULE_TYPES, load_run, module_type, plot_comparison, plot_final_rank_heatmap, plot_rank_evolution,
+    plot_signal_heatmap,
+)
+from adalora_ablation.train import train
+
+SEED = 42
+TINIT, TFINAL, STEPS = 10, 20, 60
+TINY_RUN = ["--task", "synthetic", "--seed", str(SEED), "--max_steps", str(STEPS), "--tinit", str(TINIT),
+            "--tfinal", str(TFINAL), "--deltaT", "5", "--eval_steps", "20", "--logging_steps", "10",
+            "--max_train_samples", "320", "--max_eval_samples", "64", "--per_device_train_batch_size", "16",
+            "--learning_rate", "2e-3", "--warmup_steps", "0"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _quiet(*_args, **_kwargs):
+    pass
+
+
+def save_bert12(folder):
+    """A 12-layer, 32-wide random BERT: 72 adapted modules with BERT's names (query/key/value/...dense)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer = tiny_tokenizer()
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=12, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """tiny-deberta runs of two signals, plus a 12-layer BERT run, each trained for real."""
+    base = tmp_path_factory.mktemp("plot_runs")
+    cache = ["--cache_dir", str(base / "cache")]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is fastest and does not fight other processes for cores
+    try:
+        for signal in ("baseline_adalora", "combo"):
+            train([*TINY_RUN, "--signal", signal, "--output_root", str(base / "deberta"), *cache], log=_quiet)
+        save_bert12(base / "bert12")
+        train([*TINY_RUN, "--signal", "combo", "--output_root", str(base / "bert"), "--model", str(base / "bert12"),
+               "--max_steps", "30", "--tinit", "5", "--tfinal", "10", *cache], log=_quiet)
+    finally:
+        torch.set_num_threads(threads)
+    return base
+
+
+def run_dir(base, signal="combo", root="deberta"):
+    return base / root / "synthetic" / signal / str(SEED)
+
+
+def read_lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def assert_png(path, min_w=400, min_h=300):
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    h, w = matplotlib.image.imread(path).shape[:2]
+    assert w >= min_w and h >= min_h, (path, w, h)
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("layer.0.attention.self.query_proj", "Q"), ("layer.3.attention.self.key_proj", "K"),
+    ("layer.11.attention.self.value_proj", "V"), ("layer.0.attention.self.query", "Q"),
+    ("layer.0.attention.self.key", "K"), ("layer.0.attention.self.value", "V"),
+    ("layer.0.attention.output.dense", "O"), ("layer.0.intermediate.dense", "FFN-in"),
+    ("layer.0.output.dense", "FFN-out"), ("layers.2.output.dense", "FFN-out"),
+])
+def test_module_type(name, kind):
+    assert module_type(name) == kind
+
+
+def test_rank_evolution_panels_budget_and_phases(runs):
+    folder = run_dir(runs)
+    summary = json.loads((folder / "final_summary.json").read_text())
+    allocations = read_lines(folder / "rank_pattern.jsonl")
+    fig = plot_rank_evolution(load_run(folder))
+    ax_total, ax_types = fig.axes
+    assert ax_total.get_title() == "Total rank vs scheduled budget"
+    assert ax_types.get_title() == "Rank per module type"
+
+    total, budget = ax_total.lines[:2]
+    assert total.get_ydata()[0] == summary["initial_budget"]
+    assert total.get_ydata()[-1] == summary["total_rank"] == summary["target_budget"]
+    # The PEFT schedule drawn must be the budget the run actually allocated to at every allocation step.
+    for record in allocations:
+        assert budget.get_ydata()[record["step"]] == record["budget"]
+
+    assert [line.get_label() for line in ax_types.lines] == list(MODULE_TYPES)
+    final_by_type = {k: sum(r for m, r in summary["final_ranks"].items() if module_type(m) == k) for k in MODULE_TYPES}
+    assert {line.get_label(): line.get_ydata()[-1] for line in ax_types.lines} == final_by_type
+
+    for ax in (ax_total, ax_types):
+        spans = [(p.get_x(), p.get_x() + p.get_width()) for p in ax.patches]
+        assert spans == [(0, TINIT), (TINIT, STEPS - TFINAL), (STEPS - TFINAL, STEPS)]
+    assert {"warm-up phase", "reduction phase", "final phase"} <= set(ax_total.get_legend_handles_labels()[1])
+
+
+def test_signal_heatmap_rows_columns_and_values(runs):
+    folder = run_dir(runs)
+    scores = read_lines(folder / "signal_scores.jsonl")
+    fig = plot_signal_heatmap(load_run(folder))
+    ax = fig.axes[0]
+    grid = ax.images[0].get_array()
+    assert grid.shape == (12, len(scores))  # 2 layers x 6 types, one column per allocation
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[:6] == [f"L0 {k}" for k in MODULE_TYPES] and labels[6] == "L1 Q"
+    row = labels.index("L1 V")
+    assert grid[row, -1] == pytest.approx(scores[-1]["modules"]["layer.1.attention.self.value_proj"]["mean"])
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(r["step"]) for r in scores]
+    assert len(fig.axes) == 2  # heatmap + colour bar
+
+
+def test_final_rank_heatmap_matches_summary(runs):
+    folder = run_dir(runs)
+    final = json.loads((folder / "final_summary.json").read_text())["final_ranks"]
+    ax = plot_final_rank_heatmap(load_run(folder)).axes[0]
+    grid = ax.images[0].get_array()
+    assert grid.shape == (2, 6)
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(MODULE_TYPES)
+    assert grid[1, MODULE_TYPES.index("FFN-in")] == final["layer.1.intermediate.dense"]
+    assert grid[0, MODULE_TYPES.index("Q")] == final["layer.0.attention.self.query_proj"]
+    assert sorted(int(t.get_text()) for t in ax.texts) == sorted(final.values())
+
+
+def test_72_modules_of_12_layers_are_readable(runs):
+    folder = run_dir(runs, root="bert")
+    run = load_run(folder)
+    assert len(run.final_ranks) == 72
+    fig = plot_signal_heatmap(run)
+    FigureCanvasAgg(fig).draw()
+    ax = fig.axes[0]
+    assert ax.images[0].get_array().shape[0] == 72
+    # Row labels must not overlap one another: each sits in its own slice of the axis height.
+    boxes = sorted((t.get_window_extent() for t in ax.get_yticklabels()), key=lambda b: b.y0)
+    assert len(boxes) == 72
+    assert all(lower.y1 <= upper.y0 + 0.5 for lower, upper in zip(boxes, boxes[1:]))
+    assert min(t.get_fontsize() for t in ax.get_yticklabels()) >= 6
+
+    heat = plot_final_rank_heatmap(run).axes[0]
+    assert heat.images[0].get_array().shape == (12, 6)
+    assert [t.get_text() for t in heat.get_yticklabels()] == [f"layer {i}" for i in range(12)]
+    assert [t.get_text() for t in heat.get_xticklabels()] == list(MODULE_TYPES)
+
+
+def test_comparison_panels_share_one_colour_scale(runs):
+    signals = ("baseline_adalora", "combo")
+    logs = {s: load_run(run_dir(runs, s)) for s in signals}
+    fig = plot_comparison(logs)
+    heatmaps = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title().split("\n")[0] for ax in heatmaps] == list(signals)
+    assert {(ax.images[0].norm.vmin, ax.images[0].norm.vmax) for ax in heatmaps} == {(0, 8)}
+    titled = {ax.get_title(): ax for ax in fig.axes}
+    assert {"Accuracy per signal", "Eval accuracy during training", "Final rank per layer"} <= set(titled)
+    accuracy = titled["Accuracy per signal"].lines[0].get_ydata()
+    assert list(accuracy) == [logs[s].summary["eval_accuracy"] for s in signals]
+    eval_steps = titled["Eval accuracy during training"].lines[0].get_xdata()
+    assert list(eval_steps) == [20, 40, 60]  # the post-training evaluation of step 60 is not drawn twice
+    per_layer = titled["Final rank per layer"].lines[1].get_ydata()
+    final = logs["combo"].summary["final_ranks"]
+    assert list(per_layer) == [sum(r for m, r in final.items() if m.startswith(f"layer.{i}.")) for i in (0, 1)]
+
+
+def test_unfinished_run_is_plotted_from_its_logs(runs, tmp_path):
+    folder = tmp_path / "synthetic" / "combo" / str(SEED)
+    shutil.copytree(run_dir(runs), folder)
+    (folder / "final_summary.json").unlink()
+    allocations = read_lines(folder / "rank_pattern.jsonl")
+    run = load_run(folder)
+    fig = plot_rank_evolution(run)
+    assert "unfinished" in fig.get_suptitle()
+    spans = [(p.get_x(), p.get_x() + p.get_width()) for p in fig.axes[0].patches]
+    first_reduction = allocations[0]["step"]  # without a summary, warm-up is shaded until the first allocation
+    assert spans == [(0, first_reduction), (first_reduction, STEPS - TFINAL), (STEPS - TFINAL, STEPS)]
+    final = plot_final_rank_heatmap(run).axes[0]
+    assert sorted(int(t.get_text()) for t in final.texts) == sorted(allocations[-1]["ranks"].values())
+
+
+def test_plot_command_writes_the_three_figures(runs, tmp_path):
+    root = tmp_path / "out"
+    shutil.copytree(runs / "deberta", root)
+    assert main(["plot", "--task", "synthetic", "--signal", "combo", "--seed", str(SEED),
+                 "--output-root", str(root)]) == 0
+    folder = root / "synthetic" / "combo" / str(SEED)
+    for name in ("rank_evolution.png", "signal_heatmap.png", "final_rank_heatmap.png"):
+        assert_png(folder / name)
+
+
+def test_plot_module_compare_reports_a_missing_signal(runs, tmp_path):
+    root = tmp_path / "out"
+    shutil.copytree(runs / "deberta", root)
+    result = subprocess.run(
+        [sys.executable, "-m", "adalora_ablation.plots", "--compare", "--task", "synthetic", "--signals",
+         "baseline_adalora", "combo", "plasticity_only", "--seed", str(SEED), "--output-root", str(root)],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    figure = root / "synthetic" / "compare" / f"compare_seed{SEED}.png"
+    assert result.stdout.strip() == str(figure)
+    assert "plasticity_only is left out" in result.stderr
+    assert_png(figure, min_w=1200, min_h=1000)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--task", "synthetic", "--seed", str(SEED)], "needs --signal"),
+    (["--task", "synthetic", "--signals", "combo"], "--signals is for --compare"),
+    (["--task", "synthetic", "--signal", "combo", "--seed", "7"], "no run folder"),
+    (["--task", "synthetic", "--signal", "combo", "--colour", "red"], "unrecognized arguments"),
+    (["--task", "synthetic", "--signal", "nope"], "invalid choice"),
+    (["--compare", "--task", "synthetic", "--signals", "importance_only"], "none of importance_only"),
+])
+def test_plot_errors_are_one_line_exit_2(runs, capsys, argv, expected):
+    assert main(["plot", *argv, "--output-root", str(runs / "deberta")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and "\n" not in err
