@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
@@ -158,7 +159,10 @@ def parse_train_args(argv: list[str]):
         choices = sorted(p.stem.split("_", 1)[1] for p in CONFIG_DIR.glob(f"{task}_*.yaml"))
         raise UsageError(f"no preset {preset!r} for task {task!r}; choose one of: default, {', '.join(choices)}")
     preset_options = _read_options(path) if path.exists() else {}
-    full = _to_argv(BASE_DEFAULTS) + _to_argv(preset_options) + user_argv
+    base = dict(BASE_DEFAULTS)
+    if not torch.cuda.is_available():
+        base["use_cpu"] = True  # lets --bf16 run on CPU instead of failing "your setup doesn't support bf16/gpu"
+    full = _to_argv(base) + _to_argv(preset_options) + user_argv
     parser = _OneLineParser(ARGUMENT_CLASSES, prog="adalora-ablation train")
     try:
         *parsed, unknown = parser.parse_args_into_dataclasses(args=full, return_remaining_strings=True)

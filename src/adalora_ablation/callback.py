@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
+from torch.amp.grad_scaler import OptState
 from transformers import TrainerCallback
 
 from .allocator import SignalRankAllocator
@@ -48,6 +50,9 @@ class AdaLoraCallback(TrainerCallback):
         self.budget_violations = 0
         self.trainer = None  # set by train.py; used to detect optimizer steps skipped by the fp16 scaler
         self.pending_resume: dict | None = None  # state from a checkpoint, applied once its weights are loaded
+        self.mask_digests: list[str] = []
+        self.scaler_skipped_steps = 0
+        self._scaler_found_inf = None
 
     # -- resume ------------------------------------------------------------------------------------------------
     def resume_state(self) -> dict:
@@ -57,6 +62,7 @@ class AdaLoraCallback(TrainerCallback):
             "allocator": self.allocator.state_dict(),
             "rank_pattern": self.peft_model.peft_config[adapter].rank_pattern,
             "ranks": list(self.ranks), "allocations": self.allocations, "budget_violations": self.budget_violations,
+            "scaler_skipped_steps": self.scaler_skipped_steps,
         }
 
     def _apply_resume_state(self, state: dict) -> None:
@@ -67,6 +73,7 @@ class AdaLoraCallback(TrainerCallback):
         self.peft_model.peft_config[adapter].rank_pattern = state["rank_pattern"]
         self.ranks = list(state["ranks"])
         self.allocations, self.budget_violations = state["allocations"], state["budget_violations"]
+        self.scaler_skipped_steps = state["scaler_skipped_steps"]
 
     # -- Trainer events ------------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
@@ -82,12 +89,39 @@ class AdaLoraCallback(TrainerCallback):
             self.pending_resume = None
             self.log(f"[run] resumed at step {state.global_step} with the allocator state of that checkpoint")
 
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self._scaler_found_inf = self._unscale_and_check_overflow()
+
+    def _unscale_and_check_overflow(self):
+        """With fp16 loss scaling: unscale the gradients now (the Trainer only does so when it clips), so that the
+        allocator reads true gradients, and return the scaler's inf/NaN verdict for this step (None: no scaler).
+
+        We read the verdict from the scaler itself: accelerate's optimizer_step_was_skipped misses the skip when the
+        optimizer handles scaling inside its step (fused AdamW, the Trainer's default)."""
+        accelerator = getattr(self.trainer, "accelerator", None)
+        scaler = getattr(accelerator, "scaler", None)
+        if scaler is None or not scaler.is_enabled():
+            return None
+        optimizer = self.trainer.optimizer
+        while hasattr(optimizer, "optimizer"):  # accelerate wraps the torch optimizer
+            optimizer = optimizer.optimizer
+        opt_state = scaler._per_optimizer_states[id(optimizer)]
+        if opt_state["stage"] is OptState.READY:
+            scaler.unscale_(optimizer)
+        found = list(opt_state["found_inf_per_device"].values())
+        return torch.stack([f.to(found[0].device) for f in found]).sum() > 0 if found else None
+
     def on_optimizer_step(self, args, state, control, **kwargs):
         # Called after optimizer.step() and before zero_grad(), once per optimizer step (not per micro-batch).
         # state.global_step is still the 0-based index of this step, which is what PEFT expects.
-        if self.trainer is not None and self.trainer.accelerator.optimizer_step_was_skipped:
-            return  # the fp16 scaler found inf/NaN: the weights did not move, so neither do EMAs or masks
         step = state.global_step
+        cfg = self.allocator.peft_config
+        if self._scaler_found_inf is not None and bool(self._scaler_found_inf):
+            # The fp16 scaler found inf/NaN and skipped the step: the weights did not move, so neither do the EMAs
+            # or the masks. The one exception is the step that fixes the final budget, which must happen once.
+            self.scaler_skipped_steps += 1
+            if step != cfg.total_step - cfg.tfinal:
+                return
         self.peft_model.base_model.update_and_allocate(step)
         allocation, self.allocator.last_allocation = self.allocator.last_allocation, None
         if allocation is not None:
@@ -114,6 +148,8 @@ class AdaLoraCallback(TrainerCallback):
                 self.log(f"  {name}: rank {old} -> {new}")
         self.log(f"[AdaLoRA Update] Budget check: kept {total_rank} triplets, budget {budget}: {'OK' if ok else 'MISMATCH'}")
         self.ranks = new_ranks
+        # A digest of the mask per allocation lets multi-process runs prove every rank pruned the same triplets.
+        self.mask_digests.append(hashlib.sha256(allocation["keep"].cpu().numpy().tobytes()).hexdigest()[:16])
         if not self.write_files:
             return
         common = {"step": step, "epoch": epoch, "phase": phase_of(step, cfg.tinit, cfg.tfinal, cfg.total_step)}

@@ -15,6 +15,7 @@ SUMMARY = "final_summary.json"
 RUN_LOGS = (METRICS, RANK_PATTERN, SIGNAL_SCORES)
 ALLOCATOR_STATE = "adalora_allocator.pt"  # inside every checkpoint-*
 FINAL_ADAPTER = "final_adapter"  # the pruned adapter for inference (PEFT format)
+DDP_CONSISTENCY = "ddp_consistency.json"  # multi-process runs: every rank's mask digests
 
 
 def _clean(value):

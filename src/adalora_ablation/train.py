@@ -25,7 +25,7 @@ from .model import (
     count_parameters, detect_head_modules, detect_target_modules, load_model_and_tokenizer, wrap_with_adalora,
 )
 from .resume import AdaLoraTrainer, checkpoint_step, latest_complete_checkpoint, rewind_logs
-from .run_files import ALLOCATOR_STATE, FINAL_ADAPTER, SUMMARY, read_summary, write_json_atomic
+from .run_files import ALLOCATOR_STATE, DDP_CONSISTENCY, FINAL_ADAPTER, SUMMARY, read_summary, write_json_atomic
 from .signals import SignalConfig
 from .tasks import TASKS
 
@@ -137,6 +137,8 @@ def train(argv: list[str], log=print) -> dict:
     )
     callback.trainer = trainer
     train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if training_args.world_size > 1:
+        check_ranks_agree(callback.mask_digests, run_dir if is_main else None)
     eval_metrics = trainer.evaluate()
     if is_main:  # the pruned adapter for inference, apart from the (full-shape) training checkpoints
         peft_model.save_pretrained(run_dir / FINAL_ADAPTER)
@@ -158,6 +160,7 @@ def train(argv: list[str], log=print) -> dict:
         "budget_check_passed": callback.budget_violations == 0 and sum(callback.ranks) == allocator.target_bgt,
         "allocations": callback.allocations,
         "nonfinite_steps": int(allocator.nonfinite_steps),
+        "scaler_skipped_steps": callback.scaler_skipped_steps,
         "final_ranks": dict(zip(allocator.layout.names, callback.ranks)),
         "resumed_from": checkpoint.name if checkpoint else None,
         "trainable_parameters": params["trainable"],
@@ -177,6 +180,21 @@ def train(argv: list[str], log=print) -> dict:
         log(f"[run] {task.name}/{run_args.signal}/{seed}: accuracy {summary['eval_accuracy']:.4f}, "
             f"total rank {summary['total_rank']} (budget {summary['target_budget']}) -> {run_dir}")
     return summary
+
+
+def check_ranks_agree(mask_digests: list[str], run_dir: Path | None) -> None:
+    """Every process must have applied the same masks (they see the same all-reduced gradients). Rank 0 records
+    each rank's per-allocation mask digests in ddp_consistency.json; any difference stops the run."""
+    import torch.distributed as dist
+
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mask_digests)
+    identical = all(d == gathered[0] for d in gathered)
+    if run_dir is not None:
+        write_json_atomic(run_dir / DDP_CONSISTENCY, {"world_size": len(gathered), "identical": identical,
+                                                      "mask_digests": {str(r): d for r, d in enumerate(gathered)}})
+    if not identical:
+        raise RuntimeError("the processes applied different AdaLoRA masks; see ddp_consistency.json")
 
 
 def accuracy_fields(metrics: dict) -> dict:
