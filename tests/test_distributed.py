@@ -3,7 +3,6 @@
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -76,7 +75,7 @@ def test_fp16_skipped_steps_update_no_ema_and_no_mask(tmp_path, monkeypatch, max
     fp16 = train([*TINY, "--signal", "importance_only", "--output-root", str(tmp_path / "fp16"), "--max-steps", "60",
                   "--fp16", "True", "--max-grad-norm", max_grad_norm], log=lambda *a: None)
     monkeypatch.setattr(AdaLoraTrainer, "training_step", original)
-    fp32 = train([*TINY, "--signal", "importance_only", "--output-root", str(tmp_path / "fp32"), "--max-steps", "60",
+    train([*TINY, "--signal", "importance_only", "--output-root", str(tmp_path / "fp32"), "--max-steps", "60",
                   "--max-grad-norm", max_grad_norm], log=lambda *a: None)
 
     steps = [r["step"] for r in read_jsonl(tmp_path / "fp16" / "synthetic" / "importance_only" / "42" /

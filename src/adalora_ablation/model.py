@@ -74,7 +74,8 @@ def load_model_and_tokenizer(model_name: str, labels: tuple[str, ...]):
         config = tiny_deberta_config(num_labels=len(labels), vocab_size=len(tokenizer))
         config.update(label_maps)
         return AutoModelForSequenceClassification.from_config(config), tokenizer
-    looks_local = model_name.startswith((".", "/", "~")) or os.sep in model_name and os.path.exists(model_name)
+    # A path-like name that is not a folder is a typo, not a hub id: say so instead of asking the hub.
+    looks_local = model_name.startswith((".", "/", "~")) or os.path.exists(model_name)
     if looks_local and not os.path.isdir(os.path.expanduser(model_name)):
         raise UsageError(f"model folder {model_name!r} does not exist; pass --model with a hub id or an existing folder")
     try:
@@ -136,7 +137,8 @@ def detect_head_modules(model: torch.nn.Module) -> list[str]:
 
 def wrap_with_adalora(model, target_modules: list[str], modules_to_save: list[str], adalora_args, total_step: int):
     config = AdaLoraConfig(
-        task_type="SEQ_CLS", target_modules=list(target_modules), modules_to_save=list(modules_to_save),  # PEFT extends it in place
+        # copies: PEFT appends its own defaults to modules_to_save in place
+        task_type="SEQ_CLS", target_modules=list(target_modules), modules_to_save=list(modules_to_save),
         init_r=adalora_args.init_r, target_r=adalora_args.target_r, lora_alpha=adalora_args.lora_alpha,
         lora_dropout=adalora_args.lora_dropout, tinit=adalora_args.tinit, tfinal=adalora_args.tfinal,
         deltaT=adalora_args.deltaT, beta1=adalora_args.beta1, beta2=adalora_args.beta2,
