@@ -77,7 +77,8 @@ def load_model_and_tokenizer(model_name: str, labels: tuple[str, ...]):
     # A path-like name that is not a folder is a typo, not a hub id: say so instead of asking the hub.
     looks_local = model_name.startswith((".", "/", "~")) or os.path.exists(model_name)
     if looks_local and not os.path.isdir(os.path.expanduser(model_name)):
-        raise UsageError(f"model folder {model_name!r} does not exist; pass --model with a hub id or an existing folder")
+        raise UsageError(f"model folder {model_name!r} does not exist (or is not a folder); pass --model with a hub id "
+                         f"or an existing model folder")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_name)
         model = AutoModelForSequenceClassification.from_pretrained(model_name, num_labels=len(labels), **label_maps)
