@@ -89,6 +89,9 @@ def train(argv: list[str], log=print) -> dict:
         raise UsageError(f"{run_dir} already holds a finished run; pass --overwrite to replace it "
                          f"or choose another --output-root")
     training_args.output_dir = str(run_dir)
+    if training_args.load_best_model_at_end:
+        raise UsageError("--load-best-model-at-end is not supported: AdaLoRA checkpoints hold full-shape adapters and "
+                         "the final rank pattern belongs to the last step; pick a checkpoint from metrics.jsonl instead")
 
     # Everything that can fail on bad input happens before anything is written.
     set_seed(seed)
