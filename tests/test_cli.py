@@ -75,6 +75,8 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path):
           "--output-root", str(out)], "missing data file"),
         (["train", "--task", "synthetic", "--max-steps", "100", "--tinit", "90", "--tfinal", "20",
           "--output-root", str(out)], "total_step came out as 100"),
+        (["train", "--task", "synthetic", "--load-best-model-at-end", "True", "--eval-strategy", "steps",
+          "--save-strategy", "steps", "--output-root", str(out)], "--load-best-model-at-end is not supported"),
         (["fly"], "unknown command 'fly'"),
         (["demo", "--signals", "nope"], "invalid choice"),
     ]
