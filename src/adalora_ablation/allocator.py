@@ -38,12 +38,17 @@ class SignalRankAllocator(RankAllocator):
             self.signal.reset()
 
     def update_ipt(self, model):
+        # Gathers into buffers reused every step; no host synchronisation on an accelerator (benchmarks/).
+        layout = self.layout
         with torch.no_grad():
-            g = self.layout.flat_grads()
-            finite = torch.isfinite(g).all()
-            self.signal.update(self.layout.flat_weights(), g, finite)
+            g = layout.flat_grads(out=layout.work_buffer("grads"))
+            finite = layout.all_finite(g)
+            if finite.device.type == "cpu":
+                finite = bool(finite)  # free on CPU, and lets the signals skip the sync-free gating
+            w = layout.flat_weights(out=layout.work_buffer("weights")) if self.signal.wants_flat_weights else None
+            self.signal.update(w, g, finite)
             self.steps_seen += 1
-            self.nonfinite_steps += (~finite).long()
+            self.nonfinite_steps += (not finite) if isinstance(finite, bool) else (~finite).long()
 
     def mask_to_budget(self, model, budget):
         scores = self.signal.scores()
@@ -70,7 +75,7 @@ class SignalRankAllocator(RankAllocator):
             for m in range(self.layout.num_modules):
                 key = self.layout.e_key(m)
                 row = rank_pattern[key] if key in rank_pattern else rank_pattern[key.replace(f".{self.adapter_name}", "")]
-                masks.append(torch.tensor(row, dtype=self.layout.E[m].dtype, device=self.layout.device).view(-1, 1))
+                masks.append(torch.tensor(row, dtype=self.layout.E[m].dtype, device=self.layout.E[m].device).view(-1, 1))
             self._final_masks = (rank_pattern, masks)
         with torch.no_grad():
             torch._foreach_mul_(self.layout.E, self._final_masks[1])

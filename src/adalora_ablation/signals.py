@@ -1,9 +1,15 @@
 """Scoring signals: which triplets survive AdaLoRA's budget. Adding one is a small class and one registry entry.
 
-Every signal sees, once per optimizer step, the flat adapter weights ``w``, gradients ``g`` and a 0-dim bool
-tensor ``finite`` (False when any adapter gradient is NaN/Inf). Its EMAs must not move on such a step; the update
-uses ``torch.where`` so that no host synchronisation happens per step. At allocation time ``scores()`` returns one
-score per triplet (modules x r, higher = keep).
+Every signal sees, once per optimizer step, the flat adapter weights ``w`` (None for a signal with
+``wants_flat_weights = False``, which reads the parameters itself if it needs them), gradients ``g`` and
+``finite`` (False when any adapter gradient is NaN/Inf): a 0-dim bool tensor on an accelerator, where reading it
+would synchronise with the host, or a plain bool on CPU, where reading it is free. Its EMAs must not move on a
+non-finite step; ``ema_`` gates on the tensor without a host synchronisation. At allocation time ``scores()``
+returns one score per triplet (modules x r, higher = keep).
+
+Per-step updates are a short chain of whole-buffer ops (on CPU in cache-sized chunks, ``LoraLayout.chunks``)
+computed in scratch buffers reused every step (``LoraLayout.work_buffer``), so that a step allocates nothing
+adapter-sized; see benchmarks/ and BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -27,10 +33,28 @@ class SignalConfig:
     seed: int = 0  # for signals that draw random numbers
 
 
-def ema_(avg: torch.Tensor, new: torch.Tensor, decay: float, finite: torch.Tensor) -> torch.Tensor:
-    """avg <- decay * avg + (1 - decay) * new, in PEFT's op order (bitwise equal to it), skipped when not finite."""
-    avg.copy_(torch.where(finite, decay * avg + (1 - decay) * new, avg))
-    return avg
+def ema_(avg: torch.Tensor, new: torch.Tensor, decay: float, finite: torch.Tensor | bool, *,
+         scratch: torch.Tensor | None = None, new_is_finite: bool = False) -> torch.Tensor:
+    """avg <- decay * avg + (1 - decay) * new in place, in PEFT's op order (bitwise equal to PEFT's
+    ``decay * avg + (1 - decay) * new``); on a step that is not ``finite``, avg stays bitwise unchanged.
+
+    ``finite`` is a Python bool when the caller could read it for free (CPU tensors), else a 0-dim bool tensor,
+    gated without a host sync and without a ``torch.where`` over the whole buffer: the two factors become 0-dim
+    tensors, (decay, 1 - decay) on a finite step and (1, 0) otherwise, and the ``(1 - decay) * new`` term is
+    zeroed on a non-finite step (0 * NaN would be NaN). ``scratch``: where to compute that term (may be ``new``
+    itself, which is then overwritten); ``new_is_finite``: the caller already zeroed ``new`` on non-finite steps.
+    """
+    if isinstance(finite, bool):
+        if finite:
+            term = torch.mul(new, 1 - decay, out=scratch) if scratch is not None else (1 - decay) * new
+            avg.mul_(decay).add_(term)
+        return avg
+    keep = torch.where(finite, decay, 1.0)  # float32(decay), exactly what PEFT's Python-scalar multiply uses
+    take = torch.where(finite, 1 - decay, 0.0)
+    term = torch.mul(new, take, out=scratch) if scratch is not None else new * take
+    if not new_is_finite:
+        term.masked_fill_(~finite, 0.0)
+    return avg.mul_(keep).add_(term)
 
 
 class Signal:
@@ -38,17 +62,41 @@ class Signal:
 
     name: str = ""
     description: str = ""
+    # False: the allocator passes w=None and skips gathering the weights (the signal reads them itself, or never).
+    wants_flat_weights: bool = True
 
     def __init__(self, layout: LoraLayout, config: SignalConfig):
         self.layout = layout
         self.config = config
         self.buffers: dict[str, torch.Tensor] = {}
 
+    def _work(self, i: int, numel: int, device: torch.device) -> torch.Tensor:
+        """Float32 scratch buffer i of ``numel`` elements, shared through the layout and reused every step."""
+        return self.layout.work_buffer(f"work{i}", numel, torch.float32, device)
+
+    def _ipt_chunks(self, w: torch.Tensor | None, g: torch.Tensor):
+        """Yield (flat slice, |w*g| of that slice, scratch of the same size), chunk by chunk (``LoraLayout.chunks``).
+
+        Without ``w`` the weights come straight from the parameters, gathered chunk by chunk into the scratch that
+        then holds |w*g|, so that no full-size weight copy is ever written. The yielded tensors are reused
+        scratch, valid until the next chunk.
+        """
+        chunks = self.layout.chunks(g.device)
+        n = self.layout.max_chunk(g.device)
+        s0, s1 = self._work(0, n, g.device), self._work(1, n, g.device)
+        for sl, first, end in chunks:
+            size = sl.stop - sl.start
+            if w is None:
+                ipt = self.layout.weights_range(first, end, out=s0[:size]).mul_(g[sl])
+            else:
+                ipt = torch.mul(w[sl], g[sl], out=s0[:size])
+            yield sl, ipt.abs_(), s1[:size]
+
     def _buffer(self, name: str, numel: int) -> torch.Tensor:
         self.buffers[name] = torch.zeros(numel, device=self.layout.device, dtype=torch.float32)
         return self.buffers[name]
 
-    def update(self, w: torch.Tensor, g: torch.Tensor, finite: torch.Tensor) -> None:
+    def update(self, w: torch.Tensor | None, g: torch.Tensor, finite: torch.Tensor | bool) -> None:
         raise NotImplementedError
 
     def scores(self) -> torch.Tensor:
@@ -75,6 +123,7 @@ class BaselineAdaLoRA(Signal):
 
     name = "baseline_adalora"
     description = "PEFT's sensitivity x uncertainty (unchanged)"
+    wants_flat_weights = False  # gathers them chunk by chunk (_ipt_chunks)
 
     def __init__(self, layout, config):
         super().__init__(layout, config)
@@ -82,9 +131,17 @@ class BaselineAdaLoRA(Signal):
         self.exp_avg_unc = self._buffer("exp_avg_unc", layout.numel)
 
     def update(self, w, g, finite):
-        ipt = (w * g).abs()
-        ema_(self.exp_avg_ipt, ipt, self.config.beta1, finite)
-        ema_(self.exp_avg_unc, (ipt - self.exp_avg_ipt).abs(), self.config.beta2, finite)
+        # PEFT's ops in PEFT's order, in place and in reused scratch buffers: ipt = |w*g|;
+        # ipt_avg = b1*ipt_avg + (1-b1)*ipt; unc_avg = b2*unc_avg + (1-b2)*|ipt - ipt_avg|.
+        if finite is False:
+            return
+        for sl, ipt, scratch in self._ipt_chunks(w, g):
+            if not isinstance(finite, bool):
+                ipt.masked_fill_(~finite, 0.0)  # zeroed only on a non-finite step, so that 0 * ipt is 0
+            avg_ipt = self.exp_avg_ipt[sl]
+            ema_(avg_ipt, ipt, self.config.beta1, finite, scratch=scratch, new_is_finite=True)
+            deviation = torch.sub(ipt, avg_ipt, out=scratch).abs_()
+            ema_(self.exp_avg_unc[sl], deviation, self.config.beta2, finite, scratch=deviation, new_is_finite=True)
 
     def scores(self):
         return self.layout.combine_elements(self.exp_avg_ipt * self.exp_avg_unc)
@@ -95,13 +152,17 @@ class ImportanceOnly(Signal):
 
     name = "importance_only"
     description = "EMA of |w*grad| (sensitivity without uncertainty)"
+    wants_flat_weights = False  # gathers them chunk by chunk (_ipt_chunks)
 
     def __init__(self, layout, config):
         super().__init__(layout, config)
         self.exp_avg_ipt = self._buffer("exp_avg_ipt", layout.numel)
 
     def update(self, w, g, finite):
-        ema_(self.exp_avg_ipt, (w * g).abs(), self.config.ema_decay, finite)
+        if finite is False:
+            return
+        for sl, ipt, _ in self._ipt_chunks(w, g):
+            ema_(self.exp_avg_ipt[sl], ipt, self.config.ema_decay, finite, scratch=ipt)
 
     def scores(self):
         return self.layout.combine_elements(self.exp_avg_ipt)
@@ -112,13 +173,15 @@ class PlasticityOnly(Signal):
 
     name = "plasticity_only"
     description = "EMA of the triplet's gradient L2 norm"
+    wants_flat_weights = False  # gradients only
 
     def __init__(self, layout, config):
         super().__init__(layout, config)
         self.exp_avg_norm = self._buffer("exp_avg_norm", layout.num_triplets)
 
     def update(self, w, g, finite):
-        norms = self.layout.triplet_sums(g * g).sqrt().view(-1)
+        squares = torch.mul(g, g, out=self._work(0, g.numel(), g.device))
+        norms = self.layout.triplet_sums(squares).sqrt_().view(-1)
         ema_(self.exp_avg_norm, norms, self.config.ema_decay, finite)
 
     def scores(self):
@@ -149,6 +212,7 @@ class Combo(Signal):
 
     name = "combo"
     description = "normalized importance + lambda * normalized plasticity"
+    wants_flat_weights = False
 
     def __init__(self, layout, config):
         super().__init__(layout, config)
