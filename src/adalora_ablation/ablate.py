@@ -1,20 +1,29 @@
-"""``adalora-ablation ablate``: run a task x signal x seed grid, one run at a time, safely.
+"""``adalora-ablation ablate``: run a task x signal x seed grid safely, here or on a Slurm cluster.
 
-Each run is a separate ``train --resume`` process, so a crash in one run cannot take the others down; finished
-runs (a valid final_summary.json) are skipped and interrupted ones continue from their latest checkpoint.
-Flags this command does not know are passed through to every ``train``.
+Each run is a separate ``train --resume True`` (its own process or job), so a crash in one run cannot take the
+others down; finished runs (a valid final_summary.json) are skipped and interrupted ones continue from their latest
+checkpoint. Flags this command does not know are passed through to every ``train``.
+
+Launchers: ``local`` runs one run at a time here, or with ``--gpus 0,1`` one run per listed GPU at once;
+``slurm`` submits one job per run through submitit and records the job ids in <output-root>/grid/jobs.json (run
+the same command again to resubmit failed or pre-empted runs; ``--status`` shows where every run stands);
+``submitit-local`` is the same submission on this machine, for trying it out without a cluster.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from .cli import OneLineArgumentParser
 from .demo import DEMO_SIGNALS
+from .errors import UsageError
+from .launchers import (
+    SUBMITIT_LAUNCHERS, SubmititOptions, grid_status, parse_gpus, parse_slurm_time, require_submitit, run_on_gpus,
+    run_one, submit_grid,
+)
 from .resume import latest_complete_checkpoint
 from .run_files import read_summary
 from .signals import SIGNALS
@@ -22,6 +31,11 @@ from .tasks import TASK_NAMES
 from .train import run_dir_for
 
 CONTROL_SIGNALS = ("random", "uniform")
+LAUNCHERS = ("local", *SUBMITIT_LAUNCHERS)
+# Flags that only mean something to a submitit launcher: with --launcher local they would be silently ignored
+# (and a forgotten --launcher slurm would run the whole grid here).
+SUBMITIT_FLAGS = ("slurm_partition", "gpus_per_run", "time", "cpus_per_run", "mem_gb", "slurm_array_parallelism")
+DEFAULT_TIME = "24:00:00"
 
 
 @dataclass
@@ -30,30 +44,12 @@ class GridRun:
     signal: str
     seed: int
     run_dir: Path
-    status: str = "pending"  # finished | skipped | failed | would run | would resume
+    status: str = "pending"  # finished | skipped | failed | would run | would resume | a submitit job's state ...
     detail: str = ""
 
 
 def plan(tasks, signals, seeds, output_root) -> list[GridRun]:
     return [GridRun(t, s, n, run_dir_for(output_root, t, s, n)) for t, s, n in itertools.product(tasks, signals, seeds)]
-
-
-def run_one(run: GridRun, output_root: str, extra: list[str]) -> None:
-    """Train one grid cell in its own process; keep the last line of its stderr as the reason if it fails."""
-    cmd = [sys.executable, "-m", "adalora_ablation", "train", "--task", run.task, "--signal", run.signal,
-           "--seed", str(run.seed), "--output-root", output_root, "--resume", "True", *extra]
-    print(f"\n=== {run.task}/{run.signal}/{run.seed} ===", flush=True)
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1)
-    last_line = ""
-    for line in proc.stderr:  # stream it through, remembering the last meaningful line
-        sys.stderr.write(line)
-        if line.strip():
-            last_line = line.strip()
-    proc.wait()
-    if proc.returncode == 0 and read_summary(run.run_dir) is not None:
-        run.status, run.detail = "finished", f"accuracy {read_summary(run.run_dir)['eval_accuracy']:.4f}"
-    else:
-        run.status, run.detail = "failed", last_line or f"exit code {proc.returncode}"
 
 
 def status_table(runs: list[GridRun]) -> str:
@@ -72,8 +68,27 @@ def print_reports(tasks, output_root: str) -> None:
             print(f"\n(no report for {task}: {exc})")
 
 
-def ablate_main(argv: list[str]) -> int:
-    parser = OneLineArgumentParser(prog="adalora-ablation ablate", description=__doc__)
+def _checked(parse, kind=str):
+    """An argparse type from a parser that raises ValueError, so its message becomes the one-line error."""
+    def convert(text):
+        try:
+            return parse(kind(text))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
+
+
+def _at_least(minimum):
+    def check(value):
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum} (got {value})")
+        return value
+    return check
+
+
+def build_parser() -> OneLineArgumentParser:
+    parser = OneLineArgumentParser(prog="adalora-ablation ablate", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", "--tasks", nargs="+", default=["rte"], choices=TASK_NAMES, dest="tasks")
     parser.add_argument("--signals", nargs="+", default=list(DEMO_SIGNALS), choices=list(SIGNALS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
@@ -81,24 +96,93 @@ def ablate_main(argv: list[str]) -> int:
                         help=f"add the control signals {', '.join(CONTROL_SIGNALS)}")
     parser.add_argument("--output-root", "--output_root", default="outputs")
     parser.add_argument("--dry-run", "--dry_run", action="store_true", help="list what would run, run nothing")
-    args, extra = parser.parse_known_args(argv)
-    signals = list(dict.fromkeys(args.signals + (list(CONTROL_SIGNALS) if args.with_controls else [])))
-    runs = plan(args.tasks, signals, args.seeds, args.output_root)
+    parser.add_argument("--status", action="store_true",
+                        help="show each run's state (finished, its job's state, or not submitted) and exit")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="local",
+                        help="local: here; slurm: one submitit job per run; submitit-local: submitit on this machine")
+    parser.add_argument("--gpus", type=_checked(parse_gpus),
+                        help="local launcher: run up to one run per listed GPU at once, e.g. 0,1,2,3")
+    submitit = parser.add_argument_group("slurm / submitit-local launchers")
+    submitit.add_argument("--slurm-partition", "--slurm_partition")
+    submitit.add_argument("--gpus-per-run", "--gpus_per_run", type=_checked(_at_least(0), int),
+                          help="GPUs (and processes) per run (default 1)")
+    submitit.add_argument("--time", type=_checked(parse_slurm_time),
+                          help=f"time limit per job, Slurm format (default {DEFAULT_TIME}); a job that reaches it "
+                               "is requeued and resumes from its checkpoints")
+    submitit.add_argument("--cpus-per-run", "--cpus_per_run", type=_checked(_at_least(1), int))
+    submitit.add_argument("--mem-gb", "--mem_gb", type=_checked(_at_least(1), float))
+    submitit.add_argument("--slurm-array-parallelism", "--slurm_array_parallelism", type=_checked(_at_least(1), int),
+                          help="at most this many runs of the job array at once")
+    return parser
 
+
+def check_launcher_flags(args) -> None:
+    if args.gpus is not None and args.launcher != "local":
+        raise UsageError(f"--gpus picks GPUs on this machine (--launcher local); with --launcher {args.launcher} "
+                         f"use --gpus-per-run")
+    if args.launcher == "local":
+        misplaced = [name for name in SUBMITIT_FLAGS if getattr(args, name) is not None]
+        if misplaced:
+            raise UsageError(f"--{misplaced[0].replace('_', '-')} is for --launcher slurm (or submitit-local); "
+                             f"add --launcher slurm or drop it")
+    else:
+        require_submitit()
+
+
+def submitit_options(args) -> SubmititOptions:
+    return SubmititOptions(launcher=args.launcher, timeout_min=args.time or parse_slurm_time(DEFAULT_TIME),
+                           gpus_per_run=1 if args.gpus_per_run is None else args.gpus_per_run,
+                           cpus_per_run=args.cpus_per_run, mem_gb=args.mem_gb, partition=args.slurm_partition,
+                           array_parallelism=args.slurm_array_parallelism)
+
+
+def run_here(runs: list[GridRun], args, extra: list[str]) -> None:
+    todo = []
     for run in runs:
         if read_summary(run.run_dir) is not None:
             run.status, run.detail = "skipped", "already finished"
         elif args.dry_run:
-            checkpoint = latest_complete_checkpoint(run.run_dir) if run.run_dir.exists() else None
+            checkpoint = latest_complete_checkpoint(run.run_dir) if run.run_dir.is_dir() else None
             run.status = "would resume" if checkpoint else "would run"
             run.detail = f"from {checkpoint.name}" if checkpoint else ""
         else:
+            todo.append(run)
+    if args.gpus:
+        run_on_gpus(todo, args.output_root, extra, args.gpus)
+    else:
+        for run in todo:
             run_one(run, args.output_root, extra)
 
+
+def counts_line(runs: list[GridRun], statuses) -> str:
+    return ", ".join(f"{sum(r.status == s for r in runs)} {s}" for s in statuses)
+
+
+def ablate_main(argv: list[str]) -> int:
+    args, extra = build_parser().parse_known_args(argv)
+    check_launcher_flags(args)
+    signals = list(dict.fromkeys(args.signals + (list(CONTROL_SIGNALS) if args.with_controls else [])))
+    runs = plan(args.tasks, signals, args.seeds, args.output_root)
+
+    if args.status:
+        grid_status(runs, args.output_root)
+        print(status_table(runs))
+        states = dict.fromkeys(r.status for r in runs)  # in order of first appearance
+        print(f"\n{counts_line(runs, states)}")
+        return 0
+
+    if args.launcher == "local":
+        run_here(runs, args, extra)
+    else:
+        submit_grid(runs, args.output_root, extra, submitit_options(args), args.dry_run)
+    # Runs that ended here (local, or the local executor, which waits for its jobs) are counted as finished or
+    # failed; Slurm jobs and dry runs by what happened to them now (submitted, queued, would run, ...).
+    ended_here = not args.dry_run and args.launcher != "slurm"
+    statuses = ("finished", "skipped", "failed") if ended_here or args.launcher == "local" else \
+        dict.fromkeys(r.status for r in runs)
+
     print(f"\n{status_table(runs)}")
-    counts = {s: sum(r.status == s for r in runs) for s in ("finished", "skipped", "failed")}
-    print(f"\n{counts['finished']} finished, {counts['skipped']} skipped, {counts['failed']} failed"
-          + (f" (extra train flags: {' '.join(extra)})" if extra else ""))
-    if not args.dry_run:
+    print(f"\n{counts_line(runs, statuses)}" + (f" (extra train flags: {' '.join(extra)})" if extra else ""))
+    if ended_here:
         print_reports(args.tasks, args.output_root)
-    return 1 if counts["failed"] else 0
+    return 1 if any(r.status == "failed" for r in runs) else 0

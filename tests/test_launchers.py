@@ -1,0 +1,307 @@
+"""Launchers: one run per GPU here, submitit jobs (its local executor for real, Slurm through fake sbatch/sacct),
+the job record, --status, resubmission of failed and pre-empted runs, and the one-line errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from adalora_ablation import launchers
+from adalora_ablation.ablate import ablate_main
+from adalora_ablation.cli import main as cli_main
+from adalora_ablation.launchers import parse_gpus, parse_slurm_time
+from adalora_ablation.resume import latest_complete_checkpoint
+from adalora_ablation.run_files import read_jsonl, read_summary
+
+TRAIN = ["--max-steps", "40", "--tinit", "5", "--tfinal", "10", "--deltaT", "5", "--save-strategy", "no",
+         "--eval-strategy", "no"]
+
+
+def ablate(*args):
+    return subprocess.run([sys.executable, "-m", "adalora_ablation", "ablate", *args], capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """Runs that share the 2 cores of a test machine: one torch thread each, or oversubscription (threads
+    spinning against each other and against other work on the machine) makes them many times slower."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def jobs(root) -> dict:
+    return json.loads((Path(root) / "grid" / "jobs.json").read_text())["runs"]
+
+
+def test_slurm_time_and_gpu_lists():
+    assert parse_slurm_time("24:00:00") == 1440
+    assert parse_slurm_time("90") == 90
+    assert parse_slurm_time("10:30") == 11  # minutes:seconds, rounded up
+    assert parse_slurm_time("1-12") == 2160
+    assert parse_slurm_time("2-00:30:00") == 2910
+    for bad in ("", "1:2:3:4", "abc", "-5", "0", "1-x"):
+        with pytest.raises(ValueError):
+            parse_slurm_time(bad)
+    assert parse_gpus("0,1, 3") == ["0", "1", "3"]
+    for bad in ("", "0,,1", "0,0", "a,b", "-1"):
+        with pytest.raises(ValueError):
+            parse_gpus(bad)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--gpus", "0,x"], "argument --gpus: expected distinct GPU indices"),
+    (["--gpus", "1,1"], "argument --gpus: expected distinct GPU indices"),
+    (["--launcher", "slurm", "--gpus", "0,1"], "use --gpus-per-run"),
+    (["--slurm-partition", "gpu"], "--slurm-partition is for --launcher slurm"),
+    (["--launcher", "submitit-local", "--time", "soon"], "argument --time: expected a Slurm time limit"),
+    (["--launcher", "slurm", "--gpus-per-run", "-1"], "must be at least 0 (got -1)"),
+])
+def test_bad_launcher_flags_are_one_line_errors(args, expected, capsys):
+    assert cli_main(["ablate", "--task", "synthetic", *args]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1, err
+
+
+def test_slurm_without_submitit_names_the_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit now raises ImportError
+    assert cli_main(["ablate", "--task", "synthetic", "--launcher", "slurm", "--slurm-partition", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install submitit" in err and err.count("\n") == 1, err
+
+
+FAKE_TRAIN = """
+import json, os, sys, time
+run_dir = sys.argv[1]
+os.makedirs(run_dir, exist_ok=True)
+start = time.time()
+time.sleep(1.5)
+record = {"gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time()}
+json.dump(record, open(os.path.join(run_dir, "seen.json"), "w"))
+json.dump({"eval_accuracy": 0.5}, open(os.path.join(run_dir, "final_summary.json"), "w"))
+"""
+
+
+def test_gpus_run_concurrently_each_on_its_own_gpu(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(launchers, "train_command",
+                        lambda run, root, extra: [sys.executable, "-c", FAKE_TRAIN, str(run.run_dir)])
+    code = ablate_main(["--task", "synthetic", "--signals", "importance_only", "uniform", "--seeds", "1", "2",
+                        "--output-root", str(tmp_path), "--gpus", "0,1"])
+    out = capsys.readouterr().out
+    assert code == 0 and "4 finished, 0 skipped, 0 failed" in out, out
+    seen = {}
+    for line in out.splitlines():
+        if line.startswith("[grid] ") and " on GPU " in line:
+            name, gpu = line.removeprefix("[grid] ").split(" on GPU ")
+            seen[name] = json.loads((tmp_path / name / "seen.json").read_text())
+            assert seen[name]["gpu"] == gpu  # the process itself saw the GPU the runner gave it
+    assert len(seen) == 4 and {s["gpu"] for s in seen.values()} == {"0", "1"}
+    runs = list(seen.values())
+    overlapping = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]
+                   if a["start"] < b["end"] and b["start"] < a["end"]]
+    assert overlapping, "no two runs ran at the same time"
+    assert all(a["gpu"] != b["gpu"] for a, b in overlapping), "two runs shared a GPU"
+
+
+def test_gpus_with_real_tiny_runs(tmp_path):  # the runner itself gives each run its share of the threads
+    result = ablate("--task", "synthetic", "--signals", "importance_only", "uniform", "--seeds", "1",
+                    "--output-root", str(tmp_path), "--gpus", "0,1", *TRAIN)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 finished, 0 skipped, 0 failed" in result.stdout
+    gpus = {line.rsplit(" ", 1)[1] for line in result.stdout.splitlines() if line.startswith("[grid] ")}
+    assert gpus == {"0", "1"}
+    assert "[synthetic/uniform/1] [run] synthetic/uniform/1: accuracy" in result.stderr  # prefixed run output
+
+
+def test_submitit_local_records_jobs_skips_finished_and_resubmits_failed(tmp_path, capsys, one_thread):
+    pytest.importorskip("submitit")
+    root = str(tmp_path)
+    grid = ["--task", "synthetic", "--signals", "importance_only", "random", "--seeds", "1", "--output-root", root]
+    (tmp_path / "synthetic" / "random").mkdir(parents=True)
+    (tmp_path / "synthetic" / "random" / "1").write_text("a file where the run folder goes: this run fails")
+
+    first = ablate(*grid, "--launcher", "submitit-local", *TRAIN)
+    assert first.returncode == 1, first.stderr[-2000:]
+    assert "| synthetic | importance_only | 1 | finished |" in first.stdout
+    assert "| synthetic | random | 1 | failed | FAILED, job " in first.stdout
+    assert "NotADirectoryError" in first.stdout  # the job's own error, in one line
+    record = jobs(root)
+    assert set(record) == {"synthetic/importance_only/1", "synthetic/random/1"}
+    for name, entry in record.items():
+        assert entry["launcher"] == "submitit-local" and entry["job_id"].isdigit() and entry["submitted_at"]
+        assert (entry["task"], entry["signal"], entry["seed"]) == ("synthetic", name.split("/")[1], 1)
+
+    assert ablate_main([*grid, "--status"]) == 0
+    status = capsys.readouterr().out
+    assert "| synthetic | importance_only | 1 | finished |" in status
+    assert f"| synthetic | random | 1 | FAILED | job {record['synthetic/random/1']['job_id']} " in status
+
+    (tmp_path / "synthetic" / "random" / "1").unlink()
+    second = ablate(*grid, "--launcher", "submitit-local", *TRAIN)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "| synthetic | importance_only | 1 | skipped | already finished |" in second.stdout
+    assert "1 finished, 1 skipped, 0 failed" in second.stdout
+    again = jobs(root)
+    assert again["synthetic/importance_only/1"] == record["synthetic/importance_only/1"]  # not resubmitted
+    assert again["synthetic/random/1"]["job_id"] != record["synthetic/random/1"]["job_id"]
+    assert read_summary(tmp_path / "synthetic" / "random" / "1")["budget_check_passed"]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the job's process through /proc")
+def test_preempted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, one_thread):
+    pytest.importorskip("submitit")
+    run_dir = tmp_path / "synthetic" / "combo" / "3"
+    proc = subprocess.Popen([sys.executable, "-m", "adalora_ablation", "ablate", "--task", "synthetic", "--signals",
+                             "combo", "--seeds", "3", "--output-root", str(tmp_path), "--launcher", "submitit-local",
+                             "--max-steps", "120", "--tinit", "5", "--tfinal", "10", "--deltaT", "5",
+                             "--save-strategy", "steps", "--save-steps", "10", "--eval-strategy", "no",
+                             "--logging-steps", "5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 600
+        while not (run_dir.is_dir() and latest_complete_checkpoint(run_dir)) and proc.poll() is None:
+            assert time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.1)
+        job_id = jobs(tmp_path)["synthetic/combo/3"]["job_id"]
+        (task,) = _children(int(job_id))  # the local job's controller runs the task (our TrainJob) as its child
+        os.kill(task, signal.SIGUSR2)  # what Slurm sends before a time-out or pre-emption
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert "| synthetic | combo | 3 | finished |" in out
+    assert jobs(tmp_path)["synthetic/combo/3"]["job_id"] == job_id  # requeued as the same job, not resubmitted
+    log = next((tmp_path / "grid" / "submitit").glob(f"*/{job_id}_0_log.out")).read_text()
+    assert "Calling checkpoint method" in log and f"Requeued job {job_id}" in log
+    summary = read_summary(run_dir)
+    assert summary["resumed_from"].startswith("checkpoint-") and summary["budget_check_passed"]
+    train_logs = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]
+    assert train_logs == list(range(5, 121, 5))  # rewound to the checkpoint: no line lost or repeated
+
+
+def test_several_gpus_per_run_train_as_one_distributed_run(tmp_path, one_thread):
+    """--gpus-per-run 2: the job runs two tasks, each given its torch.distributed rank (on CPU: gloo)."""
+    pytest.importorskip("submitit")
+    result = ablate("--task", "synthetic", "--signals", "importance_only", "--seeds", "1", "--output-root",
+                    str(tmp_path), "--launcher", "submitit-local", "--gpus-per-run", "2", *TRAIN)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    consistency = json.loads((tmp_path / "synthetic" / "importance_only" / "1" / "ddp_consistency.json").read_text())
+    assert consistency["world_size"] == 2 and consistency["identical"]
+
+
+def test_running_job_is_left_alone(tmp_path, capsys):
+    pytest.importorskip("submitit")
+    grid = ["--task", "synthetic", "--signals", "importance_only", "--seeds", "1", "--output-root", str(tmp_path)]
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        record = {"task": "synthetic", "signal": "importance_only", "seed": 1, "job_id": str(sleeper.pid),
+                  "launcher": "submitit-local", "submitted_at": "2026-01-01T00:00:00+00:00",
+                  "log_folder": str(tmp_path / "grid" / "submitit" / "x")}
+        (tmp_path / "grid").mkdir()
+        (tmp_path / "grid" / "jobs.json").write_text(json.dumps({"runs": {"synthetic/importance_only/1": record}}))
+
+        assert ablate_main([*grid, "--status"]) == 0
+        assert f"| RUNNING | job {sleeper.pid} (submitit-local) |" in capsys.readouterr().out
+        assert ablate_main([*grid, "--launcher", "submitit-local", *TRAIN]) == 0
+        assert f"| queued | RUNNING, job {sleeper.pid} (submitit-local) |" in capsys.readouterr().out
+        assert jobs(tmp_path)["synthetic/importance_only/1"] == record
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert ablate_main([*grid, "--launcher", "submitit-local", "--dry-run"]) == 0
+    assert f"| would resubmit | previous job {sleeper.pid} INTERRUPTED |" in capsys.readouterr().out
+
+
+FAKE_SBATCH = """#!/bin/sh
+if [ -e "$FAKE_SLURM/refuse" ]; then echo "sbatch: error: invalid partition specified: nope" >&2; exit 1; fi
+n=$(cat "$FAKE_SLURM/next_id"); echo $((n + 1)) > "$FAKE_SLURM/next_id"
+cp "$1" "$FAKE_SLURM/sbatch_$n.sh"
+echo "Submitted batch job $n"
+"""
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """srun/sbatch/sacct stand-ins: sbatch keeps each script and answers job ids 4242, 4243, ...; sacct prints
+    whatever the test wrote to sacct.txt."""
+    submitit = pytest.importorskip("submitit")
+    bin_dir = tmp_path / "fake_slurm"
+    bin_dir.mkdir()
+    for name, text in {"srun": "#!/bin/sh\nexit 0\n", "sbatch": FAKE_SBATCH,
+                       "sacct": '#!/bin/sh\necho "JobID|State|NodeList"\ncat "$FAKE_SLURM/sacct.txt"\n'}.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    (bin_dir / "next_id").write_text("4242\n")
+    (bin_dir / "sacct.txt").write_text("")
+    monkeypatch.setenv("FAKE_SLURM", str(bin_dir))
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    submitit.SlurmJob.watcher.clear()  # the sacct cache is per process; start each test without it
+    return bin_dir
+
+
+def test_slurm_submits_a_job_array_and_resubmits_only_what_ended(tmp_path, fake_slurm, capsys):
+    root = tmp_path / "out"
+    grid = ["--task", "synthetic", "--signals", "importance_only", "random", "--seeds", "1", "--output-root", str(root)]
+    slurm = ["--launcher", "slurm", "--slurm-partition", "gpu", "--gpus-per-run", "1", "--time", "24:00:00",
+             "--cpus-per-run", "4", "--mem-gb", "16", "--slurm-array-parallelism", "1"]
+    assert ablate_main([*grid, *slurm, "--max-steps", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "| synthetic | importance_only | 1 | submitted | job 4242_0 |" in out
+    assert "| synthetic | random | 1 | submitted | job 4242_1 |" in out and "2 submitted" in out
+    script = (fake_slurm / "sbatch_4242.sh").read_text()
+    for line in ("--partition=gpu", "--gpus-per-node=1", "--ntasks-per-node=1", "--time=1440", "--cpus-per-task=4",
+                 "--mem=16GB", "--array=0-1%1", "--signal=USR2@90"):
+        assert f"#SBATCH {line}\n" in script, line
+    record = jobs(root)
+    assert [record[k]["job_id"] for k in ("synthetic/importance_only/1", "synthetic/random/1")] == ["4242_0", "4242_1"]
+
+    import submitit
+
+    job = submitit.SlurmJob(folder=record["synthetic/random/1"]["log_folder"], job_id="4242_1")
+    train_job = job.submission().function
+    assert train_job.argv[-4:] == ["--resume", "True", "--max-steps", "40"]
+    assert train_job.argv[train_job.argv.index("--output-root") + 1] == str(root.resolve())
+    assert train_job.checkpoint().function is train_job  # a pre-empted job is requeued with the same run
+
+    (fake_slurm / "sacct.txt").write_text("4242_0|RUNNING|node1\n4242_1|PENDING|\n")
+    assert ablate_main([*grid, "--status"]) == 0
+    out = capsys.readouterr().out
+    assert "| synthetic | importance_only | 1 | RUNNING | job 4242_0 (slurm) |" in out
+    assert "| synthetic | random | 1 | PENDING | job 4242_1 (slurm) |" in out
+    assert ablate_main([*grid, *slurm]) == 0
+    assert capsys.readouterr().out.count("| queued |") == 2 and not (fake_slurm / "sbatch_4243.sh").exists()
+
+    # The first run finished; the second was pre-empted (no requeue): only that one goes back in, resuming.
+    (root / "synthetic" / "importance_only" / "1").mkdir(parents=True)
+    (root / "synthetic" / "importance_only" / "1" / "final_summary.json").write_text('{"eval_accuracy": 0.5}')
+    (fake_slurm / "sacct.txt").write_text("4242_0|COMPLETED|node1\n4242_1|PREEMPTED|node2\n")
+    assert ablate_main([*grid, *slurm]) == 0
+    out = capsys.readouterr().out
+    assert "| synthetic | importance_only | 1 | skipped | already finished |" in out
+    assert "| synthetic | random | 1 | resubmitted | job 4243, previous job 4242_1 PREEMPTED |" in out
+    assert jobs(root)["synthetic/random/1"]["job_id"] == "4243"
+    assert "--array" not in (fake_slurm / "sbatch_4243.sh").read_text()  # a single run needs no array
+
+
+def test_refused_submission_is_one_line_error(tmp_path, fake_slurm, capsys):
+    (fake_slurm / "refuse").touch()
+    code = cli_main(["ablate", "--task", "synthetic", "--signals", "uniform", "--output-root", str(tmp_path),
+                     "--launcher", "slurm", "--slurm-partition", "nope"])
+    err = capsys.readouterr().err
+    assert code == 2 and "submitting the jobs failed: sbatch: error: invalid partition" in err.splitlines()[-1]
+    assert not (tmp_path / "grid" / "jobs.json").exists()
