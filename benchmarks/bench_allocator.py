@@ -144,6 +144,9 @@ def main(argv=None) -> dict:
         for _ in range(3):
             a.update_ipt(inner)
     patterns = {k: a.mask_to_budget(inner, budget) for k, a in allocators.items()}
+    # Same gradients, same updates: baseline_adalora must pick exactly PEFT's triplets (no ties in real scores).
+    same_as_peft = {k: list(v) for k, v in patterns["baseline_adalora"].items()} == \
+        {k: list(v) for k, v in patterns[PEFT].items()}
 
     rng = random.Random(args.seed)
     order = list(allocators)
@@ -186,6 +189,7 @@ def main(argv=None) -> dict:
           f"gradients finite: {grads_finite}")
     print(f"training step (batch {batch} x {seq} tokens, fwd+bwd+AdamW): median {step_s * 1e3:.1f} ms of "
           f"{step_repeats}")
+    print(f"baseline_adalora's rank pattern at budget {budget} identical to PEFT's: {same_as_peft}")
     print(f"allocator timings, median of {args.repeats} interleaved rounds ({max(5, args.repeats // 3)} for allocate):")
     head = f"{'allocator':18s} {'update ms':>10s} {'x PEFT':>7s} {'allocate ms':>12s} {'alloc-step x PEFT':>18s} " \
            f"{'final ms':>9s} {'x PEFT':>7s} {'share upd %':>12s} {'share alloc %':>14s}"
@@ -209,6 +213,7 @@ def main(argv=None) -> dict:
         "step_batch": [batch, seq],
         "repeats": args.repeats,
         "load_avg": [round(load_before[0], 2), round(load_after[0], 2)],
+        "baseline_pattern_equals_peft": same_as_peft,
         "speedup_vs_peft": rows["baseline_adalora"]["update_speedup_vs_peft"],
         "speedup_vs_peft_of_minima": rows["baseline_adalora"]["update_speedup_vs_peft_of_minima"],
         "alloc_step_speedup_vs_peft": rows["baseline_adalora"]["alloc_step_speedup_vs_peft"],

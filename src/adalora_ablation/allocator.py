@@ -40,7 +40,7 @@ class SignalRankAllocator(RankAllocator):
     def update_ipt(self, model):
         # Gathers into buffers reused every step; no host synchronisation on an accelerator (benchmarks/).
         layout = self.layout
-        with torch.no_grad():
+        with torch.no_grad(), layout.serial_on_cpu():
             g = layout.flat_grads(out=layout.work_buffer("grads"))
             finite = layout.all_finite(g)
             if finite.device.type == "cpu":

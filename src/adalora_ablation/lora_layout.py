@@ -8,6 +8,7 @@ which row of a (modules x r) score matrix belongs to which module.
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import torch
@@ -65,6 +66,10 @@ class LoraLayout:
     @staticmethod
     def all_finite(t: torch.Tensor) -> torch.Tensor:
         return all_finite(t)
+
+    def serial_on_cpu(self):
+        """Context: single-threaded CPU ops for the per-step update (see the module function)."""
+        return serial_on_cpu(self.params[0].device)
 
     def e_key(self, m: int) -> str:
         """PEFT's rank_pattern key for module m (the full name of its lora_E parameter)."""
@@ -125,10 +130,11 @@ class LoraLayout:
         """Triplet scores (modules x r) from per-element scores, exactly as PEFT's ``mask_to_budget`` combines them:
         E score + (mean over the A row + mean over the B column), with the same ops in the same order."""
         rows = []
-        for a, e, b in self.split(element_score):
-            ipt_ab = torch.cat([torch.mean(a, dim=1, keepdim=True), torch.mean(b, dim=0, keepdim=False).view(-1, 1)], 1)
-            rows.append(e.view(-1) + ipt_ab.sum(dim=1, keepdim=False).view(-1))
-        return torch.stack(rows)
+        with serial_on_cpu(element_score.device):  # many small ops: the intra-op pool only adds stalls
+            for a, e, b in self.split(element_score):
+                ipt_ab = torch.cat([torch.mean(a, dim=1, keepdim=True), torch.mean(b, dim=0, keepdim=False).view(-1, 1)], 1)
+                rows.append(e.view(-1) + ipt_ab.sum(dim=1, keepdim=False).view(-1))
+            return torch.stack(rows)
 
     @property
     def triplet_index(self) -> torch.Tensor:
@@ -178,6 +184,26 @@ def _module_aligned_chunks(numels: list[int], target: int) -> list[tuple[slice, 
             chunks.append((slice(start, pos), start_param, m + 3))
             start_param, start = m + 3, pos
     return chunks
+
+
+@contextlib.contextmanager
+def serial_on_cpu(device: torch.device):
+    """Run torch CPU ops single-threaded inside the block (no-op on other devices).
+
+    The per-step update is a chain of memory-bound element-wise ops over a few MB: a second thread buys little
+    (one core nearly saturates memory bandwidth), while on a busy machine every op that forks the intra-op pool
+    stalls until the other core is free; measured in benchmarks/bench_allocator.py. Results are unchanged: the
+    ops are element-wise or reduce into many outputs, each summed by one thread either way.
+    """
+    if torch.device(device).type != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def all_finite(t: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .lora_layout import LoraLayout
+from .lora_layout import LoraLayout, serial_on_cpu
 
 NORMALIZE_METHODS = ("zscore", "minmax", "rank")
 
@@ -144,7 +144,8 @@ class BaselineAdaLoRA(Signal):
             ema_(self.exp_avg_unc[sl], deviation, self.config.beta2, finite, scratch=deviation, new_is_finite=True)
 
     def scores(self):
-        return self.layout.combine_elements(self.exp_avg_ipt * self.exp_avg_unc)
+        with serial_on_cpu(self.exp_avg_ipt.device):
+            return self.layout.combine_elements(self.exp_avg_ipt * self.exp_avg_unc)
 
 
 class ImportanceOnly(Signal):
