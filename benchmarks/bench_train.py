@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=default_model_path(), help="model folder (default: the MiniLM-L6 package)")
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "glue"), help="GLUE folder with RTE/")
-    ap.add_argument("--steps", type=int, default=24, help="timed steps per configuration")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration first")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=128)
