@@ -16,6 +16,7 @@ class RandomScores(Signal):
 
     name = "random"
     description = "random triplet scores (chance control)"
+    wants_flat_weights = False  # the scores ignore training, so the allocator need not gather the weights
 
     def __init__(self, layout, config):
         super().__init__(layout, config)

@@ -105,6 +105,7 @@ def train(argv: list[str], log=print) -> dict:
     check_schedule(ada_args.tinit, ada_args.tfinal, total_step)
 
     peft_model = wrap_with_adalora(model, target_modules, modules_to_save, ada_args, total_step)
+    peft_model.to(training_args.device)  # first, so that the allocator's buffers live where the adapters train
     signal_config = SignalConfig(beta1=ada_args.beta1, beta2=ada_args.beta2, ema_decay=ada_args.ema_decay,
                                  combo_lambda=ada_args.combo_lambda, normalize_method=ada_args.normalize_method,
                                  seed=seed)
