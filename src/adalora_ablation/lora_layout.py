@@ -53,7 +53,6 @@ class LoraLayout:
         self.numels = [p.numel() for p in self.params]
         self.numel = sum(self.numels)
         self.device = self.E[0].device
-        self._triplet_index: torch.Tensor | None = None
         # Where module m starts in the flat order, and its (in, out) sizes.
         self.offsets = [sum(self.numels[: 3 * m]) for m in range(self.num_modules)]
         self.in_features = [a.shape[1] for a in self.A]
@@ -135,18 +134,6 @@ class LoraLayout:
                 ipt_ab = torch.cat([torch.mean(a, dim=1, keepdim=True), torch.mean(b, dim=0, keepdim=False).view(-1, 1)], 1)
                 rows.append(e.view(-1) + ipt_ab.sum(dim=1, keepdim=False).view(-1))
             return torch.stack(rows)
-
-    @property
-    def triplet_index(self) -> torch.Tensor:
-        """For every flat element, the id (m * r + i) of the triplet it belongs to."""
-        if self._triplet_index is None:
-            parts = []
-            for m in range(self.num_modules):
-                ids = torch.arange(self.r, device=self.device) + m * self.r
-                a, b = self.A[m], self.B[m]
-                parts += [ids.repeat_interleave(a.shape[1]), ids, ids.repeat(b.shape[0])]
-            self._triplet_index = torch.cat(parts)
-        return self._triplet_index
 
     def triplet_sums(self, flat: torch.Tensor) -> torch.Tensor:
         """Sum of a flat per-element tensor over each triplet's elements (A row, E entry, B column): modules x r.
