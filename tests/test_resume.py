@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,14 +31,33 @@ def run_folder(root, signal_name):
     return root / "synthetic" / signal_name / "3"
 
 
+# Bitwise equality needs every compared run computed under the same settings (CPU matmul reductions differ in the
+# last bits between thread counts), so every run below is a subprocess with this same environment.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def train_command(*args):
+    return [sys.executable, "-m", "adalora_ablation", "train", *ARGS, *args]
+
+
+def run_train(*args, check=True):
+    result = subprocess.run(train_command(*args), capture_output=True, text=True, env=ENV, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def summary_of(run_dir):
+    return json.loads((run_dir / "final_summary.json").read_text())
+
+
 @pytest.mark.parametrize("signal_name", ["combo", "random"])
 def test_killed_then_resumed_run_equals_uninterrupted_run(tmp_path, signal_name):
     straight_root, killed_root = tmp_path / "straight", tmp_path / "killed"
-    straight = train([*ARGS, "--signal", signal_name, "--output-root", str(straight_root)], log=lambda *a: None)
+    run_train("--signal", signal_name, "--output-root", str(straight_root))
 
-    proc = subprocess.Popen([sys.executable, "-m", "adalora_ablation", "train", *ARGS, "--signal", signal_name,
-                             "--output-root", str(killed_root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(train_command("--signal", signal_name, "--output-root", str(killed_root)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     run_dir = run_folder(killed_root, signal_name)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -52,8 +72,9 @@ def test_killed_then_resumed_run_equals_uninterrupted_run(tmp_path, signal_name)
         for line in lines(run_dir / name):
             json.loads(line)  # a SIGKILL leaves only whole lines
 
-    resumed = train([*ARGS, "--signal", signal_name, "--output-root", str(killed_root), "--resume", "True"],
-                    log=lambda *a: None)
+    output = run_train("--signal", signal_name, "--output-root", str(killed_root), "--resume", "True")
+    assert "resuming with different settings" not in output.stdout + output.stderr
+    resumed, straight = summary_of(run_dir), summary_of(run_folder(straight_root, signal_name))
     assert resumed["resumed_from"] is not None and resumed["resumed_from"] != "checkpoint-240"
     straight_dir = run_folder(straight_root, signal_name)
     for name in ("rank_pattern.jsonl", "signal_scores.jsonl"):
@@ -63,6 +84,70 @@ def test_killed_then_resumed_run_equals_uninterrupted_run(tmp_path, signal_name)
     assert resumed["eval_metrics"]["eval_loss"] == straight["eval_metrics"]["eval_loss"]
     steps = [json.loads(line)["step"] for line in lines(run_dir / "metrics.jsonl") if '"loss"' in line]
     assert steps == sorted(set(steps)) == list(range(10, 241, 10))  # no duplicated or missing log line
+
+
+SHORT = ["--signal", "importance_only", "--max-steps", "80", "--tinit", "10", "--tfinal", "20", "--save-steps", "40",
+         "--eval-strategy", "no"]
+
+
+@pytest.fixture(scope="module")
+def _interrupted_template(tmp_path_factory):
+    root = tmp_path_factory.mktemp("interrupted")
+    run_train(*SHORT, "--output-root", str(root))
+    run_dir = run_folder(root, "importance_only")
+    (run_dir / "final_summary.json").unlink()
+    shutil.rmtree(run_dir / "final_adapter")
+    return run_dir
+
+
+@pytest.fixture
+def interrupted_run(_interrupted_template, tmp_path):
+    """A run folder as an interruption after step 80 leaves it: checkpoints 40 and 80, no final files."""
+    run_dir = run_folder(tmp_path, "importance_only")
+    shutil.copytree(_interrupted_template, run_dir)
+    return run_dir
+
+
+class RunsCode:
+    """An object whose unpickling runs code: it would create the file at ``path``."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_resume_never_unpickles_code_and_falls_back_to_an_older_checkpoint(interrupted_run, tmp_path):
+    marker = tmp_path / "pwned"
+    newest = interrupted_run / "checkpoint-80"
+    torch.save({"state": RunsCode(marker)}, newest / "adalora_allocator.pt")
+    torch.save({"state": RunsCode(marker)}, interrupted_run / "checkpoint-40" / "optimizer.pt")
+
+    refused = run_train(*SHORT, "--output-root", str(tmp_path), "--resume", "True", check=False)
+    assert refused.returncode == 2 and not marker.exists()
+    error = [line for line in refused.stderr.splitlines() if line.startswith("adalora-ablation: error:")]
+    assert len(error) == 1 and "Traceback" not in refused.stderr
+    assert str(newest / "adalora_allocator.pt") in error[0]
+    assert str(interrupted_run / "checkpoint-40" / "optimizer.pt") in error[0]
+
+    (interrupted_run / "checkpoint-40" / "optimizer.pt").unlink()  # an optimizer-less checkpoint still resumes
+    resumed = run_train(*SHORT, "--output-root", str(tmp_path), "--resume", "True")
+    assert not marker.exists()
+    assert f"skipping checkpoint-80: {newest / 'adalora_allocator.pt'} cannot be loaded safely" in resumed.stdout
+    assert summary_of(interrupted_run)["resumed_from"] == "checkpoint-40"
+
+
+def test_resume_under_other_settings_says_so_once(interrupted_run, tmp_path):
+    path = interrupted_run / "checkpoint-80" / "adalora_allocator.pt"
+    state = torch.load(path, weights_only=True)
+    assert state["settings"]["intra_op_threads"] == 1  # recorded from the process that wrote the checkpoint
+    state["settings"]["intra_op_threads"] = 7
+    torch.save(state, path)
+    output = run_train(*SHORT, "--output-root", str(tmp_path), "--resume", "True").stdout
+    warnings = [line for line in output.splitlines() if "resuming with different settings" in line]
+    assert warnings == ["[run] resuming with different settings (intra_op_threads 7 -> 1): the result may differ "
+                        "in the last bits from an uninterrupted run"]
 
 
 def test_final_adapter_is_pruned_and_reloads_with_the_same_accuracy(tmp_path):

@@ -10,6 +10,7 @@ from torch.amp.grad_scaler import OptState
 from transformers import TrainerCallback
 
 from .allocator import SignalRankAllocator
+from .resume import run_settings, settings_difference
 from .run_files import METRICS, RANK_PATTERN, SIGNAL_SCORES, append_jsonl
 
 
@@ -63,6 +64,7 @@ class AdaLoraCallback(TrainerCallback):
             "rank_pattern": self.peft_model.peft_config[adapter].rank_pattern,
             "ranks": list(self.ranks), "allocations": self.allocations, "budget_violations": self.budget_violations,
             "scaler_skipped_steps": self.scaler_skipped_steps,
+            "settings": run_settings(self.allocator.layout.device),
         }
 
     def _apply_resume_state(self, state: dict) -> None:
@@ -74,6 +76,9 @@ class AdaLoraCallback(TrainerCallback):
         self.ranks = list(state["ranks"])
         self.allocations, self.budget_violations = state["allocations"], state["budget_violations"]
         self.scaler_skipped_steps = state["scaler_skipped_steps"]
+        difference = settings_difference(state.get("settings"), run_settings(self.allocator.layout.device))
+        if difference:
+            self.log(difference)
 
     # -- Trainer events ------------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):

@@ -15,20 +15,97 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer
+from transformers.trainer_pt_utils import safe_globals
 
+from .errors import UsageError
 from .run_files import ALLOCATOR_STATE, METRICS, RANK_PATTERN, SIGNAL_SCORES, truncate_jsonl
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# Files of a checkpoint that torch.load reads on resume (ours and the Trainer's). All are loaded with
+# weights_only=True: a checkpoint folder may come from someone else (a shared directory, a downloaded run), and a
+# full pickle load would run whatever code it holds.
+_TORCH_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth")
 
 
-def latest_complete_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint-N that was completely written (the allocator state is written last)."""
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Every checkpoint-N that was completely written (the allocator state is written last), oldest first."""
     found = []
     for path in Path(run_dir).glob("checkpoint-*"):
         match = _CHECKPOINT.match(path.name)
         if match and (path / ALLOCATOR_STATE).is_file() and (path / "trainer_state.json").is_file():
             found.append((int(match.group(1)), path))
-    return max(found)[1] if found else None
+    return [path for _, path in sorted(found)]
+
+
+def latest_complete_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = complete_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def _load_error(exc: BaseException) -> str:
+    """The informative line of a torch.load error: for a refused pickle, the global it wanted to call."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    refused = [line.split("error:", 1)[1].split(" was not")[0].strip() for line in lines if "WeightsUnpickler" in line]
+    if refused:
+        return f"refused: {refused[0]}"
+    return lines[0] if lines else type(exc).__name__
+
+
+def _safe_load(path: Path):
+    """torch.load without pickle's code execution, as the Trainer loads its files (numpy's RNG state allowlisted);
+    a refused or damaged file raises ValueError naming it."""
+    try:
+        with safe_globals():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling, zip and OS errors all mean "cannot resume from this file"
+        raise ValueError(f"{path} cannot be loaded safely ({_load_error(exc)})") from None
+
+
+def load_checkpoint_state(checkpoint: Path) -> dict:
+    """Our allocator state from a checkpoint, after checking that every torch file the resume will read (ours and
+    the Trainer's) loads safely: a damaged or crafted file is found here, with its name, instead of as a traceback
+    in the middle of the Trainer's resume. Raises ValueError naming the first file that does not."""
+    checkpoint = Path(checkpoint)
+    state = _safe_load(checkpoint / ALLOCATOR_STATE)
+    for path in [checkpoint / name for name in _TORCH_FILES] + sorted(checkpoint.glob("rng_state_*.pth")):
+        if path.is_file():
+            _safe_load(path)
+    return state
+
+
+def resumable_checkpoint(run_dir: Path, log) -> tuple[Path, dict] | None:
+    """The newest complete checkpoint whose files load safely, with our allocator state; None if the run has no
+    complete checkpoint. Checkpoints that fail are named and skipped (one line each); if every one fails, the run
+    stops with a one-line error instead of silently starting over."""
+    refused = []
+    for checkpoint in reversed(complete_checkpoints(run_dir)):
+        try:
+            return checkpoint, load_checkpoint_state(checkpoint)
+        except ValueError as problem:
+            log(f"[run] skipping {checkpoint.name}: {problem}")
+            refused.append(str(problem))
+    if refused:
+        raise UsageError(f"no checkpoint of {run_dir} can be resumed from: {'; '.join(refused)}; remove the damaged "
+                         f"checkpoint-* folders to start over, or copy the run again")
+    return None
+
+
+def run_settings(device: torch.device | str) -> dict:
+    """What bitwise equality of a resumed run with an uninterrupted one depends on (beyond the data and flags)."""
+    return {"torch": str(torch.__version__), "device": torch.device(device).type,
+            "intra_op_threads": torch.get_num_threads(),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
+
+
+def settings_difference(saved: dict | None, now: dict) -> str | None:
+    """One line naming the settings that differ between a checkpoint's run and this process, or None."""
+    if saved is None:
+        return None
+    changed = [f"{k} {saved.get(k)} -> {v}" for k, v in now.items() if saved.get(k) != v]
+    if not changed:
+        return None
+    return (f"[run] resuming with different settings ({', '.join(changed)}): the result may differ in the last bits "
+            f"from an uninterrupted run")
 
 
 def checkpoint_step(checkpoint: Path) -> int:

@@ -24,8 +24,8 @@ from .errors import UsageError
 from .model import (
     count_parameters, detect_head_modules, detect_target_modules, load_model_and_tokenizer, wrap_with_adalora,
 )
-from .resume import AdaLoraTrainer, checkpoint_step, latest_complete_checkpoint, rewind_logs
-from .run_files import ALLOCATOR_STATE, DDP_CONSISTENCY, FINAL_ADAPTER, SUMMARY, read_summary, write_json_atomic
+from .resume import AdaLoraTrainer, checkpoint_step, resumable_checkpoint, rewind_logs
+from .run_files import DDP_CONSISTENCY, FINAL_ADAPTER, SUMMARY, read_summary, write_json_atomic
 from .signals import SignalConfig
 from .tasks import TASKS
 
@@ -118,10 +118,11 @@ def train(argv: list[str], log=print) -> dict:
 
     is_main = training_args.process_index == 0
     callback = AdaLoraCallback(peft_model, allocator, run_dir, write_files=is_main, log=log if is_main else _quiet)
-    checkpoint = latest_complete_checkpoint(run_dir) if run_args.resume and read_summary(run_dir) is None else None
+    found = resumable_checkpoint(run_dir, log) if run_args.resume and read_summary(run_dir) is None else None
+    checkpoint = found[0] if found else None
     if checkpoint is not None:
         log(f"[run] resuming {run_dir} from {checkpoint.name}")
-        callback.pending_resume = torch.load(checkpoint / ALLOCATOR_STATE, weights_only=False)
+        callback.pending_resume = found[1]
         if is_main:
             rewind_logs(run_dir, checkpoint_step(checkpoint))
     elif is_main:
