@@ -14,7 +14,7 @@ from peft import PeftModel
 from transformers import set_seed
 
 from adalora_ablation.model import TINY_DEBERTA, load_model_and_tokenizer
-from adalora_ablation.resume import latest_complete_checkpoint
+from adalora_ablation.resume import latest_complete_checkpoint, verify_manifest, write_manifest
 from adalora_ablation.run_files import truncate_jsonl
 from adalora_ablation.train import train
 
@@ -123,6 +123,8 @@ def test_resume_never_unpickles_code_and_falls_back_to_an_older_checkpoint(inter
     newest = interrupted_run / "checkpoint-80"
     torch.save({"state": RunsCode(marker)}, newest / "adalora_allocator.pt")
     torch.save({"state": RunsCode(marker)}, interrupted_run / "checkpoint-40" / "optimizer.pt")
+    for checkpoint in ("checkpoint-40", "checkpoint-80"):  # whoever crafted the files can write manifests too
+        write_manifest(interrupted_run / checkpoint)
 
     refused = run_train(*SHORT, "--output-root", str(tmp_path), "--resume", "True", check=False)
     assert refused.returncode == 2 and not marker.exists()
@@ -132,6 +134,7 @@ def test_resume_never_unpickles_code_and_falls_back_to_an_older_checkpoint(inter
     assert str(interrupted_run / "checkpoint-40" / "optimizer.pt") in error[0]
 
     (interrupted_run / "checkpoint-40" / "optimizer.pt").unlink()  # an optimizer-less checkpoint still resumes
+    write_manifest(interrupted_run / "checkpoint-40")
     resumed = run_train(*SHORT, "--output-root", str(tmp_path), "--resume", "True")
     assert not marker.exists()
     assert f"skipping checkpoint-80: {newest / 'adalora_allocator.pt'} cannot be loaded safely" in resumed.stdout
@@ -144,6 +147,7 @@ def test_resume_under_other_settings_says_so_once(interrupted_run, tmp_path):
     assert state["settings"]["intra_op_threads"] == 1  # recorded from the process that wrote the checkpoint
     state["settings"]["intra_op_threads"] = 7
     torch.save(state, path)
+    write_manifest(path.parent)
     output = run_train(*SHORT, "--output-root", str(tmp_path), "--resume", "True").stdout
     warnings = [line for line in output.splitlines() if "resuming with different settings" in line]
     assert warnings == ["[run] resuming with different settings (intra_op_threads 7 -> 1): the result may differ "
@@ -178,3 +182,14 @@ def test_resume_without_checkpoint_starts_fresh_and_truncation_drops_torn_lines(
     path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "tor')
     assert truncate_jsonl(path, lambda r: r["step"] < 3) == 2
     assert lines(path) == ['{"step": 1}', '{"step": 2}']
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_newest_that_verifies(interrupted_run, tmp_path):
+    damaged = interrupted_run / "checkpoint-80" / "adalora_allocator.pt"
+    damaged.write_bytes(damaged.read_bytes()[:100])  # a half-copied file
+    (interrupted_run / "checkpoint-120").mkdir()  # a checkpoint whose writing was cut off before its manifest
+    resumed = run_train(*SHORT, "--output-root", str(tmp_path), "--resume", "True")
+    assert f"[run] skipping checkpoint-80: {damaged} has 100 bytes, the manifest says" in resumed.stdout
+    assert summary_of(interrupted_run)["resumed_from"] == "checkpoint-40"
+    assert not (interrupted_run / "checkpoint-120").exists()  # the abandoned future is removed ...
+    verify_manifest(interrupted_run / "checkpoint-80")  # ... and checkpoint-80 written anew

@@ -1,0 +1,81 @@
+"""One writer per run folder: the lock file, its owner and heartbeat, takeover of dead owners."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from adalora_ablation.run_lock import LOCK_FILE, STALE_S, LockHeld, RunLock, held_elsewhere, read_owner
+
+HOLDER = """
+import sys, time
+from adalora_ablation.run_lock import RunLock
+with RunLock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def write_lock(run_dir, host, pid, age=0.0):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    path.write_text(json.dumps({"host": host, "pid": pid, "started": time.time() - age, "token": "t"}))
+    os.utime(path, (time.time() - age, time.time() - age))
+    return path
+
+
+def finished_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_second_process_cannot_take_a_live_lock(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockHeld, match=f"in use by process {holder.pid} on "):
+            RunLock(tmp_path, log=lambda *a: None).acquire()
+        assert held_elsewhere(tmp_path).pid == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+    # killed without releasing: same host, PID gone -> taken over, with a message naming the old owner
+    messages = []
+    with RunLock(tmp_path, log=messages.append) as lock:
+        assert read_owner(tmp_path / LOCK_FILE)[0] == lock.owner
+        assert messages == [f"[run] taking over the lock of {tmp_path}: process {holder.pid} on "
+                            f"{lock.owner.host} (since {messages[0].split('(since ')[1]}"]
+        assert "is no longer running" in messages[0]
+    assert not (tmp_path / LOCK_FILE).exists()  # released
+
+
+def test_a_lock_of_another_host_is_live_until_its_heartbeat_goes_stale(tmp_path):
+    write_lock(tmp_path, "other-node", 12345, age=10)
+    with pytest.raises(LockHeld, match="process 12345 on other-node"):
+        RunLock(tmp_path).acquire()
+    write_lock(tmp_path, "other-node", 12345, age=STALE_S + 5)
+    assert held_elsewhere(tmp_path) is None
+    messages = []
+    with RunLock(tmp_path, log=messages.append):
+        assert "has not renewed its heartbeat" in messages[0]
+
+
+def test_a_dead_local_owner_is_taken_over_and_release_leaves_a_foreign_lock_alone(tmp_path):
+    write_lock(tmp_path, os.uname().nodename, finished_pid())
+    lock = RunLock(tmp_path, log=lambda *a: None).acquire()
+    write_lock(tmp_path, "other-node", 1)  # someone replaced our lock (e.g. took it over after a long hang)
+    lock.release()
+    assert read_owner(tmp_path / LOCK_FILE)[0].host == "other-node"
+
+
+def test_heartbeat_renews_the_lock(tmp_path, monkeypatch):
+    monkeypatch.setattr("adalora_ablation.run_lock.HEARTBEAT_S", 0.05)
+    with RunLock(tmp_path):
+        path = tmp_path / LOCK_FILE
+        os.utime(path, (time.time() - 100, time.time() - 100))
+        time.sleep(0.3)
+        assert read_owner(path)[1] < 5
