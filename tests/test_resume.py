@@ -51,20 +51,46 @@ def summary_of(run_dir):
     return json.loads((run_dir / "final_summary.json").read_text())
 
 
-@pytest.mark.parametrize("signal_name", ["combo", "random"])
-def test_killed_then_resumed_run_equals_uninterrupted_run(tmp_path, signal_name):
-    straight_root, killed_root = tmp_path / "straight", tmp_path / "killed"
-    run_train("--signal", signal_name, "--output-root", str(straight_root))
+@pytest.fixture(scope="module")
+def straight_runs(tmp_path_factory):
+    """Uninterrupted runs, trained once per signal for all the tests that compare against them."""
+    root = tmp_path_factory.mktemp("straight")
+    done = {}
 
-    proc = subprocess.Popen(train_command("--signal", signal_name, "--output-root", str(killed_root)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    run_dir = run_folder(killed_root, signal_name)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        checkpoint = latest_complete_checkpoint(run_dir) if run_dir.exists() else None
-        if checkpoint is not None and checkpoint.name != "checkpoint-240":
-            break
+    def get(signal_name):
+        if signal_name not in done:
+            run_train("--signal", signal_name, "--output-root", str(root))
+            done[signal_name] = run_folder(root, signal_name)
+        return done[signal_name]
+    return get
+
+
+def assert_same_run(run_dir, straight_dir):
+    resumed, straight = summary_of(run_dir), summary_of(straight_dir)
+    for name in ("rank_pattern.jsonl", "signal_scores.jsonl"):
+        assert lines(run_dir / name) == lines(straight_dir / name), name
+    assert resumed["eval_accuracy"] == straight["eval_accuracy"]
+    assert resumed["final_ranks"] == straight["final_ranks"]
+    assert resumed["eval_metrics"]["eval_loss"] == straight["eval_metrics"]["eval_loss"]
+    return resumed
+
+
+def wait_for(condition, proc, seconds=240):
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None and not condition():
         time.sleep(0.02)
+
+
+@pytest.mark.parametrize("signal_name", ["combo", "random"])
+def test_killed_then_resumed_run_equals_uninterrupted_run(tmp_path, signal_name, straight_runs):
+    proc = subprocess.Popen(train_command("--signal", signal_name, "--output-root", str(tmp_path)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    run_dir = run_folder(tmp_path, signal_name)
+
+    def middle_checkpoint():
+        checkpoint = latest_complete_checkpoint(run_dir) if run_dir.exists() else None
+        return checkpoint is not None and checkpoint.name != "checkpoint-240"
+    wait_for(middle_checkpoint, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "final_summary.json").exists(), "the run finished before it could be killed"
@@ -72,18 +98,37 @@ def test_killed_then_resumed_run_equals_uninterrupted_run(tmp_path, signal_name)
         for line in lines(run_dir / name):
             json.loads(line)  # a SIGKILL leaves only whole lines
 
-    output = run_train("--signal", signal_name, "--output-root", str(killed_root), "--resume", "True")
+    output = run_train("--signal", signal_name, "--output-root", str(tmp_path), "--resume", "True")
     assert "resuming with different settings" not in output.stdout + output.stderr
-    resumed, straight = summary_of(run_dir), summary_of(run_folder(straight_root, signal_name))
+    resumed = assert_same_run(run_dir, straight_runs(signal_name))
     assert resumed["resumed_from"] is not None and resumed["resumed_from"] != "checkpoint-240"
-    straight_dir = run_folder(straight_root, signal_name)
-    for name in ("rank_pattern.jsonl", "signal_scores.jsonl"):
-        assert lines(run_dir / name) == lines(straight_dir / name), name
-    assert resumed["eval_accuracy"] == straight["eval_accuracy"]
-    assert resumed["final_ranks"] == straight["final_ranks"]
-    assert resumed["eval_metrics"]["eval_loss"] == straight["eval_metrics"]["eval_loss"]
     steps = [json.loads(line)["step"] for line in lines(run_dir / "metrics.jsonl") if '"loss"' in line]
     assert steps == sorted(set(steps)) == list(range(10, 241, 10))  # no duplicated or missing log line
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_signal_checkpoints_the_current_step_and_the_resumed_run_equals_an_uninterrupted_one(
+        tmp_path, straight_runs, stop_signal):
+    proc = subprocess.Popen(train_command("--signal", "combo", "--output-root", str(tmp_path)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    run_dir = run_folder(tmp_path, "combo")
+    allocations = run_dir / "rank_pattern.jsonl"
+    # the reduction phase runs from step 30 to 180; signal after its 6th allocation, away from any checkpoint
+    wait_for(lambda: allocations.exists() and len(lines(allocations)) >= 6, proc)
+    proc.send_signal(stop_signal)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 75, err[-2000:]  # "requeue me"
+    message = [line for line in err.splitlines() if line.startswith("adalora-ablation: stopped by")]
+    step = int(message[0].split("after step ")[1].split(";")[0])
+    assert message == [f"adalora-ablation: stopped by {signal.Signals(stop_signal).name} after step {step}; "
+                       f"checkpoint-{step} written; run the same command with --resume True to continue from it"]
+    assert 30 < step < 180  # in the reduction phase
+    assert latest_complete_checkpoint(run_dir).name == f"checkpoint-{step}"
+    assert not (run_dir / "final_summary.json").exists()
+
+    run_train("--signal", "combo", "--output-root", str(tmp_path), "--resume", "True")
+    assert summary_of(run_dir)["resumed_from"] == f"checkpoint-{step}"
+    assert_same_run(run_dir, straight_runs("combo"))
 
 
 SHORT = ["--signal", "importance_only", "--max-steps", "80", "--tinit", "10", "--tfinal", "20", "--save-steps", "40",
@@ -193,3 +238,24 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_newest_that_verifies(int
     assert summary_of(interrupted_run)["resumed_from"] == "checkpoint-40"
     assert not (interrupted_run / "checkpoint-120").exists()  # the abandoned future is removed ...
     verify_manifest(interrupted_run / "checkpoint-80")  # ... and checkpoint-80 written anew
+
+
+def test_a_failed_checkpoint_write_stops_the_run_in_one_line_and_the_last_verified_one_stays_resumable(
+        interrupted_run, tmp_path):
+    shutil.rmtree(interrupted_run / "checkpoint-80")
+
+    def small_files_only():  # as a full disk would: writing more than 64 KiB to one file fails (EFBIG)
+        import resource
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
+
+    result = subprocess.run(train_command(*SHORT, "--output-root", str(tmp_path), "--resume", "True"),
+                            capture_output=True, text=True, env=ENV, timeout=600, preexec_fn=small_files_only)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    error = [line for line in result.stderr.splitlines() if line.startswith("adalora-ablation: error:")]
+    assert len(error) == 1 and "File too large" in error[0], result.stderr[-2000:]
+    assert f"cannot write checkpoint {interrupted_run / 'checkpoint-80'}" in error[0]
+    assert latest_complete_checkpoint(interrupted_run).name == "checkpoint-40"  # the cut-off one has no manifest
+
+    run_train(*SHORT, "--output-root", str(tmp_path), "--resume", "True")
+    assert summary_of(interrupted_run)["resumed_from"] == "checkpoint-40"

@@ -79,3 +79,38 @@ def test_heartbeat_renews_the_lock(tmp_path, monkeypatch):
         os.utime(path, (time.time() - 100, time.time() - 100))
         time.sleep(0.3)
         assert read_owner(path)[1] < 5
+
+
+TRAIN = ["--task", "synthetic", "--signal", "combo", "--seed", "5", "--max-steps", "240", "--tinit", "10",
+         "--tfinal", "10", "--deltaT", "5", "--eval-strategy", "no", "--save-strategy", "no"]
+
+
+def test_a_second_train_on_the_same_folder_stops_and_the_first_writes_consistent_logs(tmp_path):
+    def cli(*args):
+        return [sys.executable, "-m", "adalora_ablation", *args, "--output-root", str(tmp_path)]
+
+    run_dir = tmp_path / "synthetic" / "combo" / "5"
+    first = subprocess.Popen(cli("train", *TRAIN), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (run_dir / LOCK_FILE).exists():
+            assert first.poll() is None and time.time() < deadline, "the first run never took its lock"
+            time.sleep(0.05)
+        for extra in ([], ["--overwrite", "True"]):
+            second = subprocess.run(cli("train", *TRAIN, *extra), capture_output=True, text=True, timeout=300)
+            assert second.returncode == 2, second.stderr[-2000:]
+            errors = [line for line in second.stderr.splitlines() if line.startswith("adalora-ablation: error:")]
+            assert len(errors) == 1 and f"{run_dir} is in use by process {first.pid} on " in errors[0]
+            assert first.poll() is None, "the second process disturbed the first"
+        grid = subprocess.run(cli("ablate", "--task", "synthetic", "--signals", "combo", "--seeds", "5", "--dry-run"),
+                              capture_output=True, text=True, timeout=120)
+        assert f"| synthetic | combo | 5 | running elsewhere | process {first.pid} on " in grid.stdout
+        out, _ = first.communicate(timeout=600)
+    finally:
+        first.kill()
+    assert first.returncode == 0, out[-2000:]
+    steps = [json.loads(line)["step"] for line in (run_dir / "rank_pattern.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # one writer: every allocation once, in order
+    summary = json.loads((run_dir / "final_summary.json").read_text())
+    assert summary["allocations"] == len(steps)
+    assert not (run_dir / LOCK_FILE).exists()  # released at the end

@@ -21,11 +21,19 @@ from .cli import OneLineArgumentParser
 from .demo import DEMO_SIGNALS
 from .errors import UsageError
 from .launchers import (
-    SUBMITIT_LAUNCHERS, SubmititOptions, grid_status, parse_gpus, parse_slurm_time, require_submitit, run_on_gpus,
-    run_one, submit_grid,
+    SUBMITIT_LAUNCHERS,
+    SubmititOptions,
+    grid_status,
+    parse_gpus,
+    parse_slurm_time,
+    require_submitit,
+    run_on_gpus,
+    run_one,
+    submit_grid,
 )
 from .resume import latest_complete_checkpoint
 from .run_files import read_summary
+from .run_lock import held_elsewhere
 from .signals import SIGNALS
 from .tasks import TASK_NAMES
 from .train import run_dir_for
@@ -139,8 +147,11 @@ def submitit_options(args) -> SubmititOptions:
 def run_here(runs: list[GridRun], args, extra: list[str]) -> None:
     todo = []
     for run in runs:
+        owner = held_elsewhere(run.run_dir)
         if read_summary(run.run_dir) is not None:
             run.status, run.detail = "skipped", "already finished"
+        elif owner is not None:
+            run.status, run.detail = "running elsewhere", owner.describe()
         elif args.dry_run:
             checkpoint = latest_complete_checkpoint(run.run_dir) if run.run_dir.is_dir() else None
             run.status = "would resume" if checkpoint else "would run"
@@ -178,8 +189,8 @@ def ablate_main(argv: list[str]) -> int:
     # Runs that ended here (local, or the local executor, which waits for its jobs) are counted as finished or
     # failed; Slurm jobs and dry runs by what happened to them now (submitted, queued, would run, ...).
     ended_here = not args.dry_run and args.launcher != "slurm"
-    statuses = ("finished", "skipped", "failed") if ended_here or args.launcher == "local" else \
-        dict.fromkeys(r.status for r in runs)
+    ended = ("finished", "skipped", "interrupted", "running elsewhere", "failed")
+    statuses = ended if ended_here or args.launcher == "local" else dict.fromkeys(r.status for r in runs)
 
     print(f"\n{status_table(runs)}")
     print(f"\n{counts_line(runs, statuses)}" + (f" (extra train flags: {' '.join(extra)})" if extra else ""))

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from .errors import UsageError
+from .errors import REQUEUE_EXIT_CODE, RunInterrupted, UsageError
 
 COMMANDS = {
     "train": "train one run (flags or a YAML/JSON file; 'train --help' lists them)",
@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"adalora-ablation: error: {exc}", file=sys.stderr)
         return 2
+    except RunInterrupted as exc:
+        print(f"adalora-ablation: {exc}", file=sys.stderr)
+        return REQUEUE_EXIT_CODE
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):

@@ -1,5 +1,24 @@
-"""Errors a user can fix: printed as one line, exit code 2, no traceback."""
+"""What the command line turns into one line and an exit status: errors a user can fix (exit 2, no traceback) and
+an interruption that asks to be requeued."""
 
 
 class UsageError(Exception):
     """Bad input (arguments, paths, versions). The message names the problem and the fix."""
+
+
+class RunFileError(UsageError):
+    """A file of the run could not be written (full disk, quota, ...): one line naming it; the run stops, and its
+    last verified checkpoint stays resumable."""
+
+
+# Exit status of a run that stopped on a signal after writing a checkpoint: "requeue me, I will resume".
+REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "temporary failure; the user is invited to retry"
+
+
+class RunInterrupted(Exception):
+    """Training stopped on a signal after writing checkpoint-<step>; the command exits with REQUEUE_EXIT_CODE."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: str):
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+        super().__init__(f"stopped by {signal_name} after step {step}; {checkpoint} written; run the same command "
+                         f"with --resume True to continue from it")

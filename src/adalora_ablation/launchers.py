@@ -11,6 +11,7 @@ import json
 import math
 import os
 import queue
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -18,9 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import REQUEUE_EXIT_CODE, RunInterrupted, UsageError
 from .resume import latest_complete_checkpoint
 from .run_files import read_summary, write_json_atomic
+from .run_lock import held_elsewhere
 
 SUBMITIT_LAUNCHERS = {"slurm": "slurm", "submitit-local": "local"}  # --launcher -> submitit's cluster name
 INSTALL_HINT = 'pip install submitit (or pip install -e ".[cluster]")'
@@ -67,6 +69,8 @@ def run_one(run, output_root: str, extra: list[str], gpu: str | None = None, cpu
     summary = read_summary(run.run_dir)
     if proc.returncode == 0 and summary is not None:
         run.status, run.detail = "finished", f"accuracy {summary['eval_accuracy']:.4f}"
+    elif proc.returncode == REQUEUE_EXIT_CODE:
+        run.status, run.detail = "interrupted", last_line.replace("adalora-ablation: ", "")
     else:
         run.status, run.detail = "failed", last_line or f"exit code {proc.returncode}"
 
@@ -157,9 +161,17 @@ class TrainJob:
             # One task per GPU (--gpus-per-run N): give each its torch.distributed rank. Every GPU stays visible,
             # because the Trainer places each process on cuda:LOCAL_RANK.
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        from .preemption import STOP_SIGNALS
         from .train import train
 
-        return train(self.argv)
+        preempt_signal = getattr(signal, f"SIG{submitit.JobEnvironment.USR_SIG}")
+        try:
+            return train(self.argv, stop_signals=(*STOP_SIGNALS, preempt_signal))
+        except RunInterrupted:
+            # The run has written a checkpoint at the step it stopped after; now do what submitit would have done
+            # on its signal: call checkpoint() below and requeue the job (this exits the process).
+            signal.getsignal(preempt_signal)(preempt_signal, None)
+            raise
 
     def checkpoint(self):
         # Nothing to save here: the run's own checkpoints hold its state. The requeued job runs the same
@@ -279,8 +291,11 @@ def submit_grid(runs, output_root: str, extra: list[str], options: SubmititOptio
     to_submit = []
     for run in runs:
         record = book.get(run_name(run))
+        owner = held_elsewhere(run.run_dir)
         if run.status == "finished":
             run.status, run.detail = "skipped", "already finished"
+        elif owner is not None and not (record is not None and is_active(run.status, record)):
+            run.status, run.detail = "running elsewhere", owner.describe()
         elif record is not None and is_active(run.status, record):
             run.status, run.detail = "queued", f"{run.status}, {run.detail}"
         else:

@@ -7,7 +7,12 @@ import re
 
 import torch
 from peft import AdaLoraConfig, get_peft_model
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DebertaV2Config, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DebertaV2Config,
+    PreTrainedTokenizerFast,
+)
 
 from .errors import UsageError
 

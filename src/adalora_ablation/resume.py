@@ -20,8 +20,15 @@ import torch
 from transformers import Trainer
 from transformers.trainer_pt_utils import safe_globals
 
-from .errors import UsageError
-from .run_files import ALLOCATOR_STATE, METRICS, RANK_PATTERN, SIGNAL_SCORES, truncate_jsonl, write_json_atomic
+from .errors import RunFileError, UsageError
+from .run_files import (
+    ALLOCATOR_STATE,
+    METRICS,
+    RANK_PATTERN,
+    SIGNAL_SCORES,
+    truncate_jsonl,
+    write_json_atomic,
+)
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Files of a checkpoint that torch.load reads on resume (ours and the Trainer's). All are loaded with
@@ -80,7 +87,7 @@ def latest_complete_checkpoint(run_dir: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def _load_error(exc: BaseException) -> str:
+def _error_line(exc: BaseException) -> str:
     """The informative line of a torch.load error: for a refused pickle, the global it wanted to call."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     refused = [line.split("error:", 1)[1].split(" was not")[0].strip() for line in lines if "WeightsUnpickler" in line]
@@ -96,7 +103,7 @@ def _safe_load(path: Path):
         with safe_globals():
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling, zip and OS errors all mean "cannot resume from this file"
-        raise ValueError(f"{path} cannot be loaded safely ({_load_error(exc)})") from None
+        raise ValueError(f"{path} cannot be loaded safely ({_error_line(exc)})") from None
 
 
 def load_checkpoint_state(checkpoint: Path) -> dict:
@@ -153,11 +160,15 @@ def checkpoint_step(checkpoint: Path) -> int:
 
 def rewind_logs(run_dir: Path, step: int) -> None:
     """Cut the run back to what had happened when checkpoint-<step> was written: later (damaged or cut-off)
-    checkpoints go, and the jsonl logs are cut so that resuming neither duplicates nor loses a line. Allocation records carry the 0-based step they ran at (< step); Trainer logs
-    carry the global step after it (the checkpoint is written after the log and eval of its own step)."""
+    checkpoints go, and the jsonl logs are cut so that resuming neither duplicates nor loses a line. Allocation
+    records carry the 0-based step they ran at (< step); Trainer logs carry the global step after it (the checkpoint
+    is written after the log and eval of its own step)."""
     for later in Path(run_dir).glob("checkpoint-*"):
         if _CHECKPOINT.match(later.name) and checkpoint_step(later) > step:
-            shutil.rmtree(later)
+            if later.is_dir() and not later.is_symlink():
+                shutil.rmtree(later)
+            else:
+                later.unlink()
     truncate_jsonl(run_dir / RANK_PATTERN, lambda r: r["step"] < step)
     truncate_jsonl(run_dir / SIGNAL_SCORES, lambda r: r["step"] < step)
     truncate_jsonl(run_dir / METRICS, lambda r: r["step"] <= step and "train_runtime" not in r)
@@ -185,11 +196,17 @@ class AdaLoraTrainer(Trainer):
         peft_config = self.model.peft_config[self.model.base_model.trainable_adapter_name]
         rank_pattern = peft_config.rank_pattern
         peft_config.rank_pattern = None  # save every triplet: the checkpoint must continue training, not infer
+        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
         try:
             super()._save_checkpoint(model, trial)
+            if self.args.should_save:
+                save_torch_atomic(self.adalora_callback.resume_state(), folder / ALLOCATOR_STATE)
+                write_manifest(folder)
+        except RunFileError:
+            raise
+        except Exception as exc:  # OSError, or a serializer's own error type wrapping one (safetensors)
+            raise RunFileError(f"cannot write checkpoint {folder} ({_error_line(exc)}); the run stopped, and its "
+                               f"last verified checkpoint stays resumable: free space, then run the same command "
+                               f"with --resume True") from None
         finally:
             peft_config.rank_pattern = rank_pattern
-        if self.args.should_save:
-            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-            save_torch_atomic(self.adalora_callback.resume_state(), folder / ALLOCATOR_STATE)
-            write_manifest(folder)

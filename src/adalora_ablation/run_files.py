@@ -8,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import RunFileError
+
 METRICS = "metrics.jsonl"
 RANK_PATTERN = "rank_pattern.jsonl"
 SIGNAL_SCORES = "signal_scores.jsonl"
@@ -29,17 +31,25 @@ def _clean(value):
     return value
 
 
+def _write_error(path: Path, exc: OSError) -> RunFileError:
+    return RunFileError(f"cannot write {path} ({exc.strerror or exc}); the run stopped, and its last verified "
+                        f"checkpoint stays resumable: free space, then run the same command with --resume True")
+
+
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one record as one line with a single O_APPEND write: a killed process leaves whole lines only."""
     data = (json.dumps(_clean(record)) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        written = os.write(fd, data)
-        if written != len(data):  # only on a full disk; never leave half a record behind
-            os.ftruncate(fd, os.fstat(fd).st_size - written)
-            raise OSError(f"short write to {path}")
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            written = os.write(fd, data)
+            if written != len(data):  # only on a full disk; never leave half a record behind
+                os.ftruncate(fd, os.fstat(fd).st_size - written)
+                raise OSError(28, "short write")
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -52,8 +62,10 @@ def write_json_atomic(path: Path, data: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from None
         raise
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import platform
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -20,12 +22,24 @@ from .allocator import install_allocator
 from .args import parse_train_args
 from .callback import AdaLoraCallback
 from .data import load_tokenized
-from .errors import UsageError
+from .errors import RunInterrupted, UsageError
 from .model import (
-    count_parameters, detect_head_modules, detect_target_modules, load_model_and_tokenizer, wrap_with_adalora,
+    count_parameters,
+    detect_head_modules,
+    detect_target_modules,
+    load_model_and_tokenizer,
+    wrap_with_adalora,
 )
+from .preemption import STOP_SIGNALS, StopOnSignal
 from .resume import AdaLoraTrainer, checkpoint_step, resumable_checkpoint, rewind_logs
-from .run_files import DDP_CONSISTENCY, FINAL_ADAPTER, SUMMARY, read_summary, write_json_atomic
+from .run_files import (
+    DDP_CONSISTENCY,
+    FINAL_ADAPTER,
+    SUMMARY,
+    read_summary,
+    write_json_atomic,
+)
+from .run_lock import LOCK_FILE, LockHeld, RunLock
 from .signals import SignalConfig
 from .tasks import TASKS
 
@@ -77,8 +91,9 @@ def library_versions() -> dict[str, str]:
             "peft": peft.__version__, "datasets": datasets.__version__}
 
 
-def train(argv: list[str], log=print) -> dict:
-    """Run one training job from command-line style arguments; returns the final summary."""
+def train(argv: list[str], log=print, stop_signals=STOP_SIGNALS) -> dict:
+    """Run one training job from command-line style arguments; returns the final summary. On one of
+    ``stop_signals`` it writes a checkpoint after the current step and raises RunInterrupted."""
     started = time.time()
     run_args, model_args, data_args, ada_args, training_args = parse_train_args(argv)
     check_peft_version()
@@ -117,74 +132,111 @@ def train(argv: list[str], log=print) -> dict:
         log("[data] task 'synthetic' is a SYNTHETIC keyword task for offline demos, not GLUE")
 
     is_main = training_args.process_index == 0
-    callback = AdaLoraCallback(peft_model, allocator, run_dir, write_files=is_main, log=log if is_main else _quiet)
-    found = resumable_checkpoint(run_dir, log) if run_args.resume and read_summary(run_dir) is None else None
-    checkpoint = found[0] if found else None
-    if checkpoint is not None:
-        log(f"[run] resuming {run_dir} from {checkpoint.name}")
-        callback.pending_resume = found[1]
+    # One writer per run folder, for the life of this process: a second `train` on the same folder (a requeued job
+    # whose predecessor still runs, the same grid started twice) stops here instead of mixing its logs in.
+    with contextlib.ExitStack() as held:
         if is_main:
-            rewind_logs(run_dir, checkpoint_step(checkpoint))
-    elif is_main:
-        if run_dir.exists():  # an unfinished run without a checkpoint, or --overwrite: start clean
+            held.enter_context(hold_run_folder(run_dir, log))
+            if read_summary(run_dir) is not None and not run_args.overwrite:  # finished while we were loading
+                raise UsageError(f"{run_dir} already holds a finished run; pass --overwrite to replace it")
+        stopper = StopOnSignal(stop_signals)
+        callback = AdaLoraCallback(peft_model, allocator, run_dir, write_files=is_main, log=log if is_main else _quiet)
+        found = resumable_checkpoint(run_dir, log) if run_args.resume and read_summary(run_dir) is None else None
+        checkpoint = found[0] if found else None
+        if checkpoint is not None:
+            log(f"[run] resuming {run_dir} from {checkpoint.name}")
+            callback.pending_resume = found[1]
+            if is_main:
+                rewind_logs(run_dir, checkpoint_step(checkpoint))
+        elif is_main and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+            # an unfinished run without a checkpoint, or --overwrite: start clean (the lock stays: it is ours)
             log(f"[run] replacing the previous contents of {run_dir}")
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-    trainer = AdaLoraTrainer(
-        model=peft_model,
-        args=training_args,
-        train_dataset=train_set,
-        eval_dataset=eval_sets[""] if "" in eval_sets else eval_sets,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=compute_accuracy,
-        callbacks=[callback],
-        adalora_callback=callback,
-    )
-    callback.trainer = trainer
-    train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if training_args.world_size > 1:
-        check_ranks_agree(callback.mask_digests, run_dir if is_main else None)
-    eval_metrics = trainer.evaluate()
-    if is_main:  # the pruned adapter for inference, apart from the (full-shape) training checkpoints
-        peft_model.save_pretrained(run_dir / FINAL_ADAPTER)
-        tokenizer.save_pretrained(run_dir / FINAL_ADAPTER)
+            clear_run_folder(run_dir)
+        trainer = AdaLoraTrainer(
+            model=peft_model,
+            args=training_args,
+            train_dataset=train_set,
+            eval_dataset=eval_sets[""] if "" in eval_sets else eval_sets,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=compute_accuracy,
+            callbacks=[callback, stopper],
+            adalora_callback=callback,
+        )
+        callback.trainer = trainer
+        stopper.install()
+        try:
+            train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        finally:
+            stopper.restore()
+        if stopper.stopped_at is not None:
+            step = stopper.stopped_at
+            raise RunInterrupted(signal.Signals(stopper.received).name, step, f"checkpoint-{step}")
+        if training_args.world_size > 1:
+            check_ranks_agree(callback.mask_digests, run_dir if is_main else None)
+        eval_metrics = trainer.evaluate()
+        if is_main:  # the pruned adapter for inference, apart from the (full-shape) training checkpoints
+            peft_model.save_pretrained(run_dir / FINAL_ADAPTER)
+            tokenizer.save_pretrained(run_dir / FINAL_ADAPTER)
 
-    summary = {
-        "task": task.name,
-        "synthetic": task.synthetic,
-        "signal": run_args.signal,
-        "seed": seed,
-        "model": model_args.model,
-        **accuracy_fields(eval_metrics),
-        "eval_metrics": eval_metrics,
-        "train_loss": train_result.training_loss,
-        "total_step": total_step,
-        "total_rank": sum(callback.ranks),
-        "target_budget": allocator.target_bgt,
-        "initial_budget": allocator.init_bgt,
-        "budget_check_passed": callback.budget_violations == 0 and sum(callback.ranks) == allocator.target_bgt,
-        "allocations": callback.allocations,
-        "nonfinite_steps": int(allocator.nonfinite_steps),
-        "scaler_skipped_steps": callback.scaler_skipped_steps,
-        "final_ranks": dict(zip(allocator.layout.names, callback.ranks)),
-        "resumed_from": checkpoint.name if checkpoint else None,
-        "trainable_parameters": params["trainable"],
-        "total_parameters": params["total"],
-        "target_modules": target_modules,
-        "modules_to_save": modules_to_save,
-        "config": {
-            "run": dataclasses.asdict(run_args), "model": dataclasses.asdict(model_args),
-            "data": dataclasses.asdict(data_args), "adalora": dataclasses.asdict(ada_args),
-            "training": training_args.to_dict(),
-        },
-        "versions": library_versions(),
-        "wall_time_s": round(time.time() - started, 2),
-    }
-    if is_main:
-        write_json_atomic(run_dir / SUMMARY, summary)
-        log(f"[run] {task.name}/{run_args.signal}/{seed}: accuracy {summary['eval_accuracy']:.4f}, "
-            f"total rank {summary['total_rank']} (budget {summary['target_budget']}) -> {run_dir}")
-    return summary
+        summary = {
+            "task": task.name,
+            "synthetic": task.synthetic,
+            "signal": run_args.signal,
+            "seed": seed,
+            "model": model_args.model,
+            **accuracy_fields(eval_metrics),
+            "eval_metrics": eval_metrics,
+            "train_loss": train_result.training_loss,
+            "total_step": total_step,
+            "total_rank": sum(callback.ranks),
+            "target_budget": allocator.target_bgt,
+            "initial_budget": allocator.init_bgt,
+            "budget_check_passed": callback.budget_violations == 0 and sum(callback.ranks) == allocator.target_bgt,
+            "allocations": callback.allocations,
+            "nonfinite_steps": int(allocator.nonfinite_steps),
+            "scaler_skipped_steps": callback.scaler_skipped_steps,
+            "final_ranks": dict(zip(allocator.layout.names, callback.ranks)),
+            "resumed_from": checkpoint.name if checkpoint else None,
+            "trainable_parameters": params["trainable"],
+            "total_parameters": params["total"],
+            "target_modules": target_modules,
+            "modules_to_save": modules_to_save,
+            "config": {
+                "run": dataclasses.asdict(run_args), "model": dataclasses.asdict(model_args),
+                "data": dataclasses.asdict(data_args), "adalora": dataclasses.asdict(ada_args),
+                "training": training_args.to_dict(),
+            },
+            "versions": library_versions(),
+            "wall_time_s": round(time.time() - started, 2),
+        }
+        if is_main:
+            write_json_atomic(run_dir / SUMMARY, summary)
+            log(f"[run] {task.name}/{run_args.signal}/{seed}: accuracy {summary['eval_accuracy']:.4f}, "
+                f"total rank {summary['total_rank']} (budget {summary['target_budget']}) -> {run_dir}")
+        return summary
+
+
+@contextlib.contextmanager
+def hold_run_folder(run_dir: Path, log):
+    """The run folder's lock (created with the folder), held until the block ends; a live owner is a UsageError."""
+    try:
+        lock = RunLock(run_dir, log).acquire()
+    except LockHeld as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def clear_run_folder(run_dir: Path) -> None:
+    for path in Path(run_dir).iterdir():
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def check_ranks_agree(mask_digests: list[str], run_dir: Path | None) -> None:
