@@ -171,7 +171,8 @@ def test_resume_never_unpickles_code_and_falls_back_to_an_older_checkpoint(inter
     for checkpoint in ("checkpoint-40", "checkpoint-80"):  # whoever crafted the files can write manifests too
         write_manifest(interrupted_run / checkpoint)
 
-    refused = run_train(*SHORT, "--output-root", str(tmp_path), "--resume", "True", check=False)
+    refused = run_train(*SHORT, "--output-root", str(tmp_path), "--resume", "True", "--resume-fallback", "stop",
+                        check=False)
     assert refused.returncode == 2 and not marker.exists()
     error = [line for line in refused.stderr.splitlines() if line.startswith("adalora-ablation: error:")]
     assert len(error) == 1 and "Traceback" not in refused.stderr
@@ -238,6 +239,17 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_newest_that_verifies(int
     assert summary_of(interrupted_run)["resumed_from"] == "checkpoint-40"
     assert not (interrupted_run / "checkpoint-120").exists()  # the abandoned future is removed ...
     verify_manifest(interrupted_run / "checkpoint-80")  # ... and checkpoint-80 written anew
+
+
+def test_a_run_whose_checkpoints_all_fail_starts_over(interrupted_run, tmp_path):
+    for checkpoint in ("checkpoint-40", "checkpoint-80"):
+        (interrupted_run / checkpoint / "scheduler.pt").write_bytes(b"damaged")
+    output = run_train(*SHORT, "--output-root", str(tmp_path), "--resume", "True").stdout
+    assert f"[run] no checkpoint of {interrupted_run} verifies; starting over" in output
+    summary = summary_of(interrupted_run)
+    assert summary["resumed_from"] is None and summary["budget_check_passed"]
+    steps = [json.loads(line)["step"] for line in lines(interrupted_run / "metrics.jsonl") if '"loss"' in line]
+    assert steps == sorted(set(steps))  # the old logs went with the old run
 
 
 def test_a_failed_checkpoint_write_stops_the_run_in_one_line_and_the_last_verified_one_stays_resumable(

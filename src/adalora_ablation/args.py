@@ -37,7 +37,12 @@ class RunArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace a run folder that already holds a finished run."})
     resume: bool = field(
         default=False,
-        metadata={"help": "Continue an unfinished run from its latest complete checkpoint (start fresh if none)."},
+        metadata={"help": "Continue an unfinished run from its newest verified checkpoint (start fresh if none)."},
+    )
+    resume_fallback: str = field(
+        default="restart",
+        metadata={"help": "With --resume, when the run has checkpoints but none verifies (damaged or unsafe files): "
+                          "'restart' the run from scratch, or 'stop' with an error."},
     )
 
 
@@ -177,6 +182,8 @@ def parse_train_args(argv: list[str]):
 def validate(run: RunArguments, adalora: AdaLoraArguments) -> None:
     if run.task not in TASK_NAMES:
         raise UsageError(f"unknown task {run.task!r}; use --task with one of: {', '.join(TASK_NAMES)}")
+    if run.resume_fallback not in ("restart", "stop"):
+        raise UsageError(f"unknown --resume-fallback {run.resume_fallback!r}; choose restart or stop")
     if run.signal not in SIGNALS:
         raise UsageError(f"unknown signal {run.signal!r}; use --signal with one of: {', '.join(SIGNALS)}")
     if adalora.normalize_method not in NORMALIZE_METHODS:

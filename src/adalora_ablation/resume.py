@@ -119,10 +119,10 @@ def load_checkpoint_state(checkpoint: Path) -> dict:
     return state
 
 
-def resumable_checkpoint(run_dir: Path, log) -> tuple[Path, dict] | None:
-    """The newest complete checkpoint whose files load safely, with our allocator state; None if the run has no
-    complete checkpoint. Checkpoints that fail are named and skipped (one line each); if every one fails, the run
-    stops with a one-line error instead of silently starting over."""
+def resumable_checkpoint(run_dir: Path, log, restart: bool = True) -> tuple[Path, dict] | None:
+    """The newest complete checkpoint that verifies (manifest, safe loading), with our allocator state; None if the
+    run has none. Checkpoints that fail are named and skipped, one line each. If every one fails, the run starts
+    over (``restart``) or stops with a one-line error."""
     refused = []
     for checkpoint in reversed(complete_checkpoints(run_dir)):
         try:
@@ -130,9 +130,11 @@ def resumable_checkpoint(run_dir: Path, log) -> tuple[Path, dict] | None:
         except ValueError as problem:
             log(f"[run] skipping {checkpoint.name}: {problem}")
             refused.append(str(problem))
-    if refused:
+    if refused and not restart:
         raise UsageError(f"no checkpoint of {run_dir} can be resumed from: {'; '.join(refused)}; remove the damaged "
-                         f"checkpoint-* folders to start over, or copy the run again")
+                         f"checkpoint-* folders, or pass --resume-fallback restart to start over")
+    if refused:
+        log(f"[run] no checkpoint of {run_dir} verifies; starting over")
     return None
 
 

@@ -141,7 +141,9 @@ def train(argv: list[str], log=print, stop_signals=STOP_SIGNALS) -> dict:
                 raise UsageError(f"{run_dir} already holds a finished run; pass --overwrite to replace it")
         stopper = StopOnSignal(stop_signals)
         callback = AdaLoraCallback(peft_model, allocator, run_dir, write_files=is_main, log=log if is_main else _quiet)
-        found = resumable_checkpoint(run_dir, log) if run_args.resume and read_summary(run_dir) is None else None
+        found = None
+        if run_args.resume and read_summary(run_dir) is None:
+            found = resumable_checkpoint(run_dir, log, restart=run_args.resume_fallback == "restart")
         checkpoint = found[0] if found else None
         if checkpoint is not None:
             log(f"[run] resuming {run_dir} from {checkpoint.name}")
