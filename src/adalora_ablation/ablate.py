@@ -189,7 +189,8 @@ def ablate_main(argv: list[str]) -> int:
     # Runs that ended here (local, or the local executor, which waits for its jobs) are counted as finished or
     # failed; Slurm jobs and dry runs by what happened to them now (submitted, queued, would run, ...).
     ended_here = not args.dry_run and args.launcher != "slurm"
-    ended = ("finished", "skipped", "interrupted", "running elsewhere", "failed")
+    rare = [s for s in ("interrupted", "running elsewhere") if any(r.status == s for r in runs)]
+    ended = ("finished", "skipped", "failed", *rare)
     statuses = ended if ended_here or args.launcher == "local" else dict.fromkeys(r.status for r in runs)
 
     print(f"\n{status_table(runs)}")
