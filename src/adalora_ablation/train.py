@@ -103,6 +103,8 @@ def train(argv: list[str], log=print, stop_signals=STOP_SIGNALS) -> dict:
     if read_summary(run_dir) is not None and not run_args.overwrite:
         raise UsageError(f"{run_dir} already holds a finished run; pass --overwrite to replace it "
                          f"or choose another --output-root")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"{run_dir} exists but is not a folder; move it away or choose another --output-root")
     training_args.output_dir = str(run_dir)
     if training_args.load_best_model_at_end:
         raise UsageError("--load-best-model-at-end is not supported: AdaLoRA checkpoints hold full-shape adapters and "
