@@ -1,0 +1,39 @@
+"""What the adapters contribute: the finished model evaluated once more with every LoRA update switched off.
+
+A signal comparison only means something if the adapters carry part of what the model learned. The switch sets
+every AdaLoRA layer's ``scaling`` to 0, so each adapted Linear computes its base output alone, while the trained
+head (``modules_to_save``: pooler and classifier) stays active. PEFT's ``disable_adapter()`` is not the right
+switch: it also swaps the head back to the untrained original.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from peft.tuners.adalora.layer import AdaLoraLayer
+
+
+@contextlib.contextmanager
+def adapters_switched_off(model):
+    """Inside the block the LoRA updates contribute nothing (scaling 0); afterwards every scaling is restored to
+    the exact value it had, so the model computes bit for bit what it did before."""
+    layers = [m for m in model.modules() if isinstance(m, AdaLoraLayer)]
+    saved = [dict(layer.scaling) for layer in layers]
+    try:
+        for layer in layers:
+            for name in layer.scaling:
+                layer.scaling[name] = 0.0
+        yield
+    finally:
+        for layer, scaling in zip(layers, saved):
+            layer.scaling.update(scaling)
+
+
+def accuracy_without_adapters(trainer, eval_sets: dict, accuracy_keys: dict[str, str]) -> dict[str, float]:
+    """Accuracy of every eval set with the adapters switched off, under the summary's accuracy keys with the suffix
+    ``_without_adapters``. Uses ``predict``, which logs nothing, so the run's metrics stay those of the model."""
+    out = {}
+    with adapters_switched_off(trainer.model):
+        for name, key in accuracy_keys.items():
+            out[f"{key}_without_adapters"] = trainer.predict(eval_sets[name]).metrics["test_accuracy"]
+    return out
