@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from .lora_layout import serial_on_cpu
 from .signals import BaselineAdaLoRA, Signal, ema_, register_signal
 
 # sensitivity_snr's epsilon, relative to the mean smoothed uncertainty over all adapter elements: a fixed fraction
@@ -72,8 +73,9 @@ class SensitivitySNR(BaselineAdaLoRA):
 
     def scores(self):
         unc = self.exp_avg_unc
-        eps = unc.mean() * SNR_RELATIVE_EPS + torch.finfo(unc.dtype).tiny
-        return self.layout.combine_elements(self.exp_avg_ipt / (unc + eps))
+        with serial_on_cpu(unc.device):  # whole-buffer element-wise ops: see serial_on_cpu
+            eps = unc.mean() * SNR_RELATIVE_EPS + torch.finfo(unc.dtype).tiny
+            return self.layout.combine_elements(self.exp_avg_ipt / (unc + eps))
 
 
 @register_signal
@@ -114,7 +116,7 @@ class ComponentNorm(Signal):
 
     def scores(self):
         layout = self.layout
-        with torch.no_grad():
+        with torch.no_grad(), serial_on_cpu(layout.device):
             squares = layout.flat_weights(out=self._work(0, layout.numel, layout.device)).square_()
             a, e, b = layout.triplet_part_sums(squares)  # ||A_i||^2, E_i^2, ||B_i||^2
             return (a * e * b).sqrt_()
