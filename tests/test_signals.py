@@ -46,6 +46,15 @@ def test_layout_orders_modules_like_peft_and_shortens_names():
     assert layout.num_triplets == 6 and layout.r == 3
 
 
+def test_triplet_part_sums_are_a_row_e_entry_and_b_column_per_triplet():
+    layout = LoraLayout(TwoModules())
+    flat = torch.arange(layout.numel, dtype=torch.float32)
+    parts = layout.triplet_part_sums(flat)
+    expected = torch.stack([torch.stack([a.sum(1), e.view(-1), b.sum(0)]) for a, e, b in layout.split(flat)], dim=1)
+    assert torch.equal(parts, expected)
+    assert torch.equal(layout.triplet_sums(flat), parts[1] + parts[0] + parts[2])
+
+
 @pytest.mark.parametrize("decay", [0.9, 0.5])
 def test_importance_only_is_ema_of_abs_w_times_grad_combined_like_peft(decay):
     model, seeds = TwoModules(), [1, 2, 3]
