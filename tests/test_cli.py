@@ -18,9 +18,11 @@ def cli(*args, cwd=None):
 def test_dashes_and_underscores_and_preset_precedence():
     run, model, data, ada, training = parse_train_args(
         ["--task", "mnli", "--init-r", "10", "--target_r", "3", "--deltaT", "5", "--max-seq-length", "99",
-         "--learning-rate", "1e-4", "--combo-lambda", "0.5", "--normalize-method", "rank"])
+         "--learning-rate", "1e-4", "--combo-lambda", "0.5", "--normalize-method", "rank",
+         "--plasticity-norm", "rms"])
     assert (ada.init_r, ada.target_r, ada.deltaT, data.max_seq_length) == (10, 3, 5, 99)
     assert training.learning_rate == 1e-4 and ada.combo_lambda == 0.5 and ada.normalize_method == "rank"
+    assert ada.plasticity_norm == "rms" and parse_train_args([])[3].plasticity_norm == "l2"
     assert training.per_device_train_batch_size == 32  # from configs/mnli.yaml
     assert training.report_to == [] or training.report_to == "none" or training.report_to == ["none"]
 
@@ -49,6 +51,7 @@ def test_yaml_and_json_config_files_with_flags_on_top(tmp_path):
     (["--signal", "magic"], "unknown signal 'magic'"),
     (["--task", "rte", "--preset", "fast"], "no preset 'fast' for task 'rte'"),
     (["--normalize-method", "l2"], "unknown --normalize-method"),
+    (["--plasticity-norm", "l1"], "unknown --plasticity-norm 'l1'; choose one of: l2, rms"),
     (["--target-r", "20"], "--target-r 20 must be between 1 and --init-r 12"),
     (["--no-such-flag", "1"], "unrecognized arguments"),
 ])

@@ -1,5 +1,7 @@
 """Each signal's formula against numbers computed independently here, on small tensors."""
 
+import math
+
 import pytest
 import torch
 from scipy.stats import rankdata
@@ -44,6 +46,15 @@ def test_layout_orders_modules_like_peft_and_shortens_names():
     assert layout.num_triplets == 6 and layout.r == 3
 
 
+def test_triplet_part_sums_are_a_row_e_entry_and_b_column_per_triplet():
+    layout = LoraLayout(TwoModules())
+    flat = torch.arange(layout.numel, dtype=torch.float32)
+    parts = layout.triplet_part_sums(flat)
+    expected = torch.stack([torch.stack([a.sum(1), e.view(-1), b.sum(0)]) for a, e, b in layout.split(flat)], dim=1)
+    assert torch.equal(parts, expected)
+    assert torch.equal(layout.triplet_sums(flat), parts[1] + parts[0] + parts[2])
+
+
 @pytest.mark.parametrize("decay", [0.9, 0.5])
 def test_importance_only_is_ema_of_abs_w_times_grad_combined_like_peft(decay):
     model, seeds = TwoModules(), [1, 2, 3]
@@ -59,6 +70,20 @@ def test_importance_only_is_ema_of_abs_w_times_grad_combined_like_peft(decay):
                 ema[k] = decay * ema[k] + (1 - decay) * (p * p.grad).abs()
         expected.append(ema["e"].view(-1) + ema["a"].mean(1) + ema["b"].mean(0))
     torch.testing.assert_close(signal.scores(), torch.stack(expected))
+
+
+def test_sensitivity_only_is_importance_only_at_peft_beta1():
+    model, seeds = TwoModules(), [1, 2, 3]
+    layout = LoraLayout(model)
+    scores = {}
+    for name, config in {"sensitivity_only": SignalConfig(beta1=0.85, ema_decay=0.9),
+                         "importance_only@0.85": SignalConfig(ema_decay=0.85),
+                         "importance_only@0.9": SignalConfig(ema_decay=0.9)}.items():
+        signal = build_signal(name.split("@")[0], layout, config)
+        step_all(signal, model, layout, seeds)
+        scores[name] = signal.scores()
+    assert torch.equal(scores["sensitivity_only"], scores["importance_only@0.85"])
+    assert not torch.allclose(scores["sensitivity_only"], scores["importance_only@0.9"])
 
 
 def test_plasticity_is_ema_of_triplet_gradient_norm():
@@ -117,6 +142,47 @@ def test_combo_is_normalized_importance_plus_lambda_normalized_plasticity(method
     expected = norm(imp.scores()) + lam * norm(pla.scores())
     torch.testing.assert_close(combo.scores().flatten().double(), torch.from_numpy(expected), rtol=1e-5, atol=1e-6)
     assert set(combo.parts()) == {"importance", "plasticity"}
+
+
+@pytest.mark.parametrize("method", ["zscore", "rank"])
+def test_combo_takes_the_rms_plasticity_by_flag(method):
+    model, seeds, lam = TwoModules(), [11, 12], 0.6
+    layout = LoraLayout(model)
+    config = SignalConfig(combo_lambda=lam, normalize_method=method, plasticity_norm="rms")
+    combo, imp, rms = (build_signal(n, layout, config) for n in ("combo", "importance_only", "plasticity_rms"))
+    for sig in (combo, imp, rms):
+        step_all(sig, model, layout, seeds)
+    torch.testing.assert_close(combo.parts()["plasticity"], rms.scores())
+    torch.testing.assert_close(combo.scores(), normalize(imp.scores(), method) + lam * normalize(rms.scores(), method))
+    with pytest.raises(ValueError, match="unknown plasticity norm 'l1'"):
+        build_signal("combo", layout, SignalConfig(plasticity_norm="l1"))
+
+
+def test_rms_plasticity_is_size_fair_where_the_l2_norm_favours_the_larger_matrix():
+    """Two module shapes (triplets of 4 + 5 + 1 and 40 + 30 + 1 elements), the same gradient on every element."""
+
+    class TwoShapes(TwoModules):
+        def __init__(self):
+            torch.nn.Module.__init__(self)
+            for name, (din, dout) in {"small": (4, 5), "large": (40, 30)}.items():
+                mod = torch.nn.Module()
+                for part, shape in (("lora_A", (3, din)), ("lora_E", (3, 1)), ("lora_B", (dout, 3))):
+                    setattr(mod, part, torch.nn.ParameterDict({"default": torch.nn.Parameter(torch.ones(shape))}))
+                self.add_module(name, mod)
+
+    model = TwoShapes()
+    layout = LoraLayout(model)
+    for p in model.parameters():
+        p.grad = torch.full(p.shape, 0.3)
+    g = layout.flat_grads()
+    scores = {}
+    for name in ("plasticity_only", "plasticity_rms"):
+        signal = build_signal(name, layout, SignalConfig(ema_decay=0.9))
+        signal.update(None, g, True)
+        scores[name] = signal.scores()  # rows: large, small (sorted module order)
+    torch.testing.assert_close(scores["plasticity_rms"], torch.full((2, 3), 0.1 * 0.3))
+    large, small = scores["plasticity_only"]
+    torch.testing.assert_close(large / small, torch.full((3,), math.sqrt(71 / 10)))
 
 
 def test_rank_normalization_averages_ties_and_constant_scores_normalize_to_zero():

@@ -1,6 +1,6 @@
 """AdaLoRA signal-replacement ablation: PEFT's AdaLoRA with only the triplet-scoring signal swapped."""
 
-from . import controls  # noqa: F401  (registers the `random` and `uniform` control signals)
+from . import controls, reference_signals  # noqa: F401  (register the control signals and the literature's scores)
 from .signals import SIGNALS, Signal, SignalConfig, register_signal
 
 __version__ = "0.1.0"

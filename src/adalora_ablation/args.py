@@ -16,7 +16,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from .errors import UsageError
-from .signals import NORMALIZE_METHODS, SIGNALS
+from .signals import NORMALIZE_METHODS, PLASTICITY_NORMS, SIGNALS
 from .tasks import TASK_NAMES
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -89,12 +89,17 @@ class AdaLoraArguments:
     tinit: int = field(default=200, metadata={"help": "Warm-up steps before the budget starts to fall."})
     tfinal: int = field(default=200, metadata={"help": "Length of the final fixed-budget phase (the last tfinal steps)."})
     deltaT: int = field(default=10, metadata={"help": "Steps between two allocations while the budget falls."})
-    beta1: float = field(default=0.85, metadata={"help": "PEFT sensitivity EMA (baseline_adalora)."})
-    beta2: float = field(default=0.85, metadata={"help": "PEFT uncertainty EMA (baseline_adalora)."})
+    beta1: float = field(default=0.85, metadata={"help": "PEFT sensitivity EMA (baseline_adalora, sensitivity_only, "
+                                                         "sensitivity_snr)."})
+    beta2: float = field(default=0.85, metadata={"help": "PEFT uncertainty EMA (baseline_adalora, sensitivity_snr)."})
     orth_reg_weight: float = field(default=0.5, metadata={"help": "Orthogonal regularisation weight (PEFT default)."})
-    ema_decay: float = field(default=0.9, metadata={"help": "EMA decay of importance_only / plasticity_only / combo."})
+    ema_decay: float = field(default=0.9, metadata={"help": "EMA decay of importance_only, plasticity_only, "
+                                                            "plasticity_rms, combo and fisher."})
     combo_lambda: float = field(default=1.0, metadata={"help": "combo = norm(importance) + lambda * norm(plasticity)."})
     normalize_method: str = field(default="zscore", metadata={"help": f"combo normalisation: {', '.join(NORMALIZE_METHODS)}."})
+    plasticity_norm: str = field(
+        default="l2", metadata={"help": "combo's plasticity: l2 (plasticity_only's gradient L2 norm) or rms "
+                                        "(plasticity_rms, size-fair)."})
 
 
 ARGUMENT_CLASSES = (RunArguments, ModelArguments, DataArguments, AdaLoraArguments, TrainingArguments)
@@ -189,6 +194,9 @@ def validate(run: RunArguments, adalora: AdaLoraArguments) -> None:
     if adalora.normalize_method not in NORMALIZE_METHODS:
         raise UsageError(f"unknown --normalize-method {adalora.normalize_method!r}; "
                          f"choose one of: {', '.join(NORMALIZE_METHODS)}")
+    if adalora.plasticity_norm not in PLASTICITY_NORMS:
+        raise UsageError(f"unknown --plasticity-norm {adalora.plasticity_norm!r}; "
+                         f"choose one of: {', '.join(PLASTICITY_NORMS)}")
     if not 0 < adalora.target_r <= adalora.init_r:
         raise UsageError(f"--target-r {adalora.target_r} must be between 1 and --init-r {adalora.init_r}")
     if adalora.deltaT < 1 or adalora.tinit < 0 or adalora.tfinal < 0:

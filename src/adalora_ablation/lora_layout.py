@@ -58,7 +58,7 @@ class LoraLayout:
         self.in_features = [a.shape[1] for a in self.A]
         self.out_features = [b.shape[0] for b in self.B]
         self._runs = _strided_runs(self)
-        self._run_order: torch.Tensor | None = None  # row of the concatenated run results for every module
+        self._run_order: torch.Tensor | None = None  # row of the concatenated run results, module order (x3)
         self._chunks = _module_aligned_chunks(self.numels, CPU_CHUNK_ELEMENTS)
         self._work_buffers: dict[str, torch.Tensor] = {}
 
@@ -136,26 +136,32 @@ class LoraLayout:
             return torch.stack(rows)
 
     def triplet_sums(self, flat: torch.Tensor) -> torch.Tensor:
-        """Sum of a flat per-element tensor over each triplet's elements (A row, E entry, B column): modules x r.
+        """Sum of a flat per-element tensor over each triplet's elements (A row, E entry, B column): modules x r."""
+        a, e, b = self.triplet_part_sums(flat)
+        return e + a + b
 
-        Computed as E + sum(A row) + sum(B column) over strided views that cover whole runs of equally shaped,
-        equally spaced modules (e.g. the query projections of all layers) at once: a handful of reductions
-        instead of an index_add_ over every element (which is slow on CPU) or a Python loop over modules.
+    def triplet_part_sums(self, flat: torch.Tensor) -> torch.Tensor:
+        """(sum over the A row, the E entry, sum over the B column) of a flat per-element tensor, for every triplet:
+        a (3, modules, r) tensor.
+
+        Computed over strided views that cover whole runs of equally shaped, equally spaced modules (e.g. the query
+        projections of all layers) at once: a handful of reductions, one concatenation and one reordering instead
+        of an index_add_ over every element (which is slow on CPU) or a Python loop over modules.
         """
         if not flat.is_contiguous():
             flat = flat.contiguous()
         base, r = flat.storage_offset(), self.r
-        rows = []
+        a_sums, e_entries, b_sums = [], [], []
         for start, count, stride, din, dout in self._runs:
             o = base + start
-            a = flat.as_strided((count, r, din), (stride, din, 1), o).sum(dim=2)
-            e = flat.as_strided((count, r), (stride, 1), o + r * din)
-            b = flat.as_strided((count, dout, r), (stride, r, 1), o + r * din + r).sum(dim=1)
-            rows.append(e + a + b)
-        sums = rows[0] if len(rows) == 1 else torch.cat(rows)
+            a_sums.append(flat.as_strided((count, r, din), (stride, din, 1), o).sum(dim=2))
+            e_entries.append(flat.as_strided((count, r), (stride, 1), o + r * din))
+            b_sums.append(flat.as_strided((count, dout, r), (stride, r, 1), o + r * din + r).sum(dim=1))
+        parts = torch.cat(a_sums + e_entries + b_sums)  # (3 x modules, r): A sums, E entries, B sums, in run order
         if self._run_order is None or self._run_order.device != flat.device:
-            self._run_order = torch.tensor(_run_order(self._runs, self.offsets), device=flat.device)
-        return sums.index_select(0, self._run_order)
+            order = torch.tensor(_run_order(self._runs, self.offsets), device=flat.device)
+            self._run_order = torch.cat([order + k * self.num_modules for k in range(3)])
+        return parts.index_select(0, self._run_order).view(3, self.num_modules, r)
 
 
 CPU_CHUNK_ELEMENTS = 1 << 18  # 1 MiB of float32 per operand: a few operands stay in L2/L3 across an op chain

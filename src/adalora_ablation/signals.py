@@ -21,6 +21,7 @@ import torch
 from .lora_layout import LoraLayout, serial_on_cpu
 
 NORMALIZE_METHODS = ("zscore", "minmax", "rank")
+PLASTICITY_NORMS = ("l2", "rms")
 
 
 @dataclass
@@ -30,6 +31,7 @@ class SignalConfig:
     ema_decay: float = 0.9  # EMA decay of the replacement signals
     combo_lambda: float = 1.0
     normalize_method: str = "zscore"
+    plasticity_norm: str = "l2"  # combo's plasticity part: "l2" (plasticity_only) or "rms" (plasticity_rms)
     seed: int = 0  # for signals that draw random numbers
 
 
@@ -189,6 +191,32 @@ class PlasticityOnly(Signal):
         return self.exp_avg_norm.view(self.layout.num_modules, self.layout.r).clone()
 
 
+class PlasticityRMS(Signal):
+    """EMA of the triplet's RMS gradient ||g_i|| / sqrt(n_i), n_i = in + out + 1 (its A row, E entry, B column).
+
+    The L2 norm of plasticity_only grows with sqrt(n_i) at equal per-element gradients, so large matrices
+    outscore small ones by their shape alone; the RMS does not.
+    """
+
+    name = "plasticity_rms"
+    description = "EMA of the triplet's RMS gradient (size-fair plasticity)"
+    wants_flat_weights = False  # gradients only
+
+    def __init__(self, layout, config):
+        super().__init__(layout, config)
+        self.exp_avg_rms = self._buffer("exp_avg_rms", layout.num_triplets)
+        sizes = [din + dout + 1 for din, dout in zip(layout.in_features, layout.out_features)]
+        self.triplet_size = torch.tensor(sizes, dtype=torch.float32, device=layout.device).view(-1, 1)
+
+    def update(self, w, g, finite):
+        squares = torch.mul(g, g, out=self._work(0, g.numel(), g.device))
+        rms = self.layout.triplet_sums(squares).div_(self.triplet_size).sqrt_().view(-1)
+        ema_(self.exp_avg_rms, rms, self.config.ema_decay, finite)
+
+    def scores(self):
+        return self.exp_avg_rms.view(self.layout.num_modules, self.layout.r).clone()
+
+
 def normalize(x: torch.Tensor, method: str) -> torch.Tensor:
     """Normalize scores across all triplets of all modules (zscore, minmax or rank in [0, 1], ties averaged)."""
     flat = x.reshape(-1).double()
@@ -209,7 +237,8 @@ def normalize(x: torch.Tensor, method: str) -> torch.Tensor:
 
 
 class Combo(Signal):
-    """normalize(importance) + combo_lambda * normalize(plasticity), normalized across all triplets."""
+    """normalize(importance) + combo_lambda * normalize(plasticity), normalized across all triplets; plasticity is
+    plasticity_only (plasticity_norm "l2") or plasticity_rms ("rms")."""
 
     name = "combo"
     description = "normalized importance + lambda * normalized plasticity"
@@ -218,7 +247,9 @@ class Combo(Signal):
     def __init__(self, layout, config):
         super().__init__(layout, config)
         self.importance = ImportanceOnly(layout, config)
-        self.plasticity = PlasticityOnly(layout, config)
+        if config.plasticity_norm not in PLASTICITY_NORMS:
+            raise ValueError(f"unknown plasticity norm {config.plasticity_norm!r}; choose one of {', '.join(PLASTICITY_NORMS)}")
+        self.plasticity = {"l2": PlasticityOnly, "rms": PlasticityRMS}[config.plasticity_norm](layout, config)
         self.buffers = {
             **{f"importance.{k}": v for k, v in self.importance.buffers.items()},
             **{f"plasticity.{k}": v for k, v in self.plasticity.buffers.items()},
@@ -237,7 +268,8 @@ class Combo(Signal):
         return normalize(parts["importance"], method) + self.config.combo_lambda * normalize(parts["plasticity"], method)
 
 
-SIGNALS: dict[str, type[Signal]] = {cls.name: cls for cls in (BaselineAdaLoRA, ImportanceOnly, PlasticityOnly, Combo)}
+SIGNALS: dict[str, type[Signal]] = {cls.name: cls for cls in (BaselineAdaLoRA, ImportanceOnly, PlasticityOnly,
+                                                             PlasticityRMS, Combo)}
 
 
 def register_signal(cls: type[Signal]) -> type[Signal]:

@@ -125,7 +125,7 @@ def train(argv: list[str], log=print, stop_signals=STOP_SIGNALS) -> dict:
     peft_model.to(training_args.device)  # first, so that the allocator's buffers live where the adapters train
     signal_config = SignalConfig(beta1=ada_args.beta1, beta2=ada_args.beta2, ema_decay=ada_args.ema_decay,
                                  combo_lambda=ada_args.combo_lambda, normalize_method=ada_args.normalize_method,
-                                 seed=seed)
+                                 plasticity_norm=ada_args.plasticity_norm, seed=seed)
     allocator = install_allocator(peft_model, run_args.signal, signal_config)
     params = count_parameters(peft_model)
     log(f"[model] {model_args.model}: {len(target_modules)} adapted modules, trained in full: {modules_to_save}; "
