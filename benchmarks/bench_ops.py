@@ -55,7 +55,7 @@ def is_view_op(name: str) -> bool:
     detach, ...): no kernel of its own; where it does copy (reshape of a non-contiguous tensor, to another dtype),
     the copy is a sub-op (clone, _to_copy) and counted as such."""
     schemas = [s for s in torch._C._jit_get_schemas_for_operator(name)
-               if s.returns and str(s.returns[0].type).startswith("Tensor")]  # not the list/scalar overloads
+               if s.returns and str(s.returns[0].type).startswith(("Tensor", "List[Tensor]"))]  # not list/str ops
     if not schemas:
         return False
     for schema in schemas:
@@ -142,7 +142,8 @@ def build(layers: int, hidden: int, init_r: int, device: torch.device, seed: int
 def measure(pm, config, name: str, seed: int) -> dict:
     """Counts for one allocator (PEFT's own, or ours with signal ``name``) on the accelerator path."""
     inner = pm.base_model.model
-    budget = (config.init_r * len(config.target_modules) + config.target_r * len(config.target_modules)) // 2
+    modules = sum("lora_E" in n for n, _ in inner.named_parameters())
+    budget = (config.init_r + config.target_r) * modules // 2  # mid-schedule
     if name == PEFT:
         allocator, record = RankAllocator(inner, config, "default"), lambda: None
     else:
@@ -202,7 +203,8 @@ def main(argv=None) -> dict:
             for what, c in counts.items():
                 print(f"{name} {what}: {c['ops']} ops {c['op_names']}; {c['syncs']} syncs {c['sync_names']}")
     lora = [p for n, p in pm.named_parameters() if "lora_" in n]
-    print(f"device {device} (accelerator path), torch {torch.__version__}; {len(config.target_modules)} modules x "
+    modules = len(lora) // 3
+    print(f"device {device} (accelerator path), torch {torch.__version__}; {modules} modules x "
           f"init_r {args.init_r}, {len(lora)} adapter tensors, {sum(p.numel() for p in lora):,} elements")
     print(f"{'allocator':18s} {'update ops':>10s} {'syncs':>6s} {'alloc ops':>10s} {'syncs':>6s} {'final ops':>10s} "
           f"{'syncs':>6s}")
@@ -214,7 +216,7 @@ def main(argv=None) -> dict:
         "bench": "bench_ops",
         "device": str(device),
         "torch": torch.__version__,
-        "modules": len(config.target_modules),
+        "modules": modules,
         "adapter_elements": sum(p.numel() for p in lora),
         **{f"max_{key}": max(r[key] for r in ours.values()) for key in next(iter(ours.values()))},
         "targets": TARGETS,
