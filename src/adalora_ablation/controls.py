@@ -58,7 +58,7 @@ class UniformRank(BaselineAdaLoRA):
         # anyone's second best, and so on: round-robin over modules.
         modules, r = layout.num_modules, layout.r
         round_robin = torch.arange(r).view(1, r) * modules + torch.arange(modules).view(modules, 1)
-        self._round_robin = (-round_robin).to(torch.float32).to(layout.device)
+        self._round_robin = (-round_robin.to(torch.float32)).to(layout.device)  # -0.0 first, as it always was
 
     def scores(self):
         within = super().scores()  # modules x r
