@@ -116,7 +116,7 @@ class SignalRankAllocator(RankAllocator):
             "signal": self.signal_name,
             "buffers": self.signal.state_dict(),
             "steps_seen": torch.tensor(self.steps_seen),
-            "nonfinite_steps": self.nonfinite_steps.clone(),
+            "nonfinite_steps": self.nonfinite_steps,
         }
 
     def load_state_dict(self, state: dict) -> None:

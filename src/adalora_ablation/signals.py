@@ -67,13 +67,14 @@ def _ema_factors(finite: torch.Tensor, decay: float, dtype: torch.dtype) -> torc
     Python-scalar multiply uses). One small op per step and decay: the result is kept on this step's ``finite``
     tensor, so that EMAs with the same decay (baseline's two, combo's two) share it."""
     cached = finite.__dict__.setdefault("_ema_factors", {})
-    if (decay, dtype) not in cached:
+    step_key = (decay, dtype, finite._version)  # _version: a flag changed in place is a new flag
+    if step_key not in cached:
         key = ("ema", decay, dtype, finite.device)
         if key not in _CONSTANTS:
             _CONSTANTS[key] = (torch.tensor([decay, 1 - decay], dtype=dtype, device=finite.device),
                                torch.tensor([1.0, 0.0], dtype=dtype, device=finite.device))
-        cached[(decay, dtype)] = torch.where(finite, *_CONSTANTS[key])
-    return cached[(decay, dtype)]
+        cached[step_key] = torch.where(finite, *_CONSTANTS[key])
+    return cached[step_key]
 
 
 def _zero(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
