@@ -165,7 +165,7 @@ def test_the_accelerator_path_allocates_as_the_cpu_path_does(signal):
         stats = []
         original = allocator.mask_to_budget
 
-        def recording(m, budget):
+        def recording(m, budget, original=original, stats=stats, allocator=allocator):
             pattern = original(m, budget)
             stats.append(allocator.last_allocation["stats"])
             return pattern
