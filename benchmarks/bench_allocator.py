@@ -1,12 +1,13 @@
 """Per-optimizer-step allocator cost, every signal vs PEFT's own RankAllocator, on DeBERTa-v3-base-shaped adapters.
 
-    python benchmarks/bench_allocator.py [--device cpu|cuda] [--repeats N] [--threads T]
+    python benchmarks/bench_allocator.py [--device cpu|cuda] [--bf16] [--repeats N] [--threads T]
 
 The model is a DebertaV2ForSequenceClassification with DeBERTa-v3-base's encoder (12 layers, hidden 768, FFN 3072,
 12 heads) and a 128-token vocabulary, wrapped by PEFT's get_peft_model with AdaLoRA (init_r 12) on Q, K, V,
 attention output, FFN in and FFN out of every layer: 72 modules, 216 adapter tensors, ~2.0M adapter elements.
 One real training step (forward, backward, AdamW) gives the gradients (E is made non-zero first, else A and B
-get none) and the step time the allocator is compared to.
+get none) and the step time the allocator is compared to (``--bf16``: that step under bf16 autocast, as the
+Trainer's ``--bf16`` runs it; several times shorter on a GPU, so every share grows).
 
 Timed, per allocator, interleaved in random order over ``--repeats`` rounds, median reported:
   update      RankAllocator.update_ipt: the score update that runs at every optimizer step
@@ -51,6 +52,17 @@ def deberta_v3_base_shaped(layers: int, vocab: int = 128) -> DebertaV2ForSequenc
     return DebertaV2ForSequenceClassification(config)
 
 
+def peft_triplet_scores(peft_allocator: RankAllocator, layout) -> torch.Tensor:
+    """PEFT 0.18.1's mask_to_budget triplet scores (modules x r, layout order), op for op, from its own EMAs."""
+    rows = []
+    for key in layout.keys:
+        score = {part: peft_allocator._element_score(key % part) for part in ("lora_A", "lora_E", "lora_B")}
+        ipt_ab = torch.cat([torch.mean(score["lora_A"], dim=1, keepdim=True),
+                            torch.mean(score["lora_B"], dim=0, keepdim=False).view(-1, 1)], dim=1)
+        rows.append(peft_allocator._combine_ipt(score["lora_E"], ipt_ab))
+    return torch.stack(rows)
+
+
 def cpu_model_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -85,6 +97,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=None, help="step-time batch (default cpu 8, cuda 32)")
     ap.add_argument("--seq", type=int, default=None, help="step-time sequence length (default cpu 128, cuda 320)")
     ap.add_argument("--step-repeats", type=int, default=None, help="timed training steps (default cpu 3, cuda 10)")
+    ap.add_argument("--bf16", action="store_true", help="time the training step under bf16 autocast")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -120,7 +133,9 @@ def main(argv=None) -> dict:
 
     def train_step():
         opt.zero_grad(set_to_none=False)
-        pm(input_ids=x, labels=y).loss.backward()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            loss = pm(input_ids=x, labels=y).loss
+        loss.backward()
         opt.step()
 
     timed(train_step, device)  # warm-up
@@ -147,6 +162,11 @@ def main(argv=None) -> dict:
     # Same gradients, same updates: baseline_adalora must pick exactly PEFT's triplets (no ties in real scores).
     same_as_peft = {k: list(v) for k, v in patterns["baseline_adalora"].items()} == \
         {k: list(v) for k, v in patterns[PEFT].items()}
+    # And the triplet scores themselves, bit for bit, against PEFT's per-module ops on PEFT's own EMAs.
+    ours_scores = allocators["baseline_adalora"].signal.scores()
+    peft_scores = peft_triplet_scores(allocators[PEFT], allocators["baseline_adalora"].layout)
+    scores_bitwise = bool(torch.equal(ours_scores, peft_scores))
+    scores_max_rel_diff = float(((ours_scores - peft_scores).abs() / peft_scores.abs().clamp_min(1e-30)).max())
 
     rng = random.Random(args.seed)
     order = list(allocators)
@@ -187,9 +207,11 @@ def main(argv=None) -> dict:
           f"{load_after[0]:.2f}")
     print(f"adapters: {n_modules} modules x init_r {args.init_r}, {len(lora)} tensors, {n_elements:,} elements; "
           f"gradients finite: {grads_finite}")
-    print(f"training step (batch {batch} x {seq} tokens, fwd+bwd+AdamW): median {step_s * 1e3:.1f} ms of "
+    print(f"training step ({'bf16 autocast' if args.bf16 else 'fp32'}, batch {batch} x {seq} tokens, fwd+bwd+AdamW): "
+          f"median {step_s * 1e3:.1f} ms of "
           f"{step_repeats}")
-    print(f"baseline_adalora's rank pattern at budget {budget} identical to PEFT's: {same_as_peft}")
+    print(f"baseline_adalora's rank pattern at budget {budget} identical to PEFT's: {same_as_peft}; triplet scores "
+          f"bitwise equal: {scores_bitwise} (largest relative difference {scores_max_rel_diff:.2e})")
     print(f"allocator timings, median of {args.repeats} interleaved rounds ({max(5, args.repeats // 3)} for allocate):")
     head = f"{'allocator':18s} {'update ms':>10s} {'x PEFT':>7s} {'allocate ms':>12s} {'alloc-step x PEFT':>18s} " \
            f"{'final ms':>9s} {'x PEFT':>7s} {'share upd %':>12s} {'share alloc %':>14s}"
@@ -214,6 +236,9 @@ def main(argv=None) -> dict:
         "repeats": args.repeats,
         "load_avg": [round(load_before[0], 2), round(load_after[0], 2)],
         "baseline_pattern_equals_peft": same_as_peft,
+        "baseline_scores_bitwise_equal_peft": scores_bitwise,
+        "baseline_scores_max_rel_diff": scores_max_rel_diff,
+        "precision": "bf16" if args.bf16 else "fp32",
         "speedup_vs_peft": rows["baseline_adalora"]["update_speedup_vs_peft"],
         "speedup_vs_peft_of_minima": rows["baseline_adalora"]["update_speedup_vs_peft_of_minima"],
         "alloc_step_speedup_vs_peft": rows["baseline_adalora"]["alloc_step_speedup_vs_peft"],

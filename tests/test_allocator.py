@@ -151,3 +151,29 @@ def test_the_readme_example_signal_plugs_in(monkeypatch):
     patterns = train_loop(model)
     assert total_rank(patterns[-1]) == allocator.target_bgt
     assert allocator.last_allocation["scores"].abs().sum() > 0  # the final allocation used its (non-zero) EMAs
+
+
+@pytest.mark.parametrize("signal", sorted(SIGNALS))
+def test_the_accelerator_path_allocates_as_the_cpu_path_does(signal):
+    """The path a GPU takes (one chunk, finite flag on the device, gather-based triplet sums, no host reads), run
+    on CPU: the same rank pattern at every step, the same score statistics (equal up to float rounding)."""
+    runs = {}
+    for accelerator_path in (False, True):
+        model = tiny_adalora()
+        allocator = install_allocator(model, signal, SignalConfig())
+        allocator.layout.accelerator_path = accelerator_path
+        stats = []
+        original = allocator.mask_to_budget
+
+        def recording(m, budget, original=original, stats=stats, allocator=allocator):
+            pattern = original(m, budget)
+            stats.append(allocator.last_allocation["stats"])
+            return pattern
+
+        allocator.mask_to_budget = recording
+        runs[accelerator_path] = train_loop(model, steps=30, nan_at=(4,)), stats, int(allocator.nonfinite_steps)
+    assert runs[True][0] == runs[False][0] and runs[True][2] == runs[False][2] == 1 and len(runs[True][1]) >= 5
+    for cpu, accelerator in zip(runs[False][1], runs[True][1]):
+        assert cpu.keys() == accelerator.keys()
+        for part in cpu:
+            torch.testing.assert_close(torch.tensor(accelerator[part]), torch.tensor(cpu[part]), rtol=1e-5, atol=1e-5)

@@ -192,16 +192,24 @@ def test_rank_normalization_averages_ties_and_constant_scores_normalize_to_zero(
         assert torch.equal(normalize(torch.ones(5), method), torch.zeros(5))
 
 
+@pytest.mark.parametrize("accelerator_path", [False, True])
 @pytest.mark.parametrize("name", sorted(SIGNALS))
-def test_nonfinite_gradients_leave_every_ema_unchanged(name):
+def test_nonfinite_gradients_leave_every_ema_unchanged(name, accelerator_path):
     model = TwoModules()
     layout = LoraLayout(model)
+    layout.accelerator_path = accelerator_path  # True: the flag stays a tensor, as on a GPU
     signal = build_signal(name, layout, SignalConfig())
     step_all(signal, model, layout, [1, 2])
     before = signal.state_dict()
     model.set_grads(3)
     model.q.lora_A["default"].grad[0, 0] = float("nan")
     g = layout.flat_grads()
-    signal.update(layout.flat_weights(), g, torch.isfinite(g).all())
+    finite = layout.check_finite_(g)  # what the allocator does: the flag, and g zeroed on a bad step
+    assert isinstance(finite, torch.Tensor) == accelerator_path and not bool(finite) and not g.any()
+    signal.update(layout.flat_weights(), g, finite)
     after = signal.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    model.set_grads(4)  # and the next finite step moves them again (when the signal tracks anything)
+    g = layout.flat_grads()
+    signal.update(layout.flat_weights(), g, layout.check_finite_(g))
+    assert not signal.buffers or any(not torch.equal(before[k], v) for k, v in signal.state_dict().items())

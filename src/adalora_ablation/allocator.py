@@ -25,11 +25,16 @@ class SignalRankAllocator(RankAllocator):
         self.signal_config = signal_config
         self.layout = LoraLayout(model, adapter_name)
         self.signal: Signal = build_signal(signal_name, self.layout, signal_config)
-        self.steps_seen = torch.zeros((), dtype=torch.long, device=self.layout.device)
-        self.nonfinite_steps = torch.zeros((), dtype=torch.long, device=self.layout.device)
+        self.steps_seen = 0  # score updates (optimizer steps before the final phase)
+        self.finite_steps = torch.zeros((), dtype=torch.long, device=self.layout.device)  # counted on the device
         self.last_allocation: dict | None = None  # filled by mask_to_budget, consumed by the training callback
         self._final_masks = None  # (rank_pattern object it was built from, list of E masks) for the final phase
         super().__init__(model, peft_config, adapter_name)
+
+    @property
+    def nonfinite_steps(self) -> torch.Tensor:
+        """Score updates skipped because an adapter gradient was NaN/Inf (a tensor: reading it may sync)."""
+        return self.steps_seen - self.finite_steps
 
     # PEFT calls reset_ipt() in __init__ and once the final budget is fixed; the signal's EMAs go with it.
     def reset_ipt(self):
@@ -38,45 +43,70 @@ class SignalRankAllocator(RankAllocator):
             self.signal.reset()
 
     def update_ipt(self, model):
-        # Gathers into buffers reused every step; no host synchronisation on an accelerator (benchmarks/).
+        # Gathers into buffers reused every step; no host synchronisation on the accelerator path (benchmarks/).
         layout = self.layout
         with torch.no_grad(), layout.serial_on_cpu():
             g = layout.flat_grads(out=layout.work_buffer("grads"))
-            finite = layout.all_finite(g)
-            if finite.device.type == "cpu":
-                finite = bool(finite)  # free on CPU, and lets the signals skip the sync-free gating
+            finite = layout.check_finite_(g)  # zeroes g on a non-finite step
             w = layout.flat_weights(out=layout.work_buffer("weights")) if self.signal.wants_flat_weights else None
             self.signal.update(w, g, finite)
             self.steps_seen += 1
-            self.nonfinite_steps += (not finite) if isinstance(finite, bool) else (~finite).long()
+            self.finite_steps.add_(finite)
 
     def mask_to_budget(self, model, budget):
-        scores = self.signal.scores()
+        """Keep the ``budget`` best triplets by the signal's scores: a few whole-tensor ops for all modules, then one
+        device-to-host transfer that brings back the mask, the counters and the per-module score statistics that
+        the logs need (``last_allocation``)."""
+        scores, parts = self.signal.scores_and_parts()
         keep = keep_top_k(scores, budget)
-        with torch.no_grad():
-            for m, e in enumerate(self.layout.E):
-                e.masked_fill_(~keep[m].view(-1, 1), 0.0)
-        keep_rows = keep.tolist()
-        rank_pattern = {self.layout.e_key(m): row for m, row in enumerate(keep_rows)}
+        self.layout.mask_E_(keep)
+        kept, stats, finite_steps = self._to_host(keep, {"": scores, **parts})
         self.last_allocation = {
             "budget": int(budget),
-            "keep": keep,
+            "keep": keep,  # on the device
             "scores": scores,
-            "parts": self.signal.parts(),
-            "steps_seen": int(self.steps_seen),
-            "nonfinite_steps": int(self.nonfinite_steps),
+            "parts": parts,
+            "kept": kept,  # on the host: per module, one bool per triplet
+            "stats": stats,  # on the host: {"" (the score) or part: per module (sum, mean, min, max)}
+            "steps_seen": self.steps_seen,
+            "nonfinite_steps": self.steps_seen - finite_steps,
         }
-        return rank_pattern
+        return {self.layout.e_key(m): row for m, row in enumerate(kept)}
+
+    def _to_host(self, keep: torch.Tensor, scores: dict[str, torch.Tensor]):
+        """Pack the mask, the finite-step counter and per-module sum/mean/min/max of every score tensor (float64,
+        as the logs have always had them) into one device buffer and read it with a single transfer."""
+        modules, r = keep.shape
+        n_keep, n_stats = modules * r, 4 * len(scores) * modules
+        pack = self.layout.work_buffer("allocation", n_keep + 1 + n_stats, torch.float64, keep.device)
+        pack[:n_keep].view(modules, r).copy_(keep)
+        pack[n_keep].copy_(self.finite_steps)
+        stats = pack[n_keep + 1:].view(4, len(scores), modules)
+        values = self.layout.work_buffer("allocation_scores", len(scores) * n_keep, torch.float64, keep.device)
+        values = torch.stack(list(scores.values()), out=values.view(len(scores), modules, r))  # float64, as logged
+        torch.sum(values, dim=-1, out=stats[0])
+        torch.div(stats[0], r, out=stats[1])  # the mean, as torch.mean computes it on CPU
+        torch.aminmax(values, dim=-1, out=(stats[2], stats[3]))
+        host = pack.tolist()  # the one device-to-host transfer of an allocation
+        kept = [[v > 0.5 for v in host[m * r:(m + 1) * r]] for m in range(modules)]
+        flat_stats = host[n_keep + 1:]
+        per_module = {}
+        for i, name in enumerate(scores):
+            columns = [flat_stats[(k * len(scores) + i) * modules:(k * len(scores) + i + 1) * modules] for k in range(4)]
+            per_module[name] = list(zip(*columns))
+        return kept, per_module, int(host[n_keep])
 
     def mask_using_rank_pattern(self, model, rank_pattern):
         """Final phase: re-apply the fixed mask every step, from masks cached on the parameters' device."""
         if self._final_masks is None or self._final_masks[0] is not rank_pattern:
-            masks = []
+            rows = []
             for m in range(self.layout.num_modules):
                 key = self.layout.e_key(m)
-                row = rank_pattern[key] if key in rank_pattern else rank_pattern[key.replace(f".{self.adapter_name}", "")]
-                masks.append(torch.tensor(row, dtype=self.layout.E[m].dtype, device=self.layout.E[m].device).view(-1, 1))
-            self._final_masks = (rank_pattern, masks)
+                rows.append(rank_pattern[key] if key in rank_pattern
+                            else rank_pattern[key.replace(f".{self.adapter_name}", "")])
+            e = self.layout.E[0]  # one host-to-device copy for all modules, once per rank pattern
+            masks = torch.tensor(rows, dtype=e.dtype, device=e.device).view(self.layout.num_modules, -1, 1)
+            self._final_masks = (rank_pattern, list(masks.unbind(0)))
         with torch.no_grad():
             torch._foreach_mul_(self.layout.E, self._final_masks[1])
 
@@ -85,29 +115,29 @@ class SignalRankAllocator(RankAllocator):
         return {
             "signal": self.signal_name,
             "buffers": self.signal.state_dict(),
-            "steps_seen": self.steps_seen.clone(),
-            "nonfinite_steps": self.nonfinite_steps.clone(),
+            "steps_seen": torch.tensor(self.steps_seen),
+            "nonfinite_steps": self.nonfinite_steps,
         }
 
     def load_state_dict(self, state: dict) -> None:
         if state["signal"] != self.signal_name:
             raise ValueError(f"allocator state is for signal {state['signal']!r}, not {self.signal_name!r}")
         self.signal.load_state_dict(state["buffers"])
-        self.steps_seen.copy_(state["steps_seen"])
-        self.nonfinite_steps.copy_(state["nonfinite_steps"])
+        self.steps_seen = int(state["steps_seen"])
+        self.finite_steps.fill_(self.steps_seen - int(state["nonfinite_steps"]))
 
 
 def keep_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Bool mask (same shape) keeping exactly the k highest scores; ties resolved by position (earlier pruned first).
 
-    NaN scores count as lowest.
+    NaN scores count as lowest. Four ops, no host synchronisation.
     """
     flat = torch.nan_to_num(scores.reshape(-1).float(), nan=float("-inf"))
     n_prune = flat.numel() - int(k)
     if not 0 <= n_prune <= flat.numel():
         raise ValueError(f"budget {k} is outside [0, {flat.numel()}]")
     keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
-    keep[torch.sort(flat, stable=True).indices[:n_prune]] = False
+    keep.index_fill_(0, torch.sort(flat, stable=True).indices[:n_prune], False)
     return keep.view(scores.shape)
 
 

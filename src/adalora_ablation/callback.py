@@ -32,11 +32,9 @@ def describe_schedule(allocator: SignalRankAllocator) -> str:
     )
 
 
-def score_aggregates(scores: torch.Tensor, names: list[str]) -> dict[str, dict[str, float]]:
-    """Per-module sum/mean/min/max of its triplet scores."""
-    s = scores.detach().double().cpu()
-    rows = zip(s.sum(1).tolist(), s.mean(1).tolist(), s.min(1).values.tolist(), s.max(1).values.tolist())
-    return {n: {"sum": a, "mean": b, "min": c, "max": d} for n, (a, b, c, d) in zip(names, rows)}
+def score_aggregates(stats: list[tuple[float, float, float, float]], names: list[str]) -> dict[str, dict[str, float]]:
+    """Per-module sum/mean/min/max of its triplet scores, from the allocator's host-side statistics."""
+    return {n: {"sum": a, "mean": b, "min": c, "max": d} for n, (a, b, c, d) in zip(names, stats)}
 
 
 class AdaLoraCallback(TrainerCallback):
@@ -138,9 +136,11 @@ class AdaLoraCallback(TrainerCallback):
 
     # -- allocation records --------------------------------------------------------------------------------------
     def _record_allocation(self, step: int, epoch, allocation: dict) -> None:
+        # Everything here is on the host already: the allocator fetched it with one transfer.
         layout = self.allocator.layout
         cfg = self.allocator.peft_config
-        new_ranks = allocation["keep"].sum(1).tolist()
+        kept = allocation["kept"]
+        new_ranks = [sum(row) for row in kept]
         total_rank = sum(new_ranks)
         budget = allocation["budget"]
         ok = total_rank == budget
@@ -153,8 +153,9 @@ class AdaLoraCallback(TrainerCallback):
                 self.log(f"  {name}: rank {old} -> {new}")
         self.log(f"[AdaLoRA Update] Budget check: kept {total_rank} triplets, budget {budget}: {'OK' if ok else 'MISMATCH'}")
         self.ranks = new_ranks
-        # A digest of the mask per allocation lets multi-process runs prove every rank pruned the same triplets.
-        self.mask_digests.append(hashlib.sha256(allocation["keep"].cpu().numpy().tobytes()).hexdigest()[:16])
+        # A digest of the mask per allocation lets multi-process runs prove every rank pruned the same triplets
+        # (the bytes of the bool mask: one 0/1 byte per triplet, module by module).
+        self.mask_digests.append(hashlib.sha256(bytes(k for row in kept for k in row)).hexdigest()[:16])
         if not self.write_files:
             return
         common = {"step": step, "epoch": epoch, "phase": phase_of(step, cfg.tinit, cfg.tfinal, cfg.total_step)}
@@ -162,10 +163,11 @@ class AdaLoraCallback(TrainerCallback):
             **common, "budget": budget, "total_rank": total_rank, "budget_ok": ok,
             "nonfinite_steps": allocation["nonfinite_steps"], "score_updates": allocation["steps_seen"],
             "ranks": dict(zip(layout.names, new_ranks)),
-            "kept": {n: [int(k) for k in row] for n, row in zip(layout.names, allocation["keep"].tolist())},
+            "kept": {n: [int(k) for k in row] for n, row in zip(layout.names, kept)},
         })
+        stats = allocation["stats"]
         append_jsonl(self.run_dir / SIGNAL_SCORES, {
             **common, "signal": self.allocator.signal_name,
-            "modules": score_aggregates(allocation["scores"], layout.names),
-            "parts": {part: score_aggregates(s, layout.names) for part, s in allocation["parts"].items()},
+            "modules": score_aggregates(stats[""], layout.names),
+            "parts": {part: score_aggregates(s, layout.names) for part, s in stats.items() if part},
         })

@@ -20,14 +20,15 @@ class RandomScores(Signal):
 
     def __init__(self, layout, config):
         super().__init__(layout, config)
-        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        # On the adapters' device: drawing there needs no host-to-device copy (which would synchronise).
+        self.generator = torch.Generator(device=layout.device).manual_seed(config.seed)
 
     def update(self, w, g, finite):
         pass  # nothing to track: the scores ignore training entirely
 
     def scores(self):
         shape = (self.layout.num_modules, self.layout.r)
-        return torch.rand(shape, generator=self.generator).to(self.layout.device)
+        return torch.rand(shape, generator=self.generator, device=self.layout.device)
 
     # The generator's position is the only state; it must survive a resume for the masks to match.
     def state_dict(self):
@@ -51,13 +52,16 @@ class UniformRank(BaselineAdaLoRA):
     name = "uniform"
     description = "same rank for every module (PEFT's score picks the triplets within a module)"
 
+    def __init__(self, layout, config):
+        super().__init__(layout, config)
+        # The score of a module's j-th best triplet: -(j * modules + m). Every module's best triplet ranks above
+        # anyone's second best, and so on: round-robin over modules.
+        modules, r = layout.num_modules, layout.r
+        round_robin = torch.arange(r).view(1, r) * modules + torch.arange(modules).view(modules, 1)
+        self._round_robin = (-round_robin.to(torch.float32)).to(layout.device)  # -0.0 first, as it always was
+
     def scores(self):
         within = super().scores()  # modules x r
-        modules, r = within.shape
-        # position of each triplet in its module's ranking, best = 0 (ties broken by index, deterministically)
+        # each module's triplets from best to worst (ties broken by index, deterministically)
         order = torch.sort(-within, dim=1, stable=True).indices
-        position = torch.empty_like(order)
-        position.scatter_(1, order, torch.arange(r, device=order.device).expand(modules, r).contiguous())
-        # Keep every module's best triplet before anyone's second best, and so on: round-robin over modules.
-        module_index = torch.arange(modules, device=order.device).view(-1, 1)
-        return -(position * modules + module_index).to(torch.float32)
+        return torch.empty_like(within).scatter_(1, order, self._round_robin)

@@ -2,14 +2,15 @@
 
 Every signal sees, once per optimizer step, the flat adapter weights ``w`` (None for a signal with
 ``wants_flat_weights = False``, which reads the parameters itself if it needs them), gradients ``g`` and
-``finite`` (False when any adapter gradient is NaN/Inf): a 0-dim bool tensor on an accelerator, where reading it
-would synchronise with the host, or a plain bool on CPU, where reading it is free. Its EMAs must not move on a
-non-finite step; ``ema_`` gates on the tensor without a host synchronisation. At allocation time ``scores()``
-returns one score per triplet (modules x r, higher = keep).
+``finite`` (False when any adapter gradient was NaN/Inf; ``g`` is then all zeros): a 0-dim bool tensor on the
+accelerator path, where reading it would synchronise with the host, or a plain bool on CPU, where reading it is
+free. Its EMAs must not move on a non-finite step; ``ema_`` gates on the tensor without a host synchronisation.
+At allocation time ``scores()`` returns one score per triplet (modules x r, higher = keep).
 
 Per-step updates are a short chain of whole-buffer ops (on CPU in cache-sized chunks, ``LoraLayout.chunks``)
 computed in scratch buffers reused every step (``LoraLayout.work_buffer``), so that a step allocates nothing
-adapter-sized; see benchmarks/ and BENCHMARKS.md.
+adapter-sized; on the accelerator path every update is at most 20 ops and every allocation at most 40 ops with one
+device-to-host transfer (benchmarks/bench_ops.py, tests/test_bench_ops.py; BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -44,19 +45,45 @@ def ema_(avg: torch.Tensor, new: torch.Tensor, decay: float, finite: torch.Tenso
     gated without a host sync and without a ``torch.where`` over the whole buffer: the two factors become 0-dim
     tensors, (decay, 1 - decay) on a finite step and (1, 0) otherwise, and the ``(1 - decay) * new`` term is
     zeroed on a non-finite step (0 * NaN would be NaN). ``scratch``: where to compute that term (may be ``new``
-    itself, which is then overwritten); ``new_is_finite``: the caller already zeroed ``new`` on non-finite steps.
+    itself, which is then overwritten); ``new_is_finite``: ``new`` is finite even on a non-finite step (it is
+    computed from the gradients, which are zeros then), so the term needs no zeroing.
     """
     if isinstance(finite, bool):
         if finite:
             term = torch.mul(new, 1 - decay, out=scratch) if scratch is not None else (1 - decay) * new
             avg.mul_(decay).add_(term)
         return avg
-    keep = torch.where(finite, decay, 1.0)  # float32(decay), exactly what PEFT's Python-scalar multiply uses
-    take = torch.where(finite, 1 - decay, 0.0)
+    factors = _ema_factors(finite, decay, avg.dtype)
+    keep, take = factors[0], factors[1]
     term = torch.mul(new, take, out=scratch) if scratch is not None else new * take
     if not new_is_finite:
-        term.masked_fill_(~finite, 0.0)
+        torch.where(finite, term, _zero(term.dtype, term.device), out=term)
     return avg.mul_(keep).add_(term)
+
+
+_CONSTANTS: dict[tuple, tuple[torch.Tensor, ...]] = {}  # small device constants, created once
+
+
+def _ema_factors(finite: torch.Tensor, decay: float, dtype: torch.dtype) -> torch.Tensor:
+    """[decay, 1 - decay] on a finite step, [1, 0] otherwise (in ``dtype``: float32(decay) is exactly what PEFT's
+    Python-scalar multiply uses). One small op per step and decay: the result is kept on this step's ``finite``
+    tensor, so that EMAs with the same decay (baseline's two, combo's two) share it."""
+    cached = finite.__dict__.setdefault("_ema_factors", {})
+    step_key = (decay, dtype, finite._version)  # _version: a flag changed in place is a new flag
+    if step_key not in cached:
+        key = ("ema", decay, dtype, finite.device)
+        if key not in _CONSTANTS:
+            _CONSTANTS[key] = (torch.tensor([decay, 1 - decay], dtype=dtype, device=finite.device),
+                               torch.tensor([1.0, 0.0], dtype=dtype, device=finite.device))
+        cached[step_key] = torch.where(finite, *_CONSTANTS[key])
+    return cached[step_key]
+
+
+def _zero(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    key = ("zero", dtype, device)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = (torch.zeros((), dtype=dtype, device=device),)
+    return _CONSTANTS[key][0]
 
 
 class Signal:
@@ -108,6 +135,11 @@ class Signal:
         """Named components of the score (modules x r) worth logging besides the score itself."""
         return {}
 
+    def scores_and_parts(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """What the allocator calls: ``scores()`` and ``parts()``; a signal whose score is built from its parts
+        overrides this to compute them once."""
+        return self.scores(), self.parts()
+
     def reset(self) -> None:
         for buf in self.buffers.values():
             buf.zero_()
@@ -137,9 +169,7 @@ class BaselineAdaLoRA(Signal):
         # ipt_avg = b1*ipt_avg + (1-b1)*ipt; unc_avg = b2*unc_avg + (1-b2)*|ipt - ipt_avg|.
         if finite is False:
             return
-        for sl, ipt, scratch in self._ipt_chunks(w, g):
-            if not isinstance(finite, bool):
-                ipt.masked_fill_(~finite, 0.0)  # zeroed only on a non-finite step, so that 0 * ipt is 0
+        for sl, ipt, scratch in self._ipt_chunks(w, g):  # ipt is finite: g is zeros on a non-finite step
             avg_ipt = self.exp_avg_ipt[sl]
             ema_(avg_ipt, ipt, self.config.beta1, finite, scratch=scratch, new_is_finite=True)
             deviation = torch.sub(ipt, avg_ipt, out=scratch).abs_()
@@ -165,7 +195,7 @@ class ImportanceOnly(Signal):
         if finite is False:
             return
         for sl, ipt, _ in self._ipt_chunks(w, g):
-            ema_(self.exp_avg_ipt[sl], ipt, self.config.ema_decay, finite, scratch=ipt)
+            ema_(self.exp_avg_ipt[sl], ipt, self.config.ema_decay, finite, scratch=ipt, new_is_finite=True)
 
     def scores(self):
         return self.layout.combine_elements(self.exp_avg_ipt)
@@ -185,7 +215,7 @@ class PlasticityOnly(Signal):
     def update(self, w, g, finite):
         squares = torch.mul(g, g, out=self._work(0, g.numel(), g.device))
         norms = self.layout.triplet_sums(squares).sqrt_().view(-1)
-        ema_(self.exp_avg_norm, norms, self.config.ema_decay, finite)
+        ema_(self.exp_avg_norm, norms, self.config.ema_decay, finite, scratch=norms, new_is_finite=True)
 
     def scores(self):
         return self.exp_avg_norm.view(self.layout.num_modules, self.layout.r).clone()
@@ -219,21 +249,27 @@ class PlasticityRMS(Signal):
 
 def normalize(x: torch.Tensor, method: str) -> torch.Tensor:
     """Normalize scores across all triplets of all modules (zscore, minmax or rank in [0, 1], ties averaged)."""
-    flat = x.reshape(-1).double()
+    return normalize_rows(x.reshape(1, -1).double(), method).view_as(x).to(x.dtype)
+
+
+def normalize_rows(x: torch.Tensor, method: str) -> torch.Tensor:
+    """Normalize each row of a 2-D float64 tensor on its own (see ``normalize``): a few ops for all rows, no host
+    synchronisation (a constant row becomes zeros through ``torch.where``, not a Python ``if``)."""
     if method == "zscore":
-        std = flat.std(correction=0)
-        out = (flat - flat.mean()) / std if std > 0 else torch.zeros_like(flat)
-    elif method == "minmax":
-        span = flat.max() - flat.min()
-        out = (flat - flat.min()) / span if span > 0 else torch.zeros_like(flat)
-    elif method == "rank":
-        values, inverse, counts = torch.unique(flat, return_inverse=True, return_counts=True)
-        first = torch.cumsum(counts, 0) - counts  # 0-based rank of the first occurrence of each value
-        average_rank = first.double() + (counts.double() - 1) / 2
-        out = average_rank[inverse] / max(flat.numel() - 1, 1)
-    else:
-        raise ValueError(f"unknown normalize method {method!r}; choose one of {', '.join(NORMALIZE_METHODS)}")
-    return out.view_as(x).to(x.dtype)
+        std, mean = torch.std_mean(x, dim=1, correction=0, keepdim=True)
+        return torch.where(std > 0, (x - mean) / std, 0.0)
+    if method == "minmax":
+        lo, hi = torch.aminmax(x, dim=1, keepdim=True)
+        span = hi - lo
+        return torch.where(span > 0, (x - lo) / span, 0.0)
+    if method == "rank":
+        # Average 0-based rank of tied values: (first + last) / 2, from where each value's run starts and ends in
+        # the sorted row; divided by n - 1. The integers are exact in float64, so the result is too.
+        ordered = torch.sort(x, dim=1).values
+        first = torch.searchsorted(ordered, x)
+        after_last = torch.searchsorted(ordered, x, right=True)
+        return first.add_(after_last).sub_(1).double().div_(2 * max(x.shape[1] - 1, 1))
+    raise ValueError(f"unknown normalize method {method!r}; choose one of {', '.join(NORMALIZE_METHODS)}")
 
 
 class Combo(Signal):
@@ -263,9 +299,14 @@ class Combo(Signal):
         return {"importance": self.importance.scores(), "plasticity": self.plasticity.scores()}
 
     def scores(self):
+        return self.scores_and_parts()[0]
+
+    def scores_and_parts(self):
         parts = self.parts()
-        method = self.config.normalize_method
-        return normalize(parts["importance"], method) + self.config.combo_lambda * normalize(parts["plasticity"], method)
+        both = torch.stack([parts["importance"].view(-1), parts["plasticity"].view(-1)]).double()
+        importance, plasticity = normalize_rows(both, self.config.normalize_method).float()
+        score = importance + self.config.combo_lambda * plasticity
+        return score.view(self.layout.num_modules, self.layout.r), parts
 
 
 SIGNALS: dict[str, type[Signal]] = {cls.name: cls for cls in (BaselineAdaLoRA, ImportanceOnly, PlasticityOnly,
