@@ -33,7 +33,9 @@ import torch
 from adalora_ablation.allocator import install_allocator
 from adalora_ablation.args import AdaLoraArguments, DataArguments
 from adalora_ablation.data import load_tokenized
-from adalora_ablation.model import detect_head_modules, detect_target_modules, load_model_and_tokenizer, wrap_with_adalora
+from adalora_ablation.model import (
+    detect_head_modules, detect_target_modules, load_model_and_tokenizer, wrap_with_adalora,
+)
 from adalora_ablation.signals import SIGNALS, SignalConfig
 from adalora_ablation.tasks import TASKS
 from bench_allocator import cpu_model_name  # same folder: run as python benchmarks/bench_train.py
@@ -127,7 +129,8 @@ def main(argv=None) -> dict:
         targets = detect_target_modules(model)
         pm = wrap_with_adalora(model, targets, detect_head_modules(model), ada, total_step=n_total)
         pm.train()
-        allocator = pm.base_model.rankallocator if name == PEFT else install_allocator(pm, name, SignalConfig(seed=args.seed))
+        allocator = (pm.base_model.rankallocator if name == PEFT
+                     else install_allocator(pm, name, SignalConfig(seed=args.seed)))
         opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=5e-4)
         configs[name] = {"model": pm, "opt": opt, "allocator": allocator, "step": [], "alloc": [], "bytes": 0}
     n_modules = len(targets)

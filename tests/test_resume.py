@@ -13,8 +13,7 @@ from peft import PeftModel
 from transformers import set_seed
 
 from adalora_ablation.model import TINY_DEBERTA, load_model_and_tokenizer
-from adalora_ablation.resume import latest_complete_checkpoint
-from adalora_ablation.run_files import truncate_jsonl
+from adalora_ablation.runs import latest_complete_checkpoint, truncate_jsonl
 from adalora_ablation.train import train
 
 ARGS = ["--task", "synthetic", "--seed", "3", "--max-steps", "240", "--tinit", "30", "--tfinal", "60", "--deltaT", "5",
@@ -33,7 +32,7 @@ def run_folder(root, signal_name):
 @pytest.mark.parametrize("signal_name", ["combo", "random"])
 def test_killed_then_resumed_run_equals_uninterrupted_run(tmp_path, signal_name):
     straight_root, killed_root = tmp_path / "straight", tmp_path / "killed"
-    straight = train([*ARGS, "--signal", signal_name, "--output-root", str(straight_root)], log=lambda *a: None)
+    straight = train([*ARGS, "--signal", signal_name, "--output-root", str(straight_root)])
 
     proc = subprocess.Popen([sys.executable, "-m", "adalora_ablation", "train", *ARGS, "--signal", signal_name,
                              "--output-root", str(killed_root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -52,8 +51,7 @@ def test_killed_then_resumed_run_equals_uninterrupted_run(tmp_path, signal_name)
         for line in lines(run_dir / name):
             json.loads(line)  # a SIGKILL leaves only whole lines
 
-    resumed = train([*ARGS, "--signal", signal_name, "--output-root", str(killed_root), "--resume", "True"],
-                    log=lambda *a: None)
+    resumed = train([*ARGS, "--signal", signal_name, "--output-root", str(killed_root), "--resume", "True"])
     assert resumed["resumed_from"] is not None and resumed["resumed_from"] != "checkpoint-240"
     straight_dir = run_folder(straight_root, signal_name)
     for name in ("rank_pattern.jsonl", "signal_scores.jsonl"):
@@ -66,8 +64,7 @@ def test_killed_then_resumed_run_equals_uninterrupted_run(tmp_path, signal_name)
 
 
 def test_final_adapter_is_pruned_and_reloads_with_the_same_accuracy(tmp_path):
-    summary = train([*ARGS, "--signal", "importance_only", "--output-root", str(tmp_path), "--save-strategy", "no"],
-                    log=lambda *a: None)
+    summary = train([*ARGS, "--signal", "importance_only", "--output-root", str(tmp_path), "--save-strategy", "no"])
     adapter_dir = run_folder(tmp_path, "importance_only") / "final_adapter"
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     assert sum(sum(v) for v in config["rank_pattern"].values()) == summary["total_rank"]

@@ -17,20 +17,16 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import OneLineArgumentParser
-from .demo import DEMO_SIGNALS
-from .errors import UsageError
+from .errors import OneLineArgumentParser, UsageError
 from .launchers import (
     SUBMITIT_LAUNCHERS, SubmititOptions, grid_status, parse_gpus, parse_slurm_time, require_submitit, run_on_gpus,
     run_one, submit_grid,
 )
-from .resume import latest_complete_checkpoint
-from .run_files import read_summary
-from .signals import SIGNALS
+from .markdown import table
+from .report import build_report, to_markdown
+from .runs import latest_complete_checkpoint, read_summary, run_dir_for
 from .tasks import TASK_NAMES
-from .train import run_dir_for
 
-CONTROL_SIGNALS = ("random", "uniform")
 LAUNCHERS = ("local", *SUBMITIT_LAUNCHERS)
 # Flags that only mean something to a submitit launcher: with --launcher local they would be silently ignored
 # (and a forgotten --launcher slurm would run the whole grid here).
@@ -53,14 +49,11 @@ def plan(tasks, signals, seeds, output_root) -> list[GridRun]:
 
 
 def status_table(runs: list[GridRun]) -> str:
-    lines = ["| task | signal | seed | status | detail |", "|---|---|---|---|---|"]
-    lines += [f"| {r.task} | {r.signal} | {r.seed} | {r.status} | {r.detail.replace('|', '/')} |" for r in runs]
-    return "\n".join(lines)
+    return table(["task", "signal", "seed", "status", "detail"],
+                 [[r.task, r.signal, r.seed, r.status, r.detail] for r in runs])
 
 
 def print_reports(tasks, output_root: str) -> None:
-    from .report import build_report, to_markdown
-
     for task in tasks:
         try:
             print(f"\n## Report: {task}\n\n{to_markdown(build_report(output_root, task))}")
@@ -86,14 +79,17 @@ def _at_least(minimum):
     return check
 
 
-def build_parser() -> OneLineArgumentParser:
+def build_parser(registry) -> OneLineArgumentParser:
     parser = OneLineArgumentParser(prog="adalora-ablation ablate", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog="signals (role: baseline, signal or control):\n"
+                                          + registry.describe_signals())
     parser.add_argument("--task", "--tasks", nargs="+", default=["rte"], choices=TASK_NAMES, dest="tasks")
-    parser.add_argument("--signals", nargs="+", default=list(DEMO_SIGNALS), choices=list(SIGNALS))
+    parser.add_argument("--signals", nargs="+", default=registry.signal_names("baseline", "signal"),
+                        choices=registry.signal_names(), help="default: the baseline and the replacement signals")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
     parser.add_argument("--with-controls", "--with_controls", action="store_true",
-                        help=f"add the control signals {', '.join(CONTROL_SIGNALS)}")
+                        help=f"add the control signals {', '.join(registry.signal_names('control'))}")
     parser.add_argument("--output-root", "--output_root", default="outputs")
     parser.add_argument("--dry-run", "--dry_run", action="store_true", help="list what would run, run nothing")
     parser.add_argument("--status", action="store_true",
@@ -142,7 +138,7 @@ def run_here(runs: list[GridRun], args, extra: list[str]) -> None:
         if read_summary(run.run_dir) is not None:
             run.status, run.detail = "skipped", "already finished"
         elif args.dry_run:
-            checkpoint = latest_complete_checkpoint(run.run_dir) if run.run_dir.is_dir() else None
+            checkpoint = latest_complete_checkpoint(run.run_dir)
             run.status = "would resume" if checkpoint else "would run"
             run.detail = f"from {checkpoint.name}" if checkpoint else ""
         else:
@@ -159,9 +155,12 @@ def counts_line(runs: list[GridRun], statuses) -> str:
 
 
 def ablate_main(argv: list[str]) -> int:
-    args, extra = build_parser().parse_known_args(argv)
+    from . import signals as registry  # loads torch (for the signal names), but not peft or transformers
+
+    args, extra = build_parser(registry).parse_known_args(argv)
     check_launcher_flags(args)
-    signals = list(dict.fromkeys(args.signals + (list(CONTROL_SIGNALS) if args.with_controls else [])))
+    controls = registry.signal_names("control") if args.with_controls else []
+    signals = list(dict.fromkeys(args.signals + controls))
     runs = plan(args.tasks, signals, args.seeds, args.output_root)
 
     if args.status:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from peft.tuners.adalora.layer import RankAllocator
 
-from .lora_layout import LoraLayout
+from .lora_layout import LoraLayout, all_finite, serial_on_cpu
 from .signals import Signal, SignalConfig, build_signal
 
 
@@ -40,9 +40,9 @@ class SignalRankAllocator(RankAllocator):
     def update_ipt(self, model):
         # Gathers into buffers reused every step; no host synchronisation on an accelerator (benchmarks/).
         layout = self.layout
-        with torch.no_grad(), layout.serial_on_cpu():
+        with torch.no_grad(), serial_on_cpu(layout.device):
             g = layout.flat_grads(out=layout.work_buffer("grads"))
-            finite = layout.all_finite(g)
+            finite = all_finite(g)
             if finite.device.type == "cpu":
                 finite = bool(finite)  # free on CPU, and lets the signals skip the sync-free gating
             w = layout.flat_weights(out=layout.work_buffer("weights")) if self.signal.wants_flat_weights else None
@@ -74,8 +74,10 @@ class SignalRankAllocator(RankAllocator):
             masks = []
             for m in range(self.layout.num_modules):
                 key = self.layout.e_key(m)
-                row = rank_pattern[key] if key in rank_pattern else rank_pattern[key.replace(f".{self.adapter_name}", "")]
-                masks.append(torch.tensor(row, dtype=self.layout.E[m].dtype, device=self.layout.E[m].device).view(-1, 1))
+                unprefixed = key.replace(f".{self.adapter_name}", "")
+                row = rank_pattern[key] if key in rank_pattern else rank_pattern[unprefixed]
+                e = self.layout.E[m]
+                masks.append(torch.tensor(row, dtype=e.dtype, device=e.device).view(-1, 1))
             self._final_masks = (rank_pattern, masks)
         with torch.no_grad():
             torch._foreach_mul_(self.layout.E, self._final_masks[1])

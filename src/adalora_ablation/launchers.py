@@ -19,8 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import UsageError
-from .resume import latest_complete_checkpoint
-from .run_files import read_summary, write_json_atomic
+from .logs import configure_console
+from .runs import grid_dir, latest_complete_checkpoint, read_summary, write_json_atomic
 
 SUBMITIT_LAUNCHERS = {"slurm": "slurm", "submitit-local": "local"}  # --launcher -> submitit's cluster name
 INSTALL_HINT = 'pip install submitit (or pip install -e ".[cluster]")'
@@ -157,7 +157,8 @@ class TrainJob:
             # One task per GPU (--gpus-per-run N): give each its torch.distributed rank. Every GPU stays visible,
             # because the Trainer places each process on cuda:LOCAL_RANK.
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        from .train import train
+        configure_console()  # the job's own process: its progress goes to the job's log files
+        from .train import train  # here, in the job: submitting and --status never load the training stack
 
         return train(self.argv)
 
@@ -170,7 +171,7 @@ class TrainJob:
 
 
 def jobs_file(output_root) -> Path:
-    return Path(output_root) / "grid" / "jobs.json"
+    return grid_dir(output_root) / "jobs.json"
 
 
 def read_jobs(output_root) -> dict[str, dict]:
@@ -233,7 +234,7 @@ def is_active(state: str, record: dict) -> bool:
 
 
 def _checkpoint_note(run) -> str:
-    checkpoint = latest_complete_checkpoint(run.run_dir) if run.run_dir.is_dir() else None
+    checkpoint = latest_complete_checkpoint(run.run_dir)
     return f"at {checkpoint.name}" if checkpoint else ""
 
 
@@ -290,7 +291,7 @@ def submit_grid(runs, output_root: str, extra: list[str], options: SubmititOptio
     if dry_run or not to_submit:
         return
 
-    folder = root / "grid" / "submitit" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    folder = grid_dir(root) / "submitit" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     executor = make_executor(submitit, options, folder)
     try:
         with executor.batch():

@@ -13,17 +13,7 @@ import re
 
 import torch
 
-_LAYER_RE = re.compile(r"(?:^|\.)(layers?\.\d+\..*)$")
-
-
-def short_module_name(peft_key: str) -> str:
-    """``deberta.encoder.layer.0.attention.self.query_proj.%s.default`` -> ``layer.0.attention.self.query_proj``.
-
-    Short names are the same for every signal and every model wrapper, so logs from different runs line up.
-    """
-    name = peft_key.split(".%s")[0].split(".lora_")[0]
-    match = _LAYER_RE.search(name)
-    return match.group(1) if match else name
+from .module_names import short_module_name
 
 
 class LoraLayout:
@@ -62,14 +52,6 @@ class LoraLayout:
         self._chunks = _module_aligned_chunks(self.numels, CPU_CHUNK_ELEMENTS)
         self._work_buffers: dict[str, torch.Tensor] = {}
 
-    @staticmethod
-    def all_finite(t: torch.Tensor) -> torch.Tensor:
-        return all_finite(t)
-
-    def serial_on_cpu(self):
-        """Context: single-threaded CPU ops for the per-step update (see the module function)."""
-        return serial_on_cpu(self.params[0].device)
-
     def e_key(self, m: int) -> str:
         """PEFT's rank_pattern key for module m (the full name of its lora_E parameter)."""
         return self.keys[m] % "lora_E"
@@ -85,7 +67,8 @@ class LoraLayout:
         grads = []
         for p in self.params:
             g = p.grad
-            grads.append(torch.zeros(p.numel(), device=p.device, dtype=p.dtype) if g is None else g.detach().reshape(-1))
+            grads.append(torch.zeros(p.numel(), device=p.device, dtype=p.dtype) if g is None
+                         else g.detach().reshape(-1))
         return torch.cat(grads) if out is None else torch.cat(grads, out=out)
 
     def weights_range(self, first: int, end: int, out: torch.Tensor) -> torch.Tensor:
@@ -131,7 +114,8 @@ class LoraLayout:
         rows = []
         with serial_on_cpu(element_score.device):  # many small ops: the intra-op pool only adds stalls
             for a, e, b in self.split(element_score):
-                ipt_ab = torch.cat([torch.mean(a, dim=1, keepdim=True), torch.mean(b, dim=0, keepdim=False).view(-1, 1)], 1)
+                ipt_ab = torch.cat([torch.mean(a, dim=1, keepdim=True),
+                                    torch.mean(b, dim=0, keepdim=False).view(-1, 1)], 1)
                 rows.append(e.view(-1) + ipt_ab.sum(dim=1, keepdim=False).view(-1))
             return torch.stack(rows)
 

@@ -8,51 +8,12 @@ optimizer state and the allocator's EMAs would be gone. Our checkpoints therefor
 
 from __future__ import annotations
 
-import os
-import re
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import Trainer
 
-from .run_files import ALLOCATOR_STATE, METRICS, RANK_PATTERN, SIGNAL_SCORES, truncate_jsonl
-
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def latest_complete_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint-N that was completely written (the allocator state is written last)."""
-    found = []
-    for path in Path(run_dir).glob("checkpoint-*"):
-        match = _CHECKPOINT.match(path.name)
-        if match and (path / ALLOCATOR_STATE).is_file() and (path / "trainer_state.json").is_file():
-            found.append((int(match.group(1)), path))
-    return max(found)[1] if found else None
-
-
-def checkpoint_step(checkpoint: Path) -> int:
-    return int(_CHECKPOINT.match(Path(checkpoint).name).group(1))
-
-
-def rewind_logs(run_dir: Path, step: int) -> None:
-    """Cut the jsonl logs back to what had happened when checkpoint-<step> was written, so that resuming neither
-    duplicates nor loses a line. Allocation records carry the 0-based step they ran at (< step); Trainer logs
-    carry the global step after it (the checkpoint is written after the log and eval of its own step)."""
-    truncate_jsonl(run_dir / RANK_PATTERN, lambda r: r["step"] < step)
-    truncate_jsonl(run_dir / SIGNAL_SCORES, lambda r: r["step"] < step)
-    truncate_jsonl(run_dir / METRICS, lambda r: r["step"] <= step and "train_runtime" not in r)
-
-
-def save_torch_atomic(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from .runs import ALLOCATOR_STATE, atomic_write
 
 
 class AdaLoraTrainer(Trainer):
@@ -72,4 +33,5 @@ class AdaLoraTrainer(Trainer):
             peft_config.rank_pattern = rank_pattern
         if self.args.should_save:
             folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-            save_torch_atomic(self.adalora_callback.resume_state(), folder / ALLOCATOR_STATE)
+            state = self.adalora_callback.resume_state()
+            atomic_write(folder / ALLOCATOR_STATE, lambda f: torch.save(state, f))

@@ -7,6 +7,10 @@ would synchronise with the host, or a plain bool on CPU, where reading it is fre
 non-finite step; ``ema_`` gates on the tensor without a host synchronisation. At allocation time ``scores()``
 returns one score per triplet (modules x r, higher = keep).
 
+Each signal class names its ``role``: the ``baseline`` (PEFT's own score, what the others are compared to), a
+replacement ``signal``, or a ``control`` (a reference point: chance, no reallocation). ``--help``, the README table,
+the default grid and the report read roles and descriptions from here.
+
 Per-step updates are a short chain of whole-buffer ops (on CPU in cache-sized chunks, ``LoraLayout.chunks``)
 computed in scratch buffers reused every step (``LoraLayout.work_buffer``), so that a step allocates nothing
 adapter-sized; see benchmarks/ and BENCHMARKS.md.
@@ -21,6 +25,7 @@ import torch
 from .lora_layout import LoraLayout, serial_on_cpu
 
 NORMALIZE_METHODS = ("zscore", "minmax", "rank")
+ROLES = ("baseline", "signal", "control")
 
 
 @dataclass
@@ -61,7 +66,8 @@ class Signal:
     """Base class. Subclasses set ``name``, create their buffers in ``__init__`` and implement update/scores."""
 
     name: str = ""
-    description: str = ""
+    description: str = ""  # one line, shown by --help and in the README's table
+    role: str = "signal"  # one of ROLES
     # False: the allocator passes w=None and skips gathering the weights (the signal reads them itself, or never).
     wants_flat_weights: bool = True
 
@@ -118,11 +124,45 @@ class Signal:
             self.buffers[k].copy_(v)
 
 
+SIGNALS: dict[str, type[Signal]] = {}  # name -> class, in registration order
+
+
+def register_signal(cls: type[Signal]) -> type[Signal]:
+    """Class decorator: make a Signal subclass available under ``cls.name`` (``--signal``, grids, the report)."""
+    if cls.name in SIGNALS:
+        raise ValueError(f"a signal named {cls.name!r} is already registered ({SIGNALS[cls.name].__qualname__}); "
+                         f"choose a name that is not one of: {', '.join(SIGNALS)}")
+    if not cls.name or cls.role not in ROLES:
+        raise ValueError(f"signal class {cls.__qualname__} needs a name and a role in {ROLES} "
+                         f"(has name={cls.name!r}, role={cls.role!r})")
+    SIGNALS[cls.name] = cls
+    return cls
+
+
+def signal_names(*roles: str) -> list[str]:
+    """Registered signal names with one of ``roles`` (default: all), in registration order."""
+    return [name for name, cls in SIGNALS.items() if not roles or cls.role in roles]
+
+
+def ordered_signals(names) -> list[str]:
+    """``names`` with the registered ones first, in registration order (the baseline leads), then others sorted."""
+    known = signal_names("baseline") + signal_names("signal", "control")
+    return [s for s in known if s in names] + sorted(set(names) - set(known))
+
+
+def describe_signals() -> str:
+    """One line per registered signal: name, role, description (for --help)."""
+    width = max(map(len, SIGNALS))
+    return "\n".join(f"  {name:{width}}  {cls.role:8}  {cls.description}" for name, cls in SIGNALS.items())
+
+
+@register_signal
 class BaselineAdaLoRA(Signal):
     """PEFT's own AdaLoRA score: EMA(|w*g|) * EMA(|ipt - EMA(ipt)|), combined per triplet as PEFT does."""
 
     name = "baseline_adalora"
-    description = "PEFT's sensitivity x uncertainty (unchanged)"
+    role = "baseline"
+    description = "PEFT's own score: EMA(|w*g|) * EMA(|ipt - EMA(ipt)|), unchanged"
     wants_flat_weights = False  # gathers them chunk by chunk (_ipt_chunks)
 
     def __init__(self, layout, config):
@@ -148,11 +188,12 @@ class BaselineAdaLoRA(Signal):
             return self.layout.combine_elements(self.exp_avg_ipt * self.exp_avg_unc)
 
 
+@register_signal
 class ImportanceOnly(Signal):
     """EMA(|w*g|) per element, no uncertainty term; combined per triplet as PEFT does."""
 
     name = "importance_only"
-    description = "EMA of |w*grad| (sensitivity without uncertainty)"
+    description = "EMA(|w*g|): PEFT's sensitivity without its uncertainty term"
     wants_flat_weights = False  # gathers them chunk by chunk (_ipt_chunks)
 
     def __init__(self, layout, config):
@@ -169,6 +210,7 @@ class ImportanceOnly(Signal):
         return self.layout.combine_elements(self.exp_avg_ipt)
 
 
+@register_signal
 class PlasticityOnly(Signal):
     """EMA of the triplet's gradient norm sqrt(g(E_i)^2 + ||g(A_i)||^2 + ||g(B_i)||^2)."""
 
@@ -208,11 +250,12 @@ def normalize(x: torch.Tensor, method: str) -> torch.Tensor:
     return out.view_as(x).to(x.dtype)
 
 
+@register_signal
 class Combo(Signal):
     """normalize(importance) + combo_lambda * normalize(plasticity), normalized across all triplets."""
 
     name = "combo"
-    description = "normalized importance + lambda * normalized plasticity"
+    description = "normalize(importance) + combo_lambda * normalize(plasticity)"
     wants_flat_weights = False
 
     def __init__(self, layout, config):
@@ -234,19 +277,16 @@ class Combo(Signal):
     def scores(self):
         parts = self.parts()
         method = self.config.normalize_method
-        return normalize(parts["importance"], method) + self.config.combo_lambda * normalize(parts["plasticity"], method)
-
-
-SIGNALS: dict[str, type[Signal]] = {cls.name: cls for cls in (BaselineAdaLoRA, ImportanceOnly, PlasticityOnly, Combo)}
-
-
-def register_signal(cls: type[Signal]) -> type[Signal]:
-    """Class decorator: make a Signal subclass available under ``cls.name`` (CLI ``--signal``)."""
-    SIGNALS[cls.name] = cls
-    return cls
+        importance, plasticity = normalize(parts["importance"], method), normalize(parts["plasticity"], method)
+        return importance + self.config.combo_lambda * plasticity
 
 
 def build_signal(name: str, layout: LoraLayout, config: SignalConfig) -> Signal:
     if name not in SIGNALS:
         raise ValueError(f"unknown signal {name!r}; choose one of {', '.join(SIGNALS)}")
     return SIGNALS[name](layout, config)
+
+
+# Signals defined in other modules register themselves when imported. Importing them here, once everything they
+# need from this module exists, gives every reader of the registry all of them, whichever module it imported first.
+from . import controls  # noqa: E402,F401,I001

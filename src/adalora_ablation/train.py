@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import platform
 import shutil
@@ -17,18 +18,23 @@ from sklearn.metrics import accuracy_score
 from transformers import DataCollatorWithPadding, set_seed
 
 from .allocator import install_allocator
-from .args import parse_train_args
+from .args import help_text, parse_train_args
 from .callback import AdaLoraCallback
 from .data import load_tokenized
 from .errors import UsageError
+from .logs import use_process_log_level
 from .model import (
     count_parameters, detect_head_modules, detect_target_modules, load_model_and_tokenizer, wrap_with_adalora,
 )
-from .resume import AdaLoraTrainer, checkpoint_step, latest_complete_checkpoint, rewind_logs
-from .run_files import ALLOCATOR_STATE, DDP_CONSISTENCY, FINAL_ADAPTER, SUMMARY, read_summary, write_json_atomic
+from .resume import AdaLoraTrainer
+from .runs import (
+    ALLOCATOR_STATE, DDP_CONSISTENCY, FINAL_ADAPTER, accuracy_fields, checkpoint_step, latest_complete_checkpoint,
+    read_summary, rewind_logs, run_dir_for, write_json_atomic, write_summary,
+)
 from .signals import SignalConfig
 from .tasks import TASKS
 
+logger = logging.getLogger(__name__)
 PEFT_VERSION = "0.18.1"
 
 
@@ -60,10 +66,6 @@ def check_schedule(tinit: int, tfinal: int, total_step: int) -> None:
         )
 
 
-def run_dir_for(output_root: str, task: str, signal: str, seed: int) -> Path:
-    return Path(output_root) / task / signal / str(seed)
-
-
 def compute_accuracy(eval_pred):
     logits, labels = eval_pred
     logits = logits[0] if isinstance(logits, tuple) else logits
@@ -77,10 +79,11 @@ def library_versions() -> dict[str, str]:
             "peft": peft.__version__, "datasets": datasets.__version__}
 
 
-def train(argv: list[str], log=print) -> dict:
+def train(argv: list[str]) -> dict:
     """Run one training job from command-line style arguments; returns the final summary."""
     started = time.time()
     run_args, model_args, data_args, ada_args, training_args = parse_train_args(argv)
+    use_process_log_level(training_args)
     check_peft_version()
     task = TASKS[run_args.task]
     seed = training_args.seed
@@ -90,13 +93,14 @@ def train(argv: list[str], log=print) -> dict:
                          f"or choose another --output-root")
     training_args.output_dir = str(run_dir)
     if training_args.load_best_model_at_end:
-        raise UsageError("--load-best-model-at-end is not supported: AdaLoRA checkpoints hold full-shape adapters and "
-                         "the final rank pattern belongs to the last step; pick a checkpoint from metrics.jsonl instead")
+        raise UsageError("--load-best-model-at-end is not supported: AdaLoRA checkpoints hold full-shape adapters "
+                         "and the final rank pattern belongs to the last step; pick a checkpoint from metrics.jsonl "
+                         "instead")
 
     # Everything that can fail on bad input happens before anything is written.
     set_seed(seed)
     model, tokenizer = load_model_and_tokenizer(model_args.model, task.labels)
-    data = load_tokenized(task, data_args, tokenizer, model_args.model, log=log)
+    data = load_tokenized(task, data_args, tokenizer, model_args.model, log=logger.info)
     train_set = data[task.train_split]
     eval_sets = {name: data[split] for name, split in task.eval_splits.items()}
     target_modules = detect_target_modules(model, model_args.target_modules)
@@ -111,22 +115,22 @@ def train(argv: list[str], log=print) -> dict:
                                  seed=seed)
     allocator = install_allocator(peft_model, run_args.signal, signal_config)
     params = count_parameters(peft_model)
-    log(f"[model] {model_args.model}: {len(target_modules)} adapted modules, trained in full: {modules_to_save}; "
-        f"trainable parameters {params['trainable']:,} of {params['total']:,}")
+    logger.info(f"[model] {model_args.model}: {len(target_modules)} adapted modules, trained in full: "
+                f"{modules_to_save}; trainable parameters {params['trainable']:,} of {params['total']:,}")
     if task.synthetic:
-        log("[data] task 'synthetic' is a SYNTHETIC keyword task for offline demos, not GLUE")
+        logger.info("[data] task 'synthetic' is a SYNTHETIC keyword task for offline demos, not GLUE")
 
     is_main = training_args.process_index == 0
-    callback = AdaLoraCallback(peft_model, allocator, run_dir, write_files=is_main, log=log if is_main else _quiet)
+    callback = AdaLoraCallback(peft_model, allocator, run_dir, write_files=is_main)
     checkpoint = latest_complete_checkpoint(run_dir) if run_args.resume and read_summary(run_dir) is None else None
     if checkpoint is not None:
-        log(f"[run] resuming {run_dir} from {checkpoint.name}")
+        logger.info(f"[run] resuming {run_dir} from {checkpoint.name}")
         callback.pending_resume = torch.load(checkpoint / ALLOCATOR_STATE, weights_only=False)
         if is_main:
             rewind_logs(run_dir, checkpoint_step(checkpoint))
     elif is_main:
         if run_dir.exists():  # an unfinished run without a checkpoint, or --overwrite: start clean
-            log(f"[run] replacing the previous contents of {run_dir}")
+            logger.info(f"[run] replacing the previous contents of {run_dir}")
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
     trainer = AdaLoraTrainer(
@@ -154,7 +158,7 @@ def train(argv: list[str], log=print) -> dict:
         "signal": run_args.signal,
         "seed": seed,
         "model": model_args.model,
-        **accuracy_fields(eval_metrics),
+        **accuracy_fields(task.name, eval_metrics),
         "eval_metrics": eval_metrics,
         "train_loss": train_result.training_loss,
         "total_step": total_step,
@@ -180,10 +184,19 @@ def train(argv: list[str], log=print) -> dict:
         "wall_time_s": round(time.time() - started, 2),
     }
     if is_main:
-        write_json_atomic(run_dir / SUMMARY, summary)
-        log(f"[run] {task.name}/{run_args.signal}/{seed}: accuracy {summary['eval_accuracy']:.4f}, "
-            f"total rank {summary['total_rank']} (budget {summary['target_budget']}) -> {run_dir}")
+        write_summary(run_dir, summary)
+    logger.info(f"[run] {task.name}/{run_args.signal}/{seed}: accuracy {summary['eval_accuracy']:.4f}, "
+                f"total rank {summary['total_rank']} (budget {summary['target_budget']}) -> {run_dir}")
     return summary
+
+
+def train_main(argv: list[str]) -> int:
+    """``adalora-ablation train``."""
+    if "-h" in argv or "--help" in argv:
+        print(help_text())
+        return 0
+    train(argv)
+    return 0
 
 
 def check_ranks_agree(mask_digests: list[str], run_dir: Path | None) -> None:
@@ -200,14 +213,4 @@ def check_ranks_agree(mask_digests: list[str], run_dir: Path | None) -> None:
     if not identical:
         raise RuntimeError("the processes applied different AdaLoRA masks; see ddp_consistency.json")
 
-
-def accuracy_fields(metrics: dict) -> dict:
-    """eval_accuracy (MNLI: matched) and, for MNLI, eval_accuracy_mm (mismatched)."""
-    if "eval_accuracy" in metrics:
-        return {"eval_accuracy": metrics["eval_accuracy"]}
-    return {"eval_accuracy": metrics["eval_matched_accuracy"], "eval_accuracy_mm": metrics["eval_mismatched_accuracy"]}
-
-
-def _quiet(*_args, **_kwargs):
-    pass
 
