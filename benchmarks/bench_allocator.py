@@ -143,7 +143,7 @@ def main(argv=None) -> dict:
     step_s = statistics.median(step_times)
     opt.zero_grad(set_to_none=False)
     pm(input_ids=x, labels=y).loss.backward()  # leave real gradients in .grad for the allocators
-    del opt
+    opt = None  # free the optimizer state before the allocators are measured
 
     lora = [(n, p) for n, p in pm.named_parameters() if "lora_" in n]
     n_modules = sum("lora_E" in n for n, _ in lora)
@@ -178,7 +178,7 @@ def main(argv=None) -> dict:
         for _ in range(rounds):
             rng.shuffle(order)
             for k in order:
-                times[k].append(timed(lambda: fn(k, allocators[k]), device))
+                times[k].append(timed(lambda k=k: fn(k, allocators[k]), device))
         minima[what] = {k: min(v) for k, v in times.items()}
         return {k: statistics.median(v) for k, v in times.items()}
 

@@ -150,7 +150,7 @@ def measure(pm, config, name: str, seed: int) -> dict:
         allocator = install_allocator(pm, name, SignalConfig(seed=seed))
         allocator.layout.accelerator_path = True  # what a GPU runs; the default on CPU is the chunked path
         run_dir = tempfile.mkdtemp(prefix="bench_ops_")
-        callback = AdaLoraCallback(pm, allocator, run_dir, write_files=True, log=lambda *a: None)
+        callback = AdaLoraCallback(pm, allocator, run_dir, write_files=True)
 
         def record():
             allocation, allocator.last_allocation = allocator.last_allocation, None
@@ -172,7 +172,7 @@ def measure(pm, config, name: str, seed: int) -> dict:
         "final": count_ops(lambda: allocator.mask_using_rank_pattern(inner, pattern)),
     }
     with torch.no_grad():  # the next allocator starts from the same adapters
-        for (n, p), e in zip([(n, p) for n, p in inner.named_parameters() if "lora_E" in n], e_before):
+        for p, e in zip([p for n, p in inner.named_parameters() if "lora_E" in n], e_before):
             p.copy_(e)
     return counts
 

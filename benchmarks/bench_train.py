@@ -49,7 +49,9 @@ from peft import LoraConfig, get_peft_model
 
 from adalora_ablation.allocator import install_allocator
 from adalora_ablation.args import AdaLoraArguments, DataArguments, parse_train_args
-from adalora_ablation.model import detect_head_modules, detect_target_modules, load_model_and_tokenizer, wrap_with_adalora
+from adalora_ablation.model import (
+    detect_head_modules, detect_target_modules, load_model_and_tokenizer, wrap_with_adalora,
+)
 from adalora_ablation.signals import SIGNALS, SignalConfig
 from adalora_ablation.tasks import TASKS
 from bench_allocator import cpu_model_name  # same folder: run as python benchmarks/bench_train.py
@@ -122,10 +124,10 @@ def rte_batches(args, n_batches: int):
         t = time.perf_counter()
         from adalora_ablation.data import load_tokenized
 
-        load_tokenized(task, data_args, tokenizer, args.model, log=lambda *a: None)
+        load_tokenized(task, data_args, tokenizer, args.model)
         tokenize_s = time.perf_counter() - t
         t = time.perf_counter()
-        data = load_tokenized(task, data_args, tokenizer, args.model, log=lambda *a: None)
+        data = load_tokenized(task, data_args, tokenizer, args.model)
         cached_s = time.perf_counter() - t
         train_rows = data[task.train_split]
         rows = [train_rows[i % len(train_rows)] for i in range(n_batches * args.batch)]
@@ -311,8 +313,8 @@ def main(argv=None) -> dict:
     if extra:
         print(f"tokenization: fresh cache {extra['tokenize_fresh_s']:.2f} s, second load (cached) "
               f"{extra['tokenize_cached_s']:.2f} s")
-    print(f"peak RSS {peak_rss_mb:.0f} MiB" + (f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} "
-                                              f"GiB" if gpu else ""))
+    gpu_peak = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if gpu else ""
+    print(f"peak RSS {peak_rss_mb:.0f} MiB{gpu_peak}")
     print(f"{'config':18s} {'step ms':>9s} {'samples/s':>10s} {'vs PEFT':>8s} {'vs LoRA %':>10s} {'alloc ms':>9s} "
           f"{'alloc max':>10s} {'share %':>8s} {'worst %':>8s} {'alloc MiB':>10s}")
     for name, r in rows_out.items():
@@ -434,7 +436,7 @@ def run_trainer(args, build_model, batches, tokenizer, device) -> dict:
         pm = wrap_with_adalora(model, detect_target_modules(model), detect_head_modules(model), ada_args, steps)
         pm.to(training_args.device)
         allocator = install_allocator(pm, args.trainer_signal, SignalConfig(seed=args.seed))
-        callback = AdaLoraCallback(pm, allocator, Path(out), write_files=True, log=lambda *a: None)
+        callback = AdaLoraCallback(pm, allocator, Path(out), write_files=True)
 
         class StepTimes(TrainerCallback):
             def __init__(self):

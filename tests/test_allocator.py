@@ -117,7 +117,8 @@ def test_allocator_state_round_trips():
     allocator = install_allocator(model, "combo", SignalConfig())
     train_loop(model, steps=5)
     state = allocator.state_dict()
-    fresh = SignalRankAllocator(model.base_model.model, model.peft_config["default"], "default", "combo", SignalConfig())
+    fresh = SignalRankAllocator(model.base_model.model, model.peft_config["default"], "default", "combo",
+                                SignalConfig())
     fresh.load_state_dict(state)
     assert all(torch.equal(fresh.signal.buffers[k], v) for k, v in state["buffers"].items())
     assert int(fresh.steps_seen) == 5

@@ -115,3 +115,22 @@ def test_run_scripts_pass_signal_seed_and_extra_args(tmp_path):
     assert_one_line_error(result, "does not exist")  # the flags reached `train`, which checked the model first
     usage = subprocess.run(["bash", str(root / "scripts" / "run_mnli.sh")], capture_output=True, text=True)
     assert usage.returncode == 2 and "SIGNAL SEED" in usage.stderr
+
+
+def test_help_and_readme_show_every_signals_role_and_description(capsys):
+    from pathlib import Path
+
+    from adalora_ablation.cli import main
+    from adalora_ablation.signals import SIGNALS
+
+    assert main(["train", "--help"]) == 0
+    train_help = capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        main(["ablate", "--help"])
+    assert done.value.code == 0
+    ablate_help = capsys.readouterr().out
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text().replace("\\|", "|")  # table escapes
+    for name, cls in SIGNALS.items():
+        line = f"  {name:{max(map(len, SIGNALS))}}  {cls.role:8}  {cls.description}"
+        assert line in train_help.splitlines() and line in ablate_help.splitlines(), name
+        assert f"| `{name}` | {cls.role} | {cls.description} |" in readme, name

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from adalora_ablation.resume import AdaLoraTrainer
-from adalora_ablation.run_files import read_jsonl
+from adalora_ablation.runs import read_jsonl
 from adalora_ablation.train import train
 
 TINY = ["--task", "synthetic", "--tinit", "10", "--tfinal", "20", "--deltaT", "10", "--save-strategy", "no",
@@ -38,7 +38,7 @@ def test_two_ddp_processes_apply_identical_masks_and_write_once(tmp_path):
 
 def test_bf16_end_to_end(tmp_path):
     summary = train([*TINY, "--signal", "importance_only", "--output-root", str(tmp_path), "--max-steps", "60",
-                     "--bf16", "True"], log=lambda *a: None)
+                     "--bf16", "True"])
     assert summary["config"]["training"]["bf16"] is True
     assert summary["budget_check_passed"] and summary["total_rank"] == summary["target_budget"]
     assert summary["nonfinite_steps"] == 0
@@ -73,10 +73,10 @@ def test_fp16_skipped_steps_update_no_ema_and_no_mask(tmp_path, monkeypatch, max
 
     monkeypatch.setattr(AdaLoraTrainer, "training_step", training_step)
     fp16 = train([*TINY, "--signal", "importance_only", "--output-root", str(tmp_path / "fp16"), "--max-steps", "60",
-                  "--fp16", "True", "--max-grad-norm", max_grad_norm], log=lambda *a: None)
+                  "--fp16", "True", "--max-grad-norm", max_grad_norm])
     monkeypatch.setattr(AdaLoraTrainer, "training_step", original)
     train([*TINY, "--signal", "importance_only", "--output-root", str(tmp_path / "fp32"), "--max-steps", "60",
-                  "--max-grad-norm", max_grad_norm], log=lambda *a: None)
+                  "--max-grad-norm", max_grad_norm])
 
     steps = [r["step"] for r in read_jsonl(tmp_path / "fp16" / "synthetic" / "importance_only" / "42" /
                                            "rank_pattern.jsonl")]

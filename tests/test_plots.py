@@ -14,9 +14,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from adalora_ablation.cli import main
 from adalora_ablation.model import tiny_tokenizer
+from adalora_ablation.module_names import MODULE_TYPES, module_type
 from adalora_ablation.plots import (
-    MODULE_TYPES, load_run, module_type, plot_comparison, plot_final_rank_heatmap, plot_rank_evolution,
-    plot_signal_heatmap,
+    load_run, plot_comparison, plot_final_rank_heatmap, plot_rank_evolution, plot_signal_heatmap,
 )
 from adalora_ablation.train import train
 
@@ -27,10 +27,6 @@ TINY_RUN = ["--task", "synthetic", "--seed", str(SEED), "--max_steps", str(STEPS
             "--max_train_samples", "320", "--max_eval_samples", "64", "--per_device_train_batch_size", "16",
             "--learning_rate", "2e-3", "--warmup_steps", "0"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _quiet(*_args, **_kwargs):
-    pass
 
 
 def save_bert12(folder):
@@ -53,10 +49,10 @@ def runs(tmp_path_factory):
     torch.set_num_threads(1)  # tiny models: one thread is fastest and does not fight other processes for cores
     try:
         for signal in ("baseline_adalora", "combo"):
-            train([*TINY_RUN, "--signal", signal, "--output_root", str(base / "deberta"), *cache], log=_quiet)
+            train([*TINY_RUN, "--signal", signal, "--output_root", str(base / "deberta"), *cache])
         save_bert12(base / "bert12")
         train([*TINY_RUN, "--signal", "combo", "--output_root", str(base / "bert"), "--model", str(base / "bert12"),
-               "--max_steps", "30", "--tinit", "5", "--tfinal", "10", *cache], log=_quiet)
+               "--max_steps", "30", "--tinit", "5", "--tfinal", "10", *cache])
     finally:
         torch.set_num_threads(threads)
     return base
@@ -207,7 +203,7 @@ def test_plot_module_compare_reports_a_missing_signal(runs, tmp_path):
     root = tmp_path / "out"
     shutil.copytree(runs / "deberta", root)
     result = subprocess.run(
-        [sys.executable, "-m", "adalora_ablation.plots", "--compare", "--task", "synthetic", "--signals",
+        [sys.executable, "-m", "adalora_ablation", "plot", "--compare", "--task", "synthetic", "--signals",
          "baseline_adalora", "combo", "plasticity_only", "--seed", str(SEED), "--output-root", str(root)],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

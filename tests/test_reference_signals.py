@@ -188,9 +188,10 @@ def test_sensitivity_snr_scores_zero_without_any_gradient():
 
 @pytest.mark.parametrize("signal, extra", [(s, []) for s in NEW_SIGNALS] + [("combo", ["--plasticity-norm", "rms"])])
 def test_trains_end_to_end_with_the_exact_budget(tmp_path, signal, extra):
-    summary = train(["--task", "synthetic", "--signal", signal, "--output-root", str(tmp_path), "--max-steps", "24", "--max-train-samples", "96",
+    summary = train(["--task", "synthetic", "--signal", signal, "--output-root", str(tmp_path), "--max-steps", "24",
+                     "--max-train-samples", "96",
                      "--tinit", "6", "--tfinal", "6", "--deltaT", "3", "--per-device-train-batch-size", "4",
-                     "--max-eval-samples", "32", "--eval-strategy", "no", *extra], log=lambda *a: None)
+                     "--max-eval-samples", "32", "--eval-strategy", "no", *extra])
     assert summary["budget_check_passed"] and summary["total_rank"] == summary["target_budget"]
     run_dir = tmp_path / "synthetic" / signal / "42"
     on_disk = json.loads((run_dir / "final_summary.json").read_text())

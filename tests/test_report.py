@@ -24,10 +24,6 @@ TINY_RUN = ["--task", "synthetic", "--max_steps", "80", "--tinit", "10", "--tfin
             "--learning_rate", "2e-3", "--warmup_steps", "0"]
 
 
-def _quiet(*_args, **_kwargs):
-    pass
-
-
 @pytest.fixture(scope="session")
 def root(tmp_path_factory):
     """Three seeds of baseline_adalora and combo, two of importance_only (too few for a paired test)."""
@@ -38,7 +34,7 @@ def root(tmp_path_factory):
         for signal, seeds in SEEDS.items():
             for seed in seeds:
                 train([*TINY_RUN, "--signal", signal, "--seed", str(seed), "--output_root", str(base / "runs"),
-                       "--cache_dir", str(base / "cache")], log=_quiet)
+                       "--cache_dir", str(base / "cache")])
     finally:
         torch.set_num_threads(threads)
     return base / "runs"
@@ -223,7 +219,7 @@ def test_mnli_matched_and_mismatched_are_reported_separately(root, tmp_path, cap
 
 
 def test_csv_from_the_module_entry_point(root):
-    command = [sys.executable, "-m", "adalora_ablation.report", "--task", "synthetic", "--output-root", str(root),
+    command = [sys.executable, "-m", "adalora_ablation", "report", "--task", "synthetic", "--output-root", str(root),
                "--format", "csv"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

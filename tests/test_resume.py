@@ -14,8 +14,7 @@ from peft import PeftModel
 from transformers import set_seed
 
 from adalora_ablation.model import TINY_DEBERTA, load_model_and_tokenizer
-from adalora_ablation.resume import latest_complete_checkpoint, verify_manifest, write_manifest
-from adalora_ablation.run_files import truncate_jsonl
+from adalora_ablation.runs import latest_complete_checkpoint, truncate_jsonl, verify_manifest, write_manifest
 from adalora_ablation.train import train
 
 ARGS = ["--task", "synthetic", "--seed", "3", "--max-steps", "240", "--tinit", "30", "--tfinal", "60", "--deltaT", "5",
@@ -183,7 +182,8 @@ def test_resume_never_unpickles_code_and_falls_back_to_an_older_checkpoint(inter
     write_manifest(interrupted_run / "checkpoint-40")
     resumed = run_train(*SHORT, "--output-root", str(tmp_path), "--resume", "True")
     assert not marker.exists()
-    assert f"skipping checkpoint-80: {newest / 'adalora_allocator.pt'} cannot be loaded safely" in resumed.stdout
+    skipped = f"skipping checkpoint-80: {newest / 'adalora_allocator.pt'} cannot be loaded safely"
+    assert skipped in resumed.stdout + resumed.stderr
     assert summary_of(interrupted_run)["resumed_from"] == "checkpoint-40"
 
 
@@ -194,15 +194,15 @@ def test_resume_under_other_settings_says_so_once(interrupted_run, tmp_path):
     state["settings"]["intra_op_threads"] = 7
     torch.save(state, path)
     write_manifest(path.parent)
-    output = run_train(*SHORT, "--output-root", str(tmp_path), "--resume", "True").stdout
+    result = run_train(*SHORT, "--output-root", str(tmp_path), "--resume", "True")
+    output = result.stdout + result.stderr
     warnings = [line for line in output.splitlines() if "resuming with different settings" in line]
     assert warnings == ["[run] resuming with different settings (intra_op_threads 7 -> 1): the result may differ "
                         "in the last bits from an uninterrupted run"]
 
 
 def test_final_adapter_is_pruned_and_reloads_with_the_same_accuracy(tmp_path):
-    summary = train([*ARGS, "--signal", "importance_only", "--output-root", str(tmp_path), "--save-strategy", "no"],
-                    log=lambda *a: None)
+    summary = train([*ARGS, "--signal", "importance_only", "--output-root", str(tmp_path), "--save-strategy", "no"])
     adapter_dir = run_folder(tmp_path, "importance_only") / "final_adapter"
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     assert sum(sum(v) for v in config["rank_pattern"].values()) == summary["total_rank"]
@@ -235,7 +235,8 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_newest_that_verifies(int
     damaged.write_bytes(damaged.read_bytes()[:100])  # a half-copied file
     (interrupted_run / "checkpoint-120").mkdir()  # a checkpoint whose writing was cut off before its manifest
     resumed = run_train(*SHORT, "--output-root", str(tmp_path), "--resume", "True")
-    assert f"[run] skipping checkpoint-80: {damaged} has 100 bytes, the manifest says" in resumed.stdout
+    skipped = f"[run] skipping checkpoint-80: {damaged} has 100 bytes, the manifest says"
+    assert skipped in resumed.stdout + resumed.stderr
     assert summary_of(interrupted_run)["resumed_from"] == "checkpoint-40"
     assert not (interrupted_run / "checkpoint-120").exists()  # the abandoned future is removed ...
     verify_manifest(interrupted_run / "checkpoint-80")  # ... and checkpoint-80 written anew
@@ -244,7 +245,8 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_newest_that_verifies(int
 def test_a_run_whose_checkpoints_all_fail_starts_over(interrupted_run, tmp_path):
     for checkpoint in ("checkpoint-40", "checkpoint-80"):
         (interrupted_run / checkpoint / "scheduler.pt").write_bytes(b"damaged")
-    output = run_train(*SHORT, "--output-root", str(tmp_path), "--resume", "True").stdout
+    result = run_train(*SHORT, "--output-root", str(tmp_path), "--resume", "True")
+    output = result.stdout + result.stderr
     assert f"[run] no checkpoint of {interrupted_run} verifies; starting over" in output
     summary = summary_of(interrupted_run)
     assert summary["resumed_from"] is None and summary["budget_check_passed"]

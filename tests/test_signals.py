@@ -213,3 +213,30 @@ def test_nonfinite_gradients_leave_every_ema_unchanged(name, accelerator_path):
     g = layout.flat_grads()
     signal.update(layout.flat_weights(), g, layout.check_finite_(g))
     assert not signal.buffers or any(not torch.equal(before[k], v) for k, v in signal.state_dict().items())
+
+
+def test_registry_roles_and_duplicate_names(monkeypatch):
+    from adalora_ablation import signals
+    from adalora_ablation.signals import Signal, register_signal, signal_names
+
+    assert signal_names("baseline") == ["baseline_adalora"]
+    assert signal_names("signal") == ["importance_only", "plasticity_only", "plasticity_rms", "combo",
+                                      "singular_value", "sensitivity_only", "sensitivity_snr", "fisher",
+                                      "component_norm"]
+    assert signal_names("control") == ["random", "uniform"]
+    assert all(cls.description and cls.name == name for name, cls in SIGNALS.items())
+    monkeypatch.setattr(signals, "SIGNALS", dict(signals.SIGNALS))
+
+    class Again(Signal):
+        name = "combo"
+
+    with pytest.raises(ValueError, match="'combo' is already registered .*: baseline_adalora, importance_only"):
+        register_signal(Again)
+    assert signals.SIGNALS["combo"] is SIGNALS["combo"]
+
+    class NoRole(Signal):
+        name = "no_role"
+        role = "main"
+
+    with pytest.raises(ValueError, match="role in"):
+        register_signal(NoRole)

@@ -9,7 +9,7 @@ from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
 from adalora_ablation.errors import UsageError
-from adalora_ablation.run_files import read_jsonl
+from adalora_ablation.runs import read_jsonl
 from adalora_ablation.train import check_peft_version, check_schedule, compute_total_step, train
 
 
@@ -54,7 +54,7 @@ def minilm_rte_run(tmp_path_factory, minilm_path, glue_dir):
             "--num-train-epochs", "2", "--tinit", "4", "--tfinal", "6", "--deltaT", "2", "--init-r", "6",
             "--target-r", "2", "--learning-rate", "1e-3", "--logging-steps", "4", "--eval-strategy", "steps",
             "--eval-steps", "12", "--save-strategy", "steps", "--save-steps", "12"]
-    summary = train(argv, log=lambda *a: None)
+    summary = train(argv)
     return root / "rte" / "combo" / "7", summary
 
 
@@ -99,7 +99,7 @@ def test_tiny_mnli_reports_matched_and_mismatched(tmp_path, glue_dir):
                      str(glue_dir), "--output-root", str(tmp_path), "--max-train-samples", "64",
                      "--max-eval-samples", "32", "--max-seq-length", "32", "--per-device-train-batch-size", "8",
                      "--max-steps", "16", "--tinit", "2", "--tfinal", "4", "--deltaT", "2", "--eval-strategy", "no",
-                     "--save-strategy", "no"], log=lambda *a: None)
+                     "--save-strategy", "no"])
     assert {"eval_accuracy", "eval_accuracy_mm"} <= set(summary)
     assert summary["eval_metrics"]["eval_matched_accuracy"] == summary["eval_accuracy"]
     assert summary["eval_metrics"]["eval_mismatched_accuracy"] == summary["eval_accuracy_mm"]

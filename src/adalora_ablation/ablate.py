@@ -17,9 +17,7 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import OneLineArgumentParser
-from .demo import DEMO_SIGNALS
-from .errors import UsageError
+from .errors import OneLineArgumentParser, UsageError
 from .launchers import (
     SUBMITIT_LAUNCHERS,
     SubmititOptions,
@@ -31,14 +29,12 @@ from .launchers import (
     run_one,
     submit_grid,
 )
-from .resume import latest_complete_checkpoint
-from .run_files import read_summary
+from .markdown import table
+from .report import build_report, to_markdown
 from .run_lock import held_elsewhere
-from .signals import SIGNALS
+from .runs import latest_complete_checkpoint, read_summary, run_dir_for
 from .tasks import TASK_NAMES
-from .train import run_dir_for
 
-CONTROL_SIGNALS = ("random", "uniform")
 LAUNCHERS = ("local", *SUBMITIT_LAUNCHERS)
 # Flags that only mean something to a submitit launcher: with --launcher local they would be silently ignored
 # (and a forgotten --launcher slurm would run the whole grid here).
@@ -61,14 +57,11 @@ def plan(tasks, signals, seeds, output_root) -> list[GridRun]:
 
 
 def status_table(runs: list[GridRun]) -> str:
-    lines = ["| task | signal | seed | status | detail |", "|---|---|---|---|---|"]
-    lines += [f"| {r.task} | {r.signal} | {r.seed} | {r.status} | {r.detail.replace('|', '/')} |" for r in runs]
-    return "\n".join(lines)
+    return table(["task", "signal", "seed", "status", "detail"],
+                 [[r.task, r.signal, r.seed, r.status, r.detail] for r in runs])
 
 
 def print_reports(tasks, output_root: str) -> None:
-    from .report import build_report, to_markdown
-
     for task in tasks:
         try:
             print(f"\n## Report: {task}\n\n{to_markdown(build_report(output_root, task))}")
@@ -94,14 +87,19 @@ def _at_least(minimum):
     return check
 
 
-def build_parser() -> OneLineArgumentParser:
+def build_parser(registry) -> OneLineArgumentParser:
     parser = OneLineArgumentParser(prog="adalora-ablation ablate", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog="signals (role: baseline, signal or control):\n"
+                                          + registry.describe_signals())
     parser.add_argument("--task", "--tasks", nargs="+", default=["rte"], choices=TASK_NAMES, dest="tasks")
-    parser.add_argument("--signals", nargs="+", default=list(DEMO_SIGNALS), choices=list(SIGNALS))
+    groups = ", ".join(f"{g} ({' '.join(registry.expand_signals([g]))})" for g in registry.group_names()[:-1])
+    parser.add_argument("--signals", nargs="+", default=["seed"], metavar="SIGNAL_OR_GROUP",
+                        choices=registry.group_names() + registry.signal_names(),
+                        help=f"signals and named groups: {groups}, all (every signal); default: seed")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
     parser.add_argument("--with-controls", "--with_controls", action="store_true",
-                        help=f"add the control signals {', '.join(CONTROL_SIGNALS)}")
+                        help=f"add the control signals {', '.join(registry.signal_names('control'))}")
     parser.add_argument("--output-root", "--output_root", default="outputs")
     parser.add_argument("--dry-run", "--dry_run", action="store_true", help="list what would run, run nothing")
     parser.add_argument("--status", action="store_true",
@@ -153,7 +151,7 @@ def run_here(runs: list[GridRun], args, extra: list[str]) -> None:
         elif owner is not None:
             run.status, run.detail = "running elsewhere", owner.describe()
         elif args.dry_run:
-            checkpoint = latest_complete_checkpoint(run.run_dir) if run.run_dir.is_dir() else None
+            checkpoint = latest_complete_checkpoint(run.run_dir)
             run.status = "would resume" if checkpoint else "would run"
             run.detail = f"from {checkpoint.name}" if checkpoint else ""
         else:
@@ -170,9 +168,12 @@ def counts_line(runs: list[GridRun], statuses) -> str:
 
 
 def ablate_main(argv: list[str]) -> int:
-    args, extra = build_parser().parse_known_args(argv)
+    from . import signals as registry  # loads torch (for the signal names), but not peft or transformers
+
+    args, extra = build_parser(registry).parse_known_args(argv)
     check_launcher_flags(args)
-    signals = list(dict.fromkeys(args.signals + (list(CONTROL_SIGNALS) if args.with_controls else [])))
+    controls = registry.signal_names("control") if args.with_controls else []
+    signals = registry.expand_signals(args.signals + controls)
     runs = plan(args.tasks, signals, args.seeds, args.output_root)
 
     if args.status:

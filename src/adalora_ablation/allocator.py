@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from peft.tuners.adalora.layer import RankAllocator
 
-from .lora_layout import LoraLayout
+from .lora_layout import LoraLayout, serial_on_cpu
 from .signals import Signal, SignalConfig, build_signal
 
 
@@ -45,7 +45,7 @@ class SignalRankAllocator(RankAllocator):
     def update_ipt(self, model):
         # Gathers into buffers reused every step; no host synchronisation on the accelerator path (benchmarks/).
         layout = self.layout
-        with torch.no_grad(), layout.serial_on_cpu():
+        with torch.no_grad(), serial_on_cpu(layout.device):
             g = layout.flat_grads(out=layout.work_buffer("grads"))
             finite = layout.check_finite_(g)  # zeroes g on a non-finite step
             w = layout.flat_weights(out=layout.work_buffer("weights")) if self.signal.wants_flat_weights else None
@@ -92,7 +92,8 @@ class SignalRankAllocator(RankAllocator):
         flat_stats = host[n_keep + 1:]
         per_module = {}
         for i, name in enumerate(scores):
-            columns = [flat_stats[(k * len(scores) + i) * modules:(k * len(scores) + i + 1) * modules] for k in range(4)]
+            columns = [flat_stats[(k * len(scores) + i) * modules:(k * len(scores) + i + 1) * modules]
+                       for k in range(4)]
             per_module[name] = list(zip(*columns))
         return kept, per_module, int(host[n_keep])
 

@@ -6,6 +6,7 @@ config file given as the only positional argument < flags on the command line.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from dataclasses import dataclass, field
@@ -15,8 +16,8 @@ import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from .errors import UsageError
-from .signals import NORMALIZE_METHODS, PLASTICITY_NORMS, SIGNALS
+from .errors import OneLineArgumentParser, UsageError, first_line
+from .signals import NORMALIZE_METHODS, PLASTICITY_NORMS, SIGNALS, describe_signals
 from .tasks import TASK_NAMES
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -26,7 +27,7 @@ DEFAULT_MODEL = "microsoft/deberta-v3-base"
 @dataclass
 class RunArguments:
     task: str = field(default="rte", metadata={"help": "GLUE task: mnli, rte, or synthetic (offline demo task)."})
-    signal: str = field(default="baseline_adalora", metadata={"help": f"Scoring signal: {', '.join(SIGNALS)}."})
+    signal: str = field(default="baseline_adalora", metadata={"help": "Scoring signal (see 'signals' below)."})
     preset: str = field(
         default="default",
         metadata={"help": "Task preset from configs/: 'default' (quick) or 'paper' (AdaLoRA paper settings)."},
@@ -69,14 +70,16 @@ class ModelArguments:
 class DataArguments:
     data_dir: str | None = field(
         default=None,
-        metadata={"help": "Local GLUE folder with RTE/{train,dev}.tsv and MNLI/{train,dev_matched,dev_mismatched}.tsv; "
-                          "default: the GLUE dataset from the hub."},
+        metadata={"help": "Local GLUE folder with RTE/{train,dev}.tsv and "
+                          "MNLI/{train,dev_matched,dev_mismatched}.tsv; default: the GLUE dataset from the hub."},
     )
     max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows of each eval set."})
+    max_eval_samples: int | None = field(default=None,
+                                         metadata={"help": "Use only the first N rows of each eval set."})
     cache_dir: str | None = field(
-        default=None, metadata={"help": "Tokenized-dataset cache (default $ADALORA_CACHE or ~/.cache/adalora_ablation)."}
+        default=None,
+        metadata={"help": "Tokenized-dataset cache (default $ADALORA_CACHE or ~/.cache/adalora_ablation)."},
     )
 
 
@@ -87,7 +90,8 @@ class AdaLoraArguments:
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter input."})
     tinit: int = field(default=200, metadata={"help": "Warm-up steps before the budget starts to fall."})
-    tfinal: int = field(default=200, metadata={"help": "Length of the final fixed-budget phase (the last tfinal steps)."})
+    tfinal: int = field(default=200,
+                        metadata={"help": "Length of the final fixed-budget phase (the last tfinal steps)."})
     deltaT: int = field(default=10, metadata={"help": "Steps between two allocations while the budget falls."})
     beta1: float = field(default=0.85, metadata={"help": "PEFT sensitivity EMA (baseline_adalora, sensitivity_only, "
                                                          "sensitivity_snr)."})
@@ -95,8 +99,10 @@ class AdaLoraArguments:
     orth_reg_weight: float = field(default=0.5, metadata={"help": "Orthogonal regularisation weight (PEFT default)."})
     ema_decay: float = field(default=0.9, metadata={"help": "EMA decay of importance_only, plasticity_only, "
                                                             "plasticity_rms, combo and fisher."})
-    combo_lambda: float = field(default=1.0, metadata={"help": "combo = norm(importance) + lambda * norm(plasticity)."})
-    normalize_method: str = field(default="zscore", metadata={"help": f"combo normalisation: {', '.join(NORMALIZE_METHODS)}."})
+    combo_lambda: float = field(default=1.0,
+                                metadata={"help": "combo = norm(importance) + lambda * norm(plasticity)."})
+    normalize_method: str = field(default="zscore",
+                                  metadata={"help": f"combo normalisation: {', '.join(NORMALIZE_METHODS)}."})
     plasticity_norm: str = field(
         default="l2", metadata={"help": "combo's plasticity: l2 (plasticity_only's gradient L2 norm) or rms "
                                         "(plasticity_rms, size-fair)."})
@@ -108,11 +114,16 @@ ARGUMENT_CLASSES = (RunArguments, ModelArguments, DataArguments, AdaLoraArgument
 BASE_DEFAULTS = {"report_to": "none", "save_total_limit": 2, "logging_steps": 10, "disable_tqdm": True}
 
 
-class _OneLineParser(HfArgumentParser):
-    """argparse prints usage plus the error; we print the error alone, on one line, and exit 2."""
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each flag (HfArgumentParser's choice), the signal table as written."""
 
-    def error(self, message):
-        raise UsageError(f"{message} (see 'adalora-ablation train --help')")
+
+class TrainArgumentParser(OneLineArgumentParser, HfArgumentParser):
+    """HfArgumentParser over ARGUMENT_CLASSES with one-line errors; --help ends with the signal table."""
+
+    def __init__(self):
+        super().__init__(ARGUMENT_CLASSES, prog="adalora-ablation train", formatter_class=_HelpFormatter,
+                         epilog=f"signals (--signal NAME; role: baseline, signal or control):\n{describe_signals()}")
 
 
 def _to_argv(options: dict) -> list[str]:
@@ -172,11 +183,11 @@ def parse_train_args(argv: list[str]):
     if not torch.cuda.is_available():
         base["use_cpu"] = True  # lets --bf16 run on CPU instead of failing "your setup doesn't support bf16/gpu"
     full = _to_argv(base) + _to_argv(preset_options) + user_argv
-    parser = _OneLineParser(ARGUMENT_CLASSES, prog="adalora-ablation train")
+    parser = TrainArgumentParser()
     try:
         *parsed, unknown = parser.parse_args_into_dataclasses(args=full, return_remaining_strings=True)
     except ValueError as exc:  # TrainingArguments.__post_init__ rejects some combinations
-        raise UsageError(str(exc).splitlines()[0]) from None
+        raise UsageError(first_line(exc)) from None
     if unknown:
         raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (see 'adalora-ablation train --help')")
     run, model, data, adalora, training = parsed
@@ -206,5 +217,5 @@ def validate(run: RunArguments, adalora: AdaLoraArguments) -> None:
 
 
 def help_text() -> str:
-    return _OneLineParser(ARGUMENT_CLASSES, prog="adalora-ablation train").format_help()
+    return TrainArgumentParser().format_help()
 

@@ -1,8 +1,14 @@
-"""The Trainer hook: one AdaLoRA update per optimizer step, and the run's jsonl logs."""
+"""The Trainer hook: one AdaLoRA update per optimizer step, and the run's logs.
+
+Each allocation goes to rank_pattern.jsonl and signal_scores.jsonl, to the console, and into the Trainer's own log
+stream (budget, total rank, rank per layer and per matrix type, under ``adalora/``), so that ``--report-to
+tensorboard`` or ``wandb`` show the rank curves. metrics.jsonl keeps the Trainer's own lines only.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import torch
@@ -10,14 +16,13 @@ from torch.amp.grad_scaler import OptState
 from transformers import TrainerCallback
 
 from .allocator import SignalRankAllocator
+from .module_names import ranks_by_layer_and_type
 from .resume import run_settings, settings_difference
-from .run_files import METRICS, RANK_PATTERN, SIGNAL_SCORES, append_jsonl
+from .runs import METRICS, RANK_PATTERN, SIGNAL_SCORES, append_jsonl
+from .schedule import phase_of
 
-
-def phase_of(step: int, tinit: int, tfinal: int, total_step: int) -> str:
-    if step <= tinit:
-        return "warmup"
-    return "final" if step >= total_step - tfinal else "reduction"
+logger = logging.getLogger(__name__)
+ALLOCATION_LOG_PREFIX = "adalora/"  # allocation scalars in the Trainer's log stream (not in metrics.jsonl)
 
 
 def describe_schedule(allocator: SignalRankAllocator) -> str:
@@ -32,22 +37,32 @@ def describe_schedule(allocator: SignalRankAllocator) -> str:
     )
 
 
+def allocation_scalars(budget: int, ranks: dict[str, int]) -> dict[str, int]:
+    """What --report-to integrations plot at each allocation: budget, total rank, rank per layer and per type."""
+    per_layer, per_type = ranks_by_layer_and_type(ranks)
+    return {
+        f"{ALLOCATION_LOG_PREFIX}budget": budget,
+        f"{ALLOCATION_LOG_PREFIX}total_rank": sum(ranks.values()),
+        **{f"{ALLOCATION_LOG_PREFIX}rank_layer_{layer}": rank for layer, rank in per_layer.items()},
+        **{f"{ALLOCATION_LOG_PREFIX}rank_{kind}": rank for kind, rank in per_type.items()},
+    }
+
+
 def score_aggregates(stats: list[tuple[float, float, float, float]], names: list[str]) -> dict[str, dict[str, float]]:
     """Per-module sum/mean/min/max of its triplet scores, from the allocator's host-side statistics."""
     return {n: {"sum": a, "mean": b, "min": c, "max": d} for n, (a, b, c, d) in zip(names, stats)}
 
 
 class AdaLoraCallback(TrainerCallback):
-    def __init__(self, peft_model, allocator: SignalRankAllocator, run_dir: Path, write_files: bool, log=print):
+    def __init__(self, peft_model, allocator: SignalRankAllocator, run_dir: Path, write_files: bool):
         self.peft_model = peft_model
         self.allocator = allocator
         self.run_dir = Path(run_dir)
         self.write_files = write_files
-        self.log = log
         self.ranks = [allocator.layout.r] * allocator.layout.num_modules
         self.allocations = 0
         self.budget_violations = 0
-        self.trainer = None  # set by train.py; used to detect optimizer steps skipped by the fp16 scaler
+        self.trainer = None  # set by train.py: its log stream, and its scaler (fp16 steps the scaler skipped)
         self.pending_resume: dict | None = None  # state from a checkpoint, applied once its weights are loaded
         self.mask_digests: list[str] = []
         self.scaler_skipped_steps = 0
@@ -76,7 +91,7 @@ class AdaLoraCallback(TrainerCallback):
         self.scaler_skipped_steps = state["scaler_skipped_steps"]
         difference = settings_difference(state.get("settings"), run_settings(self.allocator.layout.device))
         if difference:
-            self.log(difference)
+            logger.warning(difference)
 
     # -- Trainer events ------------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
@@ -86,11 +101,11 @@ class AdaLoraCallback(TrainerCallback):
                 f"AdaLoRA total_step={total_step} but the Trainer will take {state.max_steps} optimizer steps; "
                 "the budget schedule would be wrong (please report this with your arguments)"
             )
-        self.log(describe_schedule(self.allocator))
+        logger.info(describe_schedule(self.allocator))
         if self.pending_resume is not None:
             self._apply_resume_state(self.pending_resume)
             self.pending_resume = None
-            self.log(f"[run] resumed at step {state.global_step} with the allocator state of that checkpoint")
+            logger.info(f"[run] resumed at step {state.global_step} with the allocator state of that checkpoint")
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self._scaler_found_inf = self._unscale_and_check_overflow()
@@ -131,7 +146,8 @@ class AdaLoraCallback(TrainerCallback):
             self._record_allocation(step, state.epoch, allocation)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.write_files and logs:
+        # Allocation scalars are in rank_pattern.jsonl already; metrics.jsonl keeps the Trainer's own lines.
+        if self.write_files and logs and not any(k.startswith(ALLOCATION_LOG_PREFIX) for k in logs):
             append_jsonl(self.run_dir / METRICS, {"step": state.global_step, **logs})
 
     # -- allocation records --------------------------------------------------------------------------------------
@@ -147,15 +163,18 @@ class AdaLoraCallback(TrainerCallback):
         self.allocations += 1
         self.budget_violations += not ok
         active = sum(r > 0 for r in new_ranks)
-        self.log(f"[AdaLoRA Update] Step {step}: Total budget={budget}, Active modules={active}")
+        logger.info(f"[AdaLoRA Update] Step {step}: Total budget={budget}, Active modules={active}")
         for name, old, new in zip(layout.names, self.ranks, new_ranks):
             if old != new:
-                self.log(f"  {name}: rank {old} -> {new}")
-        self.log(f"[AdaLoRA Update] Budget check: kept {total_rank} triplets, budget {budget}: {'OK' if ok else 'MISMATCH'}")
+                logger.info(f"  {name}: rank {old} -> {new}")
+        logger.info(f"[AdaLoRA Update] Budget check: kept {total_rank} triplets, budget {budget}: "
+                    f"{'OK' if ok else 'MISMATCH'}")
         self.ranks = new_ranks
         # A digest of the mask per allocation lets multi-process runs prove every rank pruned the same triplets
         # (the bytes of the bool mask: one 0/1 byte per triplet, module by module).
         self.mask_digests.append(hashlib.sha256(bytes(k for row in kept for k in row)).hexdigest()[:16])
+        if self.trainer is not None:  # logged at this (0-based) step, like the jsonl records
+            self.trainer.log(allocation_scalars(budget, dict(zip(layout.names, new_ranks))))
         if not self.write_files:
             return
         common = {"step": step, "epoch": epoch, "phase": phase_of(step, cfg.tinit, cfg.tfinal, cfg.total_step)}

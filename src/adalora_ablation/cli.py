@@ -1,65 +1,33 @@
-"""``adalora-ablation`` command: train one run, run the offline demo, plot runs, report over seeds."""
+"""``adalora-ablation COMMAND``: dispatch to a command's ``*_main(argv) -> exit code``.
+
+A command's module is imported only when it runs, so that ``report`` or ``plot`` never load torch. Errors a user
+can fix (``UsageError``) end the command with one line on stderr and exit code 2.
+"""
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import os
 import sys
 
 from .errors import REQUEUE_EXIT_CODE, RunInterrupted, UsageError
+from .logs import configure_console
 
-COMMANDS = {
-    "train": "train one run (flags or a YAML/JSON file; 'train --help' lists them)",
-    "demo": "offline four-signal comparison on tiny-deberta + the synthetic task",
-    "plot": "figures of one run, or of several signals with --compare ('plot --help')",
-    "report": "per-signal accuracy/rank table over seeds, allocation similarity, churn ('report --help')",
-    "ablate": "run a task x signal x seed grid, skipping finished runs and resuming broken ones ('ablate --help')",
+COMMANDS = {  # name: (module, entry point, one-line description)
+    "train": ("train", "train_main", "train one run (flags or a YAML/JSON file; 'train --help' lists them)"),
+    "demo": ("demo", "demo_main", "offline comparison of the main signals on tiny-deberta + the synthetic task"),
+    "plot": ("plots", "plot_main", "figures of one run, or of several signals with --compare ('plot --help')"),
+    "report": ("report", "report_main",
+               "per-signal accuracy/rank table over seeds, allocation similarity, churn ('report --help')"),
+    "ablate": ("ablate", "ablate_main",
+               "run a task x signal x seed grid, skipping finished runs and resuming broken ones ('ablate --help')"),
 }
 
 
 def _usage() -> str:
     lines = ["usage: adalora-ablation COMMAND [ARGS]", "", "commands:"]
-    lines += [f"  {name:8s} {text}" for name, text in COMMANDS.items()]
+    lines += [f"  {name:8s} {text}" for name, (_, _, text) in COMMANDS.items()]
     return "\n".join(lines)
-
-
-def _train(argv: list[str]) -> int:
-    if "-h" in argv or "--help" in argv:
-        from .args import help_text
-
-        print(help_text())
-        return 0
-    from .train import train
-
-    train(argv)
-    return 0
-
-
-def _demo(argv: list[str]) -> int:
-    from .demo import demo_main
-
-    return demo_main(argv)
-
-
-def _plot(argv: list[str]) -> int:
-    from .plots import plot_main
-
-    return plot_main(argv)
-
-
-def _report(argv: list[str]) -> int:
-    from .report import report_main
-
-    return report_main(argv)
-
-
-def _ablate(argv: list[str]) -> int:
-    from .ablate import ablate_main
-
-    return ablate_main(argv)
-
-
-HANDLERS = {"train": _train, "demo": _demo, "plot": _plot, "report": _report, "ablate": _ablate}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,13 +36,15 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    if command not in HANDLERS:
-        print(f"adalora-ablation: error: unknown command {command!r}; choose one of: {', '.join(HANDLERS)}",
+    if command not in COMMANDS:
+        print(f"adalora-ablation: error: unknown command {command!r}; choose one of: {', '.join(COMMANDS)}",
               file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    configure_console()
+    module, entry_point, _ = COMMANDS[command]
     try:
-        return HANDLERS[command](rest)
+        return getattr(importlib.import_module(f"{__package__}.{module}"), entry_point)(rest)
     except UsageError as exc:
         print(f"adalora-ablation: error: {exc}", file=sys.stderr)
         return 2
@@ -82,13 +52,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"adalora-ablation: {exc}", file=sys.stderr)
         return REQUEUE_EXIT_CODE
 
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line naming the fix (exit 2) instead of usage + error."""
-
-    def error(self, message):
-        raise UsageError(f"{message} (see 'adalora-ablation {self.prog.split()[-1]} --help')")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

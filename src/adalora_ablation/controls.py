@@ -15,7 +15,8 @@ class RandomScores(Signal):
     """Fresh uniform random triplet scores at every allocation, from a generator seeded with the run's seed."""
 
     name = "random"
-    description = "random triplet scores (chance control)"
+    role = "control"
+    description = "uniform random scores at every allocation (seeded): does any signal beat chance?"
     wants_flat_weights = False  # the scores ignore training, so the allocator need not gather the weights
 
     def __init__(self, layout, config):
@@ -50,7 +51,8 @@ class UniformRank(BaselineAdaLoRA):
     """
 
     name = "uniform"
-    description = "same rank for every module (PEFT's score picks the triplets within a module)"
+    role = "control"
+    description = "the same rank for every module, PEFT's score within one: does reallocation beat a fixed rank?"
 
     def __init__(self, layout, config):
         super().__init__(layout, config)

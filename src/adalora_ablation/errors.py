@@ -1,6 +1,10 @@
 """What the command line turns into one line and an exit status: errors a user can fix (exit 2, no traceback) and
 an interruption that asks to be requeued."""
 
+from __future__ import annotations
+
+import argparse
+
 
 class UsageError(Exception):
     """Bad input (arguments, paths, versions). The message names the problem and the fix."""
@@ -22,3 +26,17 @@ class RunInterrupted(Exception):
         self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
         super().__init__(f"stopped by {signal_name} after step {step}; {checkpoint} written; run the same command "
                          f"with --resume True to continue from it")
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line naming the fix (a UsageError) instead of usage + error.
+
+    Every command's parser is one of these (``train``'s mixes it into HfArgumentParser); ``prog`` ends with the
+    command's name, which the message points to."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see 'adalora-ablation {self.prog.split()[-1]} --help')")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

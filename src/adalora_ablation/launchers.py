@@ -20,9 +20,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import REQUEUE_EXIT_CODE, RunInterrupted, UsageError
-from .resume import latest_complete_checkpoint
-from .run_files import read_summary, write_json_atomic
+from .logs import configure_console
 from .run_lock import held_elsewhere
+from .runs import grid_dir, latest_complete_checkpoint, read_summary, write_json_atomic
 
 SUBMITIT_LAUNCHERS = {"slurm": "slurm", "submitit-local": "local"}  # --launcher -> submitit's cluster name
 INSTALL_HINT = 'pip install submitit (or pip install -e ".[cluster]")'
@@ -161,7 +161,8 @@ class TrainJob:
             # One task per GPU (--gpus-per-run N): give each its torch.distributed rank. Every GPU stays visible,
             # because the Trainer places each process on cuda:LOCAL_RANK.
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        from .preemption import STOP_SIGNALS
+        configure_console()  # the job's own process: its progress goes to the job's log files
+        from .preemption import STOP_SIGNALS  # here, in the job: submitting and --status never load training code
         from .train import train
 
         preempt_signal = getattr(signal, f"SIG{submitit.JobEnvironment.USR_SIG}")
@@ -182,7 +183,7 @@ class TrainJob:
 
 
 def jobs_file(output_root) -> Path:
-    return Path(output_root) / "grid" / "jobs.json"
+    return grid_dir(output_root) / "jobs.json"
 
 
 def read_jobs(output_root) -> dict[str, dict]:
@@ -245,7 +246,7 @@ def is_active(state: str, record: dict) -> bool:
 
 
 def _checkpoint_note(run) -> str:
-    checkpoint = latest_complete_checkpoint(run.run_dir) if run.run_dir.is_dir() else None
+    checkpoint = latest_complete_checkpoint(run.run_dir)
     return f"at {checkpoint.name}" if checkpoint else ""
 
 
@@ -305,7 +306,7 @@ def submit_grid(runs, output_root: str, extra: list[str], options: SubmititOptio
     if dry_run or not to_submit:
         return
 
-    folder = root / "grid" / "submitit" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    folder = grid_dir(root) / "submitit" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     executor = make_executor(submitit, options, folder)
     try:
         with executor.batch():

@@ -13,17 +13,7 @@ import re
 
 import torch
 
-_LAYER_RE = re.compile(r"(?:^|\.)(layers?\.\d+\..*)$")
-
-
-def short_module_name(peft_key: str) -> str:
-    """``deberta.encoder.layer.0.attention.self.query_proj.%s.default`` -> ``layer.0.attention.self.query_proj``.
-
-    Short names are the same for every signal and every model wrapper, so logs from different runs line up.
-    """
-    name = peft_key.split(".%s")[0].split(".lora_")[0]
-    match = _LAYER_RE.search(name)
-    return match.group(1) if match else name
+from .module_names import short_module_name
 
 
 class LoraLayout:
@@ -71,14 +61,6 @@ class LoraLayout:
         self._param_views: dict[tuple, list[torch.Tensor]] = {}  # per-parameter views into a reused flat buffer
         self._device_tensors: dict[tuple, torch.Tensor] = {}  # indices and constants, built once per device
 
-    @staticmethod
-    def all_finite(t: torch.Tensor) -> torch.Tensor:
-        return all_finite(t)
-
-    def serial_on_cpu(self):
-        """Context: single-threaded CPU ops for the per-step update (see the module function)."""
-        return serial_on_cpu(self.params[0].device)
-
     def e_key(self, m: int) -> str:
         """PEFT's rank_pattern key for module m (the full name of its lora_E parameter)."""
         return self.keys[m] % "lora_E"
@@ -106,7 +88,8 @@ class LoraLayout:
         with torch.no_grad():
             if any(t is None for t in tensors):  # a parameter that got no gradient this step: zeros
                 torch._foreach_zero_([v for v, t in zip(views, tensors) if t is None])
-                views, tensors = [v for v, t in zip(views, tensors) if t is not None], [t for t in tensors if t is not None]
+                views = [v for v, t in zip(views, tensors) if t is not None]
+                tensors = [t for t in tensors if t is not None]
             if tensors:
                 torch._foreach_copy_(views, tensors)
         return out

@@ -8,51 +8,29 @@ tests can inspect the panels before it is saved.
 
 from __future__ import annotations
 
-import re
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 from matplotlib.colors import CenteredNorm, Normalize
 from matplotlib.figure import Figure
-from peft.tuners.adalora.layer import RankAllocator
 
-from .cli import OneLineArgumentParser
-from .errors import UsageError
-from .report import COMPARE_DIR, discover_runs, ordered_signals
-from .run_files import METRICS, RANK_PATTERN, SIGNAL_SCORES, read_jsonl, read_summary
-from .signals import SIGNALS
+from . import module_names
+from .errors import OneLineArgumentParser, UsageError
+from .module_names import module_type, ordered_types, ranks_by_layer_and_type
+from .runs import RANK_PATTERN, SIGNAL_SCORES, Run, accuracies, compare_dir, discover, run_dir_for
+from .schedule import budget_at
+
+logger = logging.getLogger(__name__)
+
 
 # -- module names ----------------------------------------------------------------------------------------------
-MODULE_TYPES = ("Q", "K", "V", "O", "FFN-in", "FFN-out")
-# Checked in order: "attention.output.dense" must win over "output.dense".
-_TYPE_SUFFIXES = (
-    ("attention.output.dense", "O"), ("intermediate.dense", "FFN-in"), ("output.dense", "FFN-out"),
-    ("query_proj", "Q"), ("query", "Q"), ("key_proj", "K"), ("key", "K"), ("value_proj", "V"), ("value", "V"),
-)
-_LAYER_RE = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
-
-
-def module_type(name: str) -> str:
-    """Q, K, V, O, FFN-in or FFN-out; any other target module keeps its leaf name as its type."""
-    for suffix, kind in _TYPE_SUFFIXES:
-        if name == suffix or name.endswith("." + suffix):
-            return kind
-    return name.rsplit(".", 1)[-1]
-
-
 def layer_index(name: str) -> int:
-    match = _LAYER_RE.search(name)
-    if match is None:
+    layer = module_names.layer_index(name)
+    if layer is None:
         raise UsageError(f"module {name!r} has no layer number (layer.N. or layers.N.); cannot place it in a figure")
-    return int(match.group(1))
-
-
-def ordered_types(names) -> list[str]:
-    types = {module_type(n) for n in names}
-    return [t for t in MODULE_TYPES if t in types] + sorted(types - set(MODULE_TYPES))
+    return layer
 
 
 def sort_modules(names) -> list[str]:
@@ -66,40 +44,26 @@ def short_label(name: str) -> str:
 
 
 # -- one run's files -------------------------------------------------------------------------------------------
-@dataclass
-class RunLogs:
-    path: Path
-    summary: dict | None  # None for an unfinished run: figures then use the jsonl logs alone
-    allocations: list[dict]  # rank_pattern.jsonl
-    scores: list[dict]  # signal_scores.jsonl
-    metrics: list[dict]  # metrics.jsonl
-
-    @property
-    def title(self) -> str:
-        task, signal, seed = self.path.parts[-3:]
-        return f"{task} / {signal} / seed {seed}" + ("" if self.summary else " (unfinished: no final_summary.json)")
-
-    @property
-    def init_rank(self) -> int:
-        return len(next(iter(self.allocations[0]["kept"].values())))
-
-    @property
-    def final_ranks(self) -> dict[str, int]:
-        return self.summary["final_ranks"] if self.summary else self.allocations[-1]["ranks"]
-
-
-def load_run(run_dir: Path) -> RunLogs:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        task, signal, seed = run_dir.parts[-3:]
-        raise UsageError(f"no run folder {run_dir}; train it with 'adalora-ablation train --task {task} --signal "
-                         f"{signal} --seed {seed} --output-root {run_dir.parents[2]}' or fix --output-root")
-    run = RunLogs(run_dir, read_summary(run_dir), read_jsonl(run_dir / RANK_PATTERN),
-                  read_jsonl(run_dir / SIGNAL_SCORES), read_jsonl(run_dir / METRICS))
+def load_run(run_dir: Path) -> Run:
+    """The run in ``run_dir``, which must hold allocation records (an unfinished run is fine)."""
+    run = Run.from_dir(run_dir)
+    if not run.run_dir.is_dir():
+        raise UsageError(f"no run folder {run.run_dir}; train it with 'adalora-ablation train --task {run.task} "
+                         f"--signal {run.signal} --seed {run.seed} --output-root {run.run_dir.parents[2]}' or fix "
+                         "--output-root")
     if not run.allocations or not run.scores:
-        raise UsageError(f"{run_dir} has no allocation records ({RANK_PATTERN}, {SIGNAL_SCORES}): the run stopped "
-                         "before its first allocation (step tinit + deltaT), so there is nothing to plot")
+        raise UsageError(f"{run.run_dir} has no allocation records ({RANK_PATTERN}, {SIGNAL_SCORES}): the run "
+                         "stopped before its first allocation (step tinit + deltaT), so there is nothing to plot")
     return run
+
+
+def title(run: Run) -> str:
+    return f"{run.task} / {run.signal} / seed {run.seed}" + (
+        "" if run.summary else " (unfinished: no final_summary.json)")
+
+
+def init_rank(run: Run) -> int:
+    return len(next(iter(run.allocations[0]["kept"].values())))
 
 
 @dataclass
@@ -109,7 +73,7 @@ class Phases:
     end: int
 
 
-def phases_of(run: RunLogs) -> Phases:
+def phases_of(run: Run) -> Phases:
     if run.summary:
         ada, total = run.summary["config"]["adalora"], run.summary["total_step"]
         return Phases(ada["tinit"], total - ada["tfinal"], total)
@@ -122,34 +86,31 @@ def phases_of(run: RunLogs) -> Phases:
 
 
 def scheduled_budget(summary: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The budget at every step, from PEFT's own RankAllocator.budget_schedule (called with the run's recorded
-    settings, so the curve is PEFT's cubic schedule rather than a copy of it that could drift)."""
-    ada = summary["config"]["adalora"]
-    state = SimpleNamespace(
-        peft_config=SimpleNamespace(tinit=ada["tinit"], tfinal=ada["tfinal"], deltaT=ada["deltaT"],
-                                    total_step=summary["total_step"]),
-        init_bgt=summary["initial_budget"], target_bgt=summary["target_budget"],
-    )
-    steps = np.arange(summary["total_step"] + 1)
-    return steps, np.array([RankAllocator.budget_schedule(state, int(s))[0] for s in steps])
+    """The budget at every step of PEFT's cubic schedule, with the run's recorded settings."""
+    ada, total = summary["config"]["adalora"], summary["total_step"]
+    steps = np.arange(total + 1)
+    budgets = [budget_at(int(s), summary["initial_budget"], summary["target_budget"], ada["tinit"], ada["tfinal"],
+                         total) for s in steps]
+    return steps, np.array(budgets)
 
 
-def rank_series(run: RunLogs, end: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def rank_series(run: Run, end: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Per-module rank as a step function: init_r from step 0, then each allocation's rank, held until `end`."""
     steps = np.array([0] + [a["step"] for a in run.allocations] + [end])
     modules = list(run.allocations[0]["ranks"])
-    series = {m: np.array([run.init_rank] + [a["ranks"][m] for a in run.allocations]
+    series = {m: np.array([init_rank(run)] + [a["ranks"][m] for a in run.allocations]
                           + [run.allocations[-1]["ranks"][m]]) for m in modules}
     return steps, series
 
 
-def eval_curves(metrics: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
-    """Eval accuracy over steps per eval set. The evaluation after training repeats the last step: keep one."""
+def eval_curves(run: Run) -> dict[str, tuple[list[int], list[float]]]:
+    """Eval accuracy over steps per eval set (the eval set's name, "" for a task with one). The evaluation after
+    training repeats the last step: keep one."""
     curves: dict[str, dict[int, float]] = {}
-    for line in metrics:
-        for key, value in line.items():
-            if key.startswith("eval_") and key.endswith("accuracy") and value is not None:
-                curves.setdefault(key, {})[line["step"]] = value
+    for accuracy in accuracies(run.task):
+        for line in run.metrics:
+            if line.get(accuracy.metric) is not None:
+                curves.setdefault(accuracy.eval_set, {})[line["step"]] = line[accuracy.metric]
     return {k: (sorted(v), [v[s] for s in sorted(v)]) for k, v in curves.items()}
 
 
@@ -191,7 +152,7 @@ def draw_rank_grid(ax, final_ranks: dict[str, int], norm: Normalize):
 
 
 # -- one run ---------------------------------------------------------------------------------------------------
-def plot_rank_evolution(run: RunLogs) -> Figure:
+def plot_rank_evolution(run: Run) -> Figure:
     phases = phases_of(run)
     steps, series = rank_series(run, phases.end)
     fig = Figure(figsize=(10, 7.5), layout="constrained")
@@ -223,11 +184,11 @@ def plot_rank_evolution(run: RunLogs) -> Figure:
         ax.set_xlim(0, phases.end)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper right", ncol=2)
-    fig.suptitle(f"Rank evolution: {run.title}")
+    fig.suptitle(f"Rank evolution: {title(run)}")
     return fig
 
 
-def plot_signal_heatmap(run: RunLogs) -> Figure:
+def plot_signal_heatmap(run: Run) -> Figure:
     """Modules (rows, by layer then type) x allocation steps (columns), colour = the module's mean triplet score."""
     modules = sort_modules(run.scores[0]["modules"])
     steps = [r["step"] for r in run.scores]
@@ -252,19 +213,19 @@ def plot_signal_heatmap(run: RunLogs) -> Figure:
     ax.set_ylabel("module (layer, type)")
     signal = run.scores[0].get("signal", "")
     fig.colorbar(image, ax=ax, label=f"mean triplet score ({signal})", shrink=0.8)
-    ax.set_title(f"Signal scores per module: {run.title}")
+    ax.set_title(f"Signal scores per module: {title(run)}")
     return fig
 
 
-def plot_final_rank_heatmap(run: RunLogs) -> Figure:
+def plot_final_rank_heatmap(run: Run) -> Figure:
     """The AdaLoRA paper's Fig. 3: final rank of every adapted matrix, layers x matrix type."""
     ranks = run.final_ranks
     layers = len({layer_index(m) for m in ranks})
     fig = Figure(figsize=(6.5, max(3.5, 0.36 * layers + 1.8)), layout="constrained")
     ax = fig.subplots()
-    image = draw_rank_grid(ax, ranks, Normalize(0, run.init_rank))
+    image = draw_rank_grid(ax, ranks, Normalize(0, init_rank(run)))
     fig.colorbar(image, ax=ax, label="final rank")
-    ax.set_title(f"Final rank: {run.title}\ntotal {sum(ranks.values())}", fontsize=10)
+    ax.set_title(f"Final rank: {title(run)}\ntotal {sum(ranks.values())}", fontsize=10)
     return fig
 
 
@@ -289,13 +250,13 @@ def plot_run(run_dir: Path) -> list[Path]:
 MARKERS = "os^Dv"  # distinct markers keep signals with identical values visible where their lines overlap
 
 
-def plot_comparison(runs: dict[str, RunLogs], missing: list[str] = ()) -> Figure:
+def plot_comparison(runs: dict[str, Run], missing: list[str] = ()) -> Figure:
     """Final-rank heatmaps side by side on one colour scale, then accuracy, eval curves and rank per layer."""
     signals = list(runs)
     fig = Figure(figsize=(max(13.0, 3.3 * len(signals)), 11), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[1.25, 1])
     heat_axes = np.atleast_1d(top.subplots(1, len(signals), sharey=True))
-    norm = Normalize(0, max(run.init_rank for run in runs.values()))
+    norm = Normalize(0, max(init_rank(run) for run in runs.values()))
     for ax, (signal, run) in zip(heat_axes, runs.items()):
         image = draw_rank_grid(ax, run.final_ranks, norm)
         ax.set_title(f"{signal}\ntotal rank {sum(run.final_ranks.values())}", fontsize=10)
@@ -305,11 +266,9 @@ def plot_comparison(runs: dict[str, RunLogs], missing: list[str] = ()) -> Figure
     draw_accuracy(ax_acc, runs)
     draw_eval_curves(ax_eval, runs)
     for i, (signal, run) in enumerate(runs.items()):
-        per_layer: dict[int, int] = {}
-        for name, rank in run.final_ranks.items():
-            per_layer[layer_index(name)] = per_layer.get(layer_index(name), 0) + rank
-        layers = sorted(per_layer)
-        ax_layer.plot(layers, [per_layer[l] for l in layers], marker=MARKERS[i % len(MARKERS)], color=f"C{i}",
+        per_layer, _ = ranks_by_layer_and_type(run.final_ranks)
+        layers = list(per_layer)
+        ax_layer.plot(layers, list(per_layer.values()), marker=MARKERS[i % len(MARKERS)], color=f"C{i}",
                       label=signal)
     ax_layer.set_xticks(layers)
     ax_layer.set_xlabel("layer")
@@ -319,19 +278,17 @@ def plot_comparison(runs: dict[str, RunLogs], missing: list[str] = ()) -> Figure
     ax_layer.grid(alpha=0.3)
 
     first = next(iter(runs.values()))
-    task, _, seed = first.path.parts[-3:]
-    title = f"{task}: signals compared at seed {seed}"
+    heading = f"{first.task}: signals compared at seed {first.seed}"
     if missing:
-        title += f"  (no run for: {', '.join(missing)})"
-    fig.suptitle(title)
+        heading += f"  (no run for: {', '.join(missing)})"
+    fig.suptitle(heading)
     return fig
 
 
-def draw_accuracy(ax, runs: dict[str, RunLogs]) -> None:
+def draw_accuracy(ax, runs: dict[str, Run]) -> None:
     """Final eval accuracy per signal as points (not bars: a zero-based bar axis would hide the differences)."""
-    keys = [("eval_accuracy", "o", "accuracy")]
-    if any(run.summary and "eval_accuracy_mm" in run.summary for run in runs.values()):
-        keys = [("eval_accuracy", "o", "matched"), ("eval_accuracy_mm", "s", "mismatched")]
+    sets = accuracies(next(iter(runs.values())).task)
+    keys = [(a.field, MARKERS[i % len(MARKERS)], a.eval_set or "accuracy") for i, a in enumerate(sets)]
     signals = list(runs)
     for key, marker, label in keys:
         points = [(i, runs[s].summary[key]) for i, s in enumerate(signals)
@@ -352,13 +309,13 @@ def draw_accuracy(ax, runs: dict[str, RunLogs]) -> None:
     ax.grid(alpha=0.3)
 
 
-def draw_eval_curves(ax, runs: dict[str, RunLogs]) -> None:
-    styles = {"eval_accuracy": "-", "eval_matched_accuracy": "-", "eval_mismatched_accuracy": "--"}
+def draw_eval_curves(ax, runs: dict[str, Run]) -> None:
+    styles = ("-", "--", ":", "-.")  # one per eval set, in the task table's order
     for i, (signal, run) in enumerate(runs.items()):
-        for key, (steps, values) in eval_curves(run.metrics).items():
-            name = signal if key == "eval_accuracy" else f"{signal} ({key.split('_')[1]})"
-            ax.plot(steps, values, styles.get(key, ":"), marker=MARKERS[i % len(MARKERS)], ms=5, color=f"C{i}",
-                    label=name)
+        for j, (eval_set, (steps, values)) in enumerate(eval_curves(run).items()):
+            name = f"{signal} ({eval_set})" if eval_set else signal
+            ax.plot(steps, values, styles[j % len(styles)], marker=MARKERS[i % len(MARKERS)], ms=5,
+                    color=f"C{i}", label=name)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("eval accuracy")
     ax.set_title("Eval accuracy during training")
@@ -367,32 +324,36 @@ def draw_eval_curves(ax, runs: dict[str, RunLogs]) -> None:
 
 
 def compare_runs(output_root: str, task: str, signals: list[str], seed: int) -> Path:
-    dirs = {s: Path(output_root) / task / s / str(seed) for s in signals}
+    dirs = {s: run_dir_for(output_root, task, s, seed) for s in signals}
     present = {s: d for s, d in dirs.items() if d.is_dir()}
     if not present:
-        raise UsageError(f"none of {', '.join(signals)} has a run folder {Path(output_root) / task}/<signal>/{seed}; "
+        pattern = run_dir_for(output_root, task, "<signal>", seed)
+        raise UsageError(f"none of {', '.join(signals)} has a run folder {pattern}; "
                          f"train them with 'adalora-ablation train --task {task} --signal SIGNAL --seed {seed}' "
                          "or fix --output-root / --seed")
     missing = [s for s in signals if s not in present]
     for s in missing:
-        print(f"[plot] no run folder {dirs[s]}: {s} is left out of the comparison", file=sys.stderr)
+        logger.warning(f"[plot] no run folder {dirs[s]}: {s} is left out of the comparison")
     fig = plot_comparison({s: load_run(d) for s, d in present.items()}, missing)
-    out_dir = Path(output_root) / task / COMPARE_DIR
+    out_dir = compare_dir(output_root, task)
     out_dir.mkdir(parents=True, exist_ok=True)
     return save(fig, out_dir / f"compare_seed{seed}.png")
 
 
 # -- command line ----------------------------------------------------------------------------------------------
 def plot_main(argv: list[str]) -> int:
+    from .signals import ordered_signals, signal_names  # the registry loads torch: only when the command runs
+
+    names = signal_names()
     parser = OneLineArgumentParser(
         prog="adalora-ablation plot",
         description="One run: rank_evolution.png, signal_heatmap.png, final_rank_heatmap.png in its folder. "
                     "--compare: <output-root>/<task>/compare/compare_seed<seed>.png.")
     parser.add_argument("--task", required=True, help="mnli, rte or synthetic")
-    parser.add_argument("--signal", choices=list(SIGNALS), metavar="SIGNAL",
-                        help=f"the run's signal (one run): {', '.join(SIGNALS)}")
+    parser.add_argument("--signal", choices=names, metavar="SIGNAL",
+                        help=f"the run's signal (one run): {', '.join(names)}")
     parser.add_argument("--compare", action="store_true", help="compare --signals at one seed")
-    parser.add_argument("--signals", nargs="+", choices=list(SIGNALS), metavar="SIGNAL",
+    parser.add_argument("--signals", nargs="+", choices=names, metavar="SIGNAL",
                         help="with --compare (default: every signal with a run folder at --seed)")
     parser.add_argument("--seed", type=int, default=42, help="default 42 (the training default)")
     parser.add_argument("--output-root", "--output_root", default="outputs",
@@ -402,7 +363,7 @@ def plot_main(argv: list[str]) -> int:
         if args.signal:
             raise UsageError("--signal names one run; with --compare use --signals A B ...")
         signals = args.signals or ordered_signals(
-            {s for s, seed in discover_runs(args.output_root, args.task) if seed == args.seed})
+            {r.signal for r in discover(args.output_root, args.task) if r.seed == args.seed})
         if not signals:
             raise UsageError(f"no runs with seed {args.seed} under {Path(args.output_root) / args.task}; pass "
                              "--signals and --seed of existing runs, or fix --output-root")
@@ -412,13 +373,7 @@ def plot_main(argv: list[str]) -> int:
             raise UsageError("--signals is for --compare; one run needs --signal SIGNAL")
         if args.signal is None:
             raise UsageError("one run needs --signal SIGNAL (or use --compare --signals A B ...)")
-        paths = plot_run(Path(args.output_root) / args.task / args.signal / str(args.seed))
+        paths = plot_run(run_dir_for(args.output_root, args.task, args.signal, args.seed))
     for path in paths:
         print(path)
     return 0
-
-
-if __name__ == "__main__":
-    from .cli import main
-
-    sys.exit(main(["plot", *sys.argv[1:]]))

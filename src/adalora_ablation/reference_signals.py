@@ -69,6 +69,7 @@ class SensitivitySNR(BaselineAdaLoRA):
     float32 so that an element whose both EMAs are zero scores 0 instead of NaN."""
 
     name = "sensitivity_snr"
+    role = "signal"  # shares the baseline's EMAs (subclass), not its place as the reference
     description = "smoothed sensitivity / smoothed uncertainty (signal-to-noise ratio)"
 
     def scores(self):

@@ -11,107 +11,47 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
-from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
 
-from .cli import OneLineArgumentParser
-from .errors import UsageError
-from .run_files import RANK_PATTERN, read_jsonl, read_summary
-from .signals import SIGNALS
+from .errors import OneLineArgumentParser, UsageError
+from .markdown import table
+from .runs import Run, accuracies, discover
 
-BASELINE = "baseline_adalora"
-COMPARE_DIR = "compare"  # <output-root>/<task>/compare/ holds comparison figures, not runs
 MIN_TEST_SEEDS = 3  # a paired t-test on fewer shared seeds has too few degrees of freedom to mean anything
 TEST_NAME = "paired t-test (scipy.stats.ttest_rel, two-sided)"
-REQUIRED_FIELDS = ("eval_accuracy", "total_rank", "target_budget", "budget_check_passed", "final_ranks")
 
 
-def accuracy_metrics(task: str) -> dict[str, str]:
-    """Summary field -> label. MNLI has a matched and a mismatched dev set, reported separately."""
-    if task == "mnli":
-        return {"eval_accuracy": "matched acc", "eval_accuracy_mm": "mismatched acc"}
-    return {"eval_accuracy": "accuracy"}
+def accuracy_labels(task: str) -> dict[str, str]:
+    """Summary field -> column label, one per eval set of the task (MNLI: matched and mismatched)."""
+    return {a.field: f"{a.eval_set} acc" if a.eval_set else "accuracy" for a in accuracies(task)}
 
 
-# -- finding and checking runs ---------------------------------------------------------------------------------
-@dataclass
-class Run:
-    signal: str
-    seed: int
-    path: Path
-    summary: dict | None = None
-    problem: str | None = None  # why the run cannot be used; None for a finished run with a valid summary
-    allocations: list[dict] = field(default_factory=list)  # rank_pattern.jsonl records
+def registry():
+    """The signal registry, imported when a report is built: it loads torch, which reading runs does not need."""
+    from . import signals
 
-    @property
-    def valid(self) -> bool:
-        return self.problem is None
+    return signals
 
 
-def discover_runs(output_root: str | Path, task: str) -> dict[tuple[str, int], Path]:
-    """Every <output-root>/<task>/<signal>/<seed>/ folder (seed folders are integers, as train writes them)."""
-    task_dir = Path(output_root) / task
-    found = {}
-    if not task_dir.is_dir():
-        return found
-    for signal_dir in task_dir.iterdir():
-        if not signal_dir.is_dir() or signal_dir.name == COMPARE_DIR:
-            continue
-        for seed_dir in signal_dir.iterdir():
-            if seed_dir.is_dir() and seed_dir.name.isdigit():
-                found[(signal_dir.name, int(seed_dir.name))] = seed_dir
-    return found
-
-
-def ordered_signals(names) -> list[str]:
-    """Baseline first, then the built-in signals in their usual order, then any others alphabetically."""
-    known = [BASELINE] + [s for s in SIGNALS if s != BASELINE]
-    return [s for s in known if s in names] + sorted(set(names) - set(known))
-
-
-def check_run(run: Run, required: tuple[str, ...]) -> None:
-    """Fill in the run's summary, allocation records and, if it cannot be used, the problem."""
-    if not run.path.is_dir():
-        run.problem = "no run folder"
-        return
-    run.allocations = read_jsonl(run.path / RANK_PATTERN)
-    summary = read_summary(run.path)
-    if summary is None:
-        run.problem = "no valid final_summary.json (unfinished, killed or corrupt run)"
-        return
-    absent = [f for f in required if summary.get(f) is None]  # NaN is written as null: just as unusable
-    if absent:
-        run.problem = f"final_summary.json has no value for {', '.join(absent)}"
-        return
-    run.summary = summary
-
-
+# -- finding runs ------------------------------------------------------------------------------------------------
 def collect_runs(output_root: str | Path, task: str, signals: list[str] | None = None,
                  seeds: list[int] | None = None) -> list[Run]:
     """Every requested (signal, seed) run, found or not. Defaults: every signal and every seed found on disk, so a
     seed that one signal has and another lacks shows up as missing for the latter."""
-    found = discover_runs(output_root, task)
+    found = discover(output_root, task)
     if not found:
         raise UsageError(
             f"no runs for task {task!r} under {Path(output_root) / task}/<signal>/<seed>/; produce some with "
             f"'adalora-ablation train --task {task} --signal SIGNAL --seed N --output-root {output_root}' "
             f"(or 'adalora-ablation demo' for task synthetic), or point --output-root at your runs"
         )
-    signals = signals or ordered_signals({s for s, _ in found})
-    seeds = seeds or sorted({seed for _, seed in found})
-    required = REQUIRED_FIELDS + tuple(accuracy_metrics(task))
-    runs = []
-    for signal in signals:
-        for seed in seeds:
-            run = Run(signal, seed, found.get((signal, seed), Path(output_root) / task / signal / str(seed)))
-            check_run(run, required)
-            runs.append(run)
-    return runs
+    signals = signals or registry().ordered_signals({r.signal for r in found})
+    seeds = seeds or sorted({r.seed for r in found})
+    return [Run.at(output_root, task, signal, seed) for signal in signals for seed in seeds]
 
 
 # -- statistics ------------------------------------------------------------------------------------------------
@@ -126,14 +66,14 @@ def describe(values: list[float]) -> dict:
     return out
 
 
-def paired_difference(values: dict[int, float], baseline: dict[int, float]) -> dict:
+def paired_difference(values: dict[int, float], baseline: dict[int, float], baseline_name: str) -> dict:
     """Mean of (signal - baseline) over shared seeds, and a paired t-test when there are enough of them."""
     shared = sorted(set(values) & set(baseline))
     diffs = [values[s] - baseline[s] for s in shared]
     out = {"shared_seeds": shared, "mean_diff": float(np.mean(diffs)) if diffs else None,
            "test": None, "t": None, "p_value": None, "note": None}
     if len(shared) < MIN_TEST_SEEDS:
-        out["note"] = (f"no test possible: {len(shared)} shared seed(s) with {BASELINE}, "
+        out["note"] = (f"no test possible: {len(shared)} shared seed(s) with {baseline_name}, "
                        f"a paired test needs >= {MIN_TEST_SEEDS}")
     elif np.ptp(diffs) == 0:  # zero variance of the differences: the t statistic is undefined
         out["note"] = "no test possible: the difference is identical on every shared seed"
@@ -143,17 +83,18 @@ def paired_difference(values: dict[int, float], baseline: dict[int, float]) -> d
     return out
 
 
-def signal_row(signal: str, runs: list[Run], baseline_runs: list[Run], metrics: dict[str, str]) -> dict:
-    valid = [r for r in runs if r.valid]
+def signal_row(signal: str, runs: list[Run], baseline: str, baseline_runs: list[Run],
+               metrics: dict[str, str]) -> dict:
+    valid = [r for r in runs if r.problem is None]
     row = {"signal": signal, "n": len(valid), "seeds": [r.seed for r in valid],
-           "problems": [{"seed": r.seed, "problem": r.problem, "path": str(r.path)} for r in runs if not r.valid]}
+           "problems": [{"seed": r.seed, "problem": r.problem, "path": str(r.run_dir)} for r in runs if r.problem]}
     for key in metrics:
         values = {r.seed: float(r.summary[key]) for r in valid}
         entry = describe(list(values.values()))
-        if signal != BASELINE:
-            base = {r.seed: float(r.summary[key]) for r in baseline_runs if r.valid}
-            entry["vs_baseline"] = paired_difference(values, base) if base else {
-                "note": f"no finished {BASELINE} run among the requested signals and seeds"}
+        if signal != baseline:
+            base = {r.seed: float(r.summary[key]) for r in baseline_runs if r.problem is None}
+            entry["vs_baseline"] = paired_difference(values, base, baseline) if base else {
+                "note": f"no finished {baseline} run among the requested signals and seeds"}
         row[key] = entry
     row["total_rank"] = sorted({r.summary["total_rank"] for r in valid})
     row["target_budget"] = sorted({r.summary["target_budget"] for r in valid})
@@ -189,8 +130,8 @@ def allocation_similarity(runs_by_signal: dict[str, list[Run]]) -> list[dict]:
     of the finally kept triplets (last rank_pattern.jsonl record), each averaged over those seeds."""
     out = []
     for a, b in combinations(runs_by_signal, 2):
-        runs_a = {r.seed: r for r in runs_by_signal[a] if r.valid and r.allocations}
-        runs_b = {r.seed: r for r in runs_by_signal[b] if r.valid and r.allocations}
+        runs_a = {r.seed: r for r in runs_by_signal[a] if r.problem is None and r.allocations}
+        runs_b = {r.seed: r for r in runs_by_signal[b] if r.problem is None and r.allocations}
         shared = sorted(set(runs_a) & set(runs_b))
         rhos = [rank_spearman(runs_a[s].summary["final_ranks"], runs_b[s].summary["final_ranks"]) for s in shared]
         jaccards = [jaccard(kept_triplets(runs_a[s].allocations[-1]), kept_triplets(runs_b[s].allocations[-1]))
@@ -219,22 +160,23 @@ def build_report(output_root: str | Path, task: str, signals: list[str] | None =
     runs_by_signal: dict[str, list[Run]] = {}
     for run in runs:
         runs_by_signal.setdefault(run.signal, []).append(run)
-    metrics = accuracy_metrics(task)
-    baseline_runs = runs_by_signal.get(BASELINE, [])
-    valid = [r for r in runs if r.valid]
+    metrics = accuracy_labels(task)
+    baseline = registry().signal_names("baseline")[0]
+    baseline_runs = runs_by_signal.get(baseline, [])
+    valid = [r for r in runs if r.problem is None]
     return {
         "task": task,
         "output_root": str(output_root),
         "synthetic": any(r.summary.get("synthetic") for r in valid),
         "metrics": metrics,
         "test": TEST_NAME,
-        "baseline": BASELINE,
-        "signals": [signal_row(s, rs, baseline_runs, metrics) for s, rs in runs_by_signal.items()],
+        "baseline": baseline,
+        "signals": [signal_row(s, rs, baseline, baseline_runs, metrics) for s, rs in runs_by_signal.items()],
         "similarity": allocation_similarity(runs_by_signal),
-        "churn": [{"signal": r.signal, "seed": r.seed, "finished": r.valid, **rank_churn(r.allocations)}
+        "churn": [{"signal": r.signal, "seed": r.seed, "finished": r.problem is None, **rank_churn(r.allocations)}
                   for r in runs if r.allocations],
-        "missing_or_partial": [{"signal": r.signal, "seed": r.seed, "problem": r.problem, "path": str(r.path)}
-                               for r in runs if not r.valid],
+        "missing_or_partial": [{"signal": r.signal, "seed": r.seed, "problem": r.problem, "path": str(r.run_dir)}
+                               for r in runs if r.problem],
     }
 
 
@@ -250,12 +192,12 @@ def _accuracy_cell(entry: dict) -> str:
     return f"{entry['mean']:.4f} ± {entry['std']:.4f} [{entry['ci95_low']:.4f}, {entry['ci95_high']:.4f}]"
 
 
-def _difference_cell(entry: dict) -> str:
+def _difference_cell(entry: dict, baseline: str) -> str:
     diff = entry.get("vs_baseline")
     if diff is None:
         return "(baseline)"
     if diff.get("mean_diff") is None:
-        return diff["note"] if diff.get("note") else f"no seeds shared with {BASELINE}"
+        return diff["note"] if diff.get("note") else f"no seeds shared with {baseline}"
     head = f"{diff['mean_diff']:+.4f} over {len(diff['shared_seeds'])} seed(s)"
     if diff["p_value"] is None:
         return f"{head}; {diff['note']}"
@@ -269,7 +211,7 @@ def _range(values: list) -> str:
 
 
 def to_markdown(report: dict) -> str:
-    metrics = report["metrics"]
+    metrics, baseline = report["metrics"], report["baseline"]
     problems = report["missing_or_partial"]
     lines = [f"## {report['task']}: AdaLoRA scoring signals ({report['output_root']})", ""]
     if report["synthetic"]:
@@ -278,19 +220,20 @@ def to_markdown(report: dict) -> str:
         lines += [f"**{len(problems)} requested run(s) missing or unfinished: listed at the end and left out of "
                   "every statistic.**", ""]
     header = ["signal", "seeds"] + [f"{label} mean ± std [95% CI]" for label in metrics.values()]
-    header += [f"Δ {label} vs {BASELINE}" for label in metrics.values()]
+    header += [f"Δ {label} vs {baseline}" for label in metrics.values()]
     header += ["final total rank (budget)", "budget check"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for row in report["signals"]:
         n = row["n"]
-        cells = [row["signal"], str(n)] + [_accuracy_cell(row[k]) for k in metrics]
-        cells += [_difference_cell(row[k]) for k in metrics]
+        cells = [row["signal"], n] + [_accuracy_cell(row[k]) for k in metrics]
+        cells += [_difference_cell(row[k], baseline) for k in metrics]
         cells += [f"{_range(row['total_rank'])} ({_range(row['target_budget'])})",
                   "—" if n == 0 else f"{'pass' if row['budget_check_passed'] == n else 'FAIL'} "
                                      f"{row['budget_check_passed']}/{n}"]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines += [table(header, rows)]
     lines += ["", "std: sample std (ddof=1) over seeds; 95% CI: mean ± t(0.975, n-1)·std/√n. Δ: mean of "
-              f"(signal - {BASELINE}) over seeds both finished; test: {TEST_NAME}, only with >= {MIN_TEST_SEEDS} "
+              f"(signal - {baseline}) over seeds both finished; test: {TEST_NAME}, only with >= {MIN_TEST_SEEDS} "
               "shared seeds.", ""]
     lines += similarity_markdown(report["similarity"]) + churn_markdown(report["churn"])
     lines += ["### Missing or unfinished runs", ""]
@@ -303,25 +246,21 @@ def similarity_markdown(similarity: list[dict]) -> list[str]:
     lines = ["### Allocation similarity (final allocations, averaged over shared finished seeds)", ""]
     if not similarity:
         return lines + ["Only one signal: nothing to compare.", ""]
-    lines += ["| signals | shared seeds | Spearman ρ of final per-module ranks | Jaccard of kept triplets |",
-              "|---|---|---|---|"]
-    for s in similarity:
-        rho = _f(s["spearman"], ".3f", "n/a (no seeds, or constant ranks)")
-        lines.append(f"| {s['signals'][0]} vs {s['signals'][1]} | {len(s['shared_seeds'])} | {rho} | "
-                     f"{_f(s['jaccard'], '.3f', 'n/a (no shared seeds)')} |")
-    return lines + [""]
+    rows = [[f"{s['signals'][0]} vs {s['signals'][1]}", len(s["shared_seeds"]),
+             _f(s["spearman"], ".3f", "n/a (no seeds, or constant ranks)"),
+             _f(s["jaccard"], ".3f", "n/a (no shared seeds)")] for s in similarity]
+    header = ["signals", "shared seeds", "Spearman ρ of final per-module ranks", "Jaccard of kept triplets"]
+    return lines + [table(header, rows), ""]
 
 
 def churn_markdown(churn: list[dict]) -> list[str]:
     lines = ["### Rank churn per run (triplets masked at one allocation and active again at a later one)", ""]
     if not churn:
         return lines + ["No allocation records found.", ""]
-    lines += ["| signal | seed | allocations | revived triplets / all | revival events |", "|---|---|---|---|---|"]
-    for c in churn:
-        note = "" if c["finished"] else " (unfinished run)"
-        lines.append(f"| {c['signal']} | {c['seed']}{note} | {c['allocations']} | "
-                     f"{c['revived_triplets']} / {c['triplets']} | {c['revival_events']} |")
-    return lines + [""]
+    rows = [[c["signal"], f"{c['seed']}{'' if c['finished'] else ' (unfinished run)'}", c["allocations"],
+             f"{c['revived_triplets']} / {c['triplets']}", c["revival_events"]] for c in churn]
+    header = ["signal", "seed", "allocations", "revived triplets / all", "revival events"]
+    return lines + [table(header, rows), ""]
 
 
 def to_csv(report: dict) -> str:
@@ -359,9 +298,11 @@ def report_main(argv: list[str]) -> int:
     parser = OneLineArgumentParser(prog="adalora-ablation report",
                                    description="Accuracy, rank and allocation statistics over seeds, per signal.")
     parser.add_argument("--task", required=True, help="task folder under the output root (mnli, rte, synthetic)")
-    parser.add_argument("--signals", nargs="+", choices=list(SIGNALS), metavar="SIGNAL",
-                        help=f"some of {', '.join(SIGNALS)} (default: every signal folder found)")
-    parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="seeds to report (default: every seed folder found)")
+    names = registry().signal_names()
+    parser.add_argument("--signals", nargs="+", choices=names, metavar="SIGNAL",
+                        help=f"some of {', '.join(names)} (default: every signal folder found)")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                        help="seeds to report (default: every seed folder found)")
     parser.add_argument("--format", choices=list(FORMATTERS), default="markdown",
                         help="markdown (default): all tables; csv: the per-signal table; json: everything")
     parser.add_argument("--output-root", "--output_root", default="outputs",
@@ -370,9 +311,3 @@ def report_main(argv: list[str]) -> int:
     report = build_report(args.output_root, args.task, args.signals, args.seeds)
     print(FORMATTERS[args.format](report))
     return 0
-
-
-if __name__ == "__main__":
-    from .cli import main
-
-    sys.exit(main(["report", *sys.argv[1:]]))

@@ -8,12 +8,6 @@ optimizer state and the allocator's EMAs would be gone. Our checkpoints therefor
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -21,70 +15,12 @@ from transformers import Trainer
 from transformers.trainer_pt_utils import safe_globals
 
 from .errors import RunFileError, UsageError
-from .run_files import (
-    ALLOCATOR_STATE,
-    METRICS,
-    RANK_PATTERN,
-    SIGNAL_SCORES,
-    truncate_jsonl,
-    write_json_atomic,
-)
+from .runs import ALLOCATOR_STATE, atomic_write, complete_checkpoints, verify_manifest, write_manifest
 
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Files of a checkpoint that torch.load reads on resume (ours and the Trainer's). All are loaded with
 # weights_only=True: a checkpoint folder may come from someone else (a shared directory, a downloaded run), and a
 # full pickle load would run whatever code it holds.
 _TORCH_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth")
-# Written last into every checkpoint, atomically: the name, size and sha256 of every other file in it. A checkpoint
-# without it is incomplete; one whose files do not match it is damaged.
-MANIFEST = "manifest.json"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_manifest(checkpoint: Path) -> None:
-    checkpoint = Path(checkpoint)
-    files = sorted(p for p in checkpoint.rglob("*") if p.is_file() and p.name != MANIFEST)
-    write_json_atomic(checkpoint / MANIFEST, {"files": {
-        str(p.relative_to(checkpoint)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}})
-
-
-def verify_manifest(checkpoint: Path) -> None:
-    """Raise ValueError naming the first file that is missing or differs from the checkpoint's manifest."""
-    checkpoint = Path(checkpoint)
-    try:
-        files = json.loads((checkpoint / MANIFEST).read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{checkpoint / MANIFEST} is missing or unreadable ({type(exc).__name__})") from None
-    for name, expected in files.items():
-        path = checkpoint / name
-        if not path.is_file():
-            raise ValueError(f"{path} is missing")
-        if path.stat().st_size != expected["size"]:
-            raise ValueError(f"{path} has {path.stat().st_size} bytes, the manifest says {expected['size']}")
-        if _sha256(path) != expected["sha256"]:
-            raise ValueError(f"{path} does not match its checksum in the manifest")
-
-
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Every checkpoint-N that was completely written (its manifest is written last), oldest first."""
-    found = []
-    for path in Path(run_dir).glob("checkpoint-*"):
-        match = _CHECKPOINT.match(path.name)
-        if match and (path / MANIFEST).is_file():
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
-
-
-def latest_complete_checkpoint(run_dir: Path) -> Path | None:
-    checkpoints = complete_checkpoints(run_dir)
-    return checkpoints[-1] if checkpoints else None
 
 
 def _error_line(exc: BaseException) -> str:
@@ -156,35 +92,6 @@ def settings_difference(saved: dict | None, now: dict) -> str | None:
             f"from an uninterrupted run")
 
 
-def checkpoint_step(checkpoint: Path) -> int:
-    return int(_CHECKPOINT.match(Path(checkpoint).name).group(1))
-
-
-def rewind_logs(run_dir: Path, step: int) -> None:
-    """Cut the run back to what had happened when checkpoint-<step> was written: later (damaged or cut-off)
-    checkpoints go, and the jsonl logs are cut so that resuming neither duplicates nor loses a line. Allocation
-    records carry the 0-based step they ran at (< step); Trainer logs carry the global step after it (the checkpoint
-    is written after the log and eval of its own step)."""
-    for later in Path(run_dir).glob("checkpoint-*"):
-        if _CHECKPOINT.match(later.name) and checkpoint_step(later) > step:
-            if later.is_dir() and not later.is_symlink():
-                shutil.rmtree(later)
-            else:
-                later.unlink()
-    truncate_jsonl(run_dir / RANK_PATTERN, lambda r: r["step"] < step)
-    truncate_jsonl(run_dir / SIGNAL_SCORES, lambda r: r["step"] < step)
-    truncate_jsonl(run_dir / METRICS, lambda r: r["step"] <= step and "train_runtime" not in r)
-
-
-def save_torch_atomic(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class AdaLoraTrainer(Trainer):
@@ -202,7 +109,8 @@ class AdaLoraTrainer(Trainer):
         try:
             super()._save_checkpoint(model, trial)
             if self.args.should_save:
-                save_torch_atomic(self.adalora_callback.resume_state(), folder / ALLOCATOR_STATE)
+                state = self.adalora_callback.resume_state()
+                atomic_write(folder / ALLOCATOR_STATE, lambda f: torch.save(state, f))
                 write_manifest(folder)
         except RunFileError:
             raise

@@ -7,6 +7,10 @@ accelerator path, where reading it would synchronise with the host, or a plain b
 free. Its EMAs must not move on a non-finite step; ``ema_`` gates on the tensor without a host synchronisation.
 At allocation time ``scores()`` returns one score per triplet (modules x r, higher = keep).
 
+Each signal class names its ``role``: the ``baseline`` (PEFT's own score, what the others are compared to), a
+replacement ``signal``, or a ``control`` (a reference point: chance, no reallocation). ``--help``, the README table,
+the default grid and the report read roles and descriptions from here.
+
 Per-step updates are a short chain of whole-buffer ops (on CPU in cache-sized chunks, ``LoraLayout.chunks``)
 computed in scratch buffers reused every step (``LoraLayout.work_buffer``), so that a step allocates nothing
 adapter-sized; on the accelerator path every update is at most 20 ops and every allocation at most 40 ops with one
@@ -23,6 +27,7 @@ from .lora_layout import LoraLayout, serial_on_cpu
 
 NORMALIZE_METHODS = ("zscore", "minmax", "rank")
 PLASTICITY_NORMS = ("l2", "rms")
+ROLES = ("baseline", "signal", "control")
 
 
 @dataclass
@@ -90,7 +95,8 @@ class Signal:
     """Base class. Subclasses set ``name``, create their buffers in ``__init__`` and implement update/scores."""
 
     name: str = ""
-    description: str = ""
+    description: str = ""  # one line, shown by --help and in the README's table
+    role: str = "signal"  # one of ROLES
     # False: the allocator passes w=None and skips gathering the weights (the signal reads them itself, or never).
     wants_flat_weights: bool = True
 
@@ -152,11 +158,77 @@ class Signal:
             self.buffers[k].copy_(v)
 
 
+SIGNALS: dict[str, type[Signal]] = {}  # name -> class, in registration order
+
+
+def register_signal(cls: type[Signal]) -> type[Signal]:
+    """Class decorator: make a Signal subclass available under ``cls.name`` (``--signal``, grids, the report)."""
+    if cls.name in SIGNALS:
+        raise ValueError(f"a signal named {cls.name!r} is already registered ({SIGNALS[cls.name].__qualname__}); "
+                         f"choose a name that is not one of: {', '.join(SIGNALS)}")
+    if not cls.name or cls.role not in ROLES:
+        raise ValueError(f"signal class {cls.__qualname__} needs a name and a role in {ROLES} "
+                         f"(has name={cls.name!r}, role={cls.role!r})")
+    SIGNALS[cls.name] = cls
+    return cls
+
+
+def signal_names(*roles: str) -> list[str]:
+    """Registered signal names with one of ``roles`` (default: all), in registration order."""
+    return [name for name, cls in SIGNALS.items() if not roles or cls.role in roles]
+
+
+# Named groups for --signals (ablate, demo): this study's four signals, the AdaLoRA paper's own scoring ablation
+# (Table 4) and the literature's other scores. "controls" (the control role) and "all" (every registered signal) are
+# derived from the registry.
+SIGNAL_GROUPS = {
+    "seed": ("baseline_adalora", "importance_only", "plasticity_only", "combo"),
+    "table4": ("baseline_adalora", "sensitivity_only", "singular_value"),
+    "peers": ("sensitivity_snr", "fisher", "component_norm"),
+}
+
+
+def group_names() -> list[str]:
+    return [*SIGNAL_GROUPS, "controls", "all"]
+
+
+def expand_signals(names: list[str]) -> list[str]:
+    """Signal names with every group replaced by its members, each name once, in the order given."""
+    out = []
+    for name in names:
+        if name == "all":
+            out += signal_names()
+        elif name == "controls":
+            out += signal_names("control")
+        elif name in SIGNAL_GROUPS:
+            out += SIGNAL_GROUPS[name]
+        elif name in SIGNALS:
+            out.append(name)
+        else:
+            raise ValueError(f"unknown signal or group {name!r}; choose from: {', '.join(group_names())} or "
+                             f"{', '.join(SIGNALS)}")
+    return list(dict.fromkeys(out))
+
+
+def ordered_signals(names) -> list[str]:
+    """``names`` with the registered ones first, in registration order (the baseline leads), then others sorted."""
+    known = signal_names("baseline") + signal_names("signal", "control")
+    return [s for s in known if s in names] + sorted(set(names) - set(known))
+
+
+def describe_signals() -> str:
+    """One line per registered signal: name, role, description (for --help)."""
+    width = max(map(len, SIGNALS))
+    return "\n".join(f"  {name:{width}}  {cls.role:8}  {cls.description}" for name, cls in SIGNALS.items())
+
+
+@register_signal
 class BaselineAdaLoRA(Signal):
     """PEFT's own AdaLoRA score: EMA(|w*g|) * EMA(|ipt - EMA(ipt)|), combined per triplet as PEFT does."""
 
     name = "baseline_adalora"
-    description = "PEFT's sensitivity x uncertainty (unchanged)"
+    role = "baseline"
+    description = "PEFT's own score: EMA(|w*g|) * EMA(|ipt - EMA(ipt)|), unchanged"
     wants_flat_weights = False  # gathers them chunk by chunk (_ipt_chunks)
 
     def __init__(self, layout, config):
@@ -180,11 +252,12 @@ class BaselineAdaLoRA(Signal):
             return self.layout.combine_elements(self.exp_avg_ipt * self.exp_avg_unc)
 
 
+@register_signal
 class ImportanceOnly(Signal):
     """EMA(|w*g|) per element, no uncertainty term; combined per triplet as PEFT does."""
 
     name = "importance_only"
-    description = "EMA of |w*grad| (sensitivity without uncertainty)"
+    description = "EMA(|w*g|): PEFT's sensitivity without its uncertainty term"
     wants_flat_weights = False  # gathers them chunk by chunk (_ipt_chunks)
 
     def __init__(self, layout, config):
@@ -201,6 +274,7 @@ class ImportanceOnly(Signal):
         return self.layout.combine_elements(self.exp_avg_ipt)
 
 
+@register_signal
 class PlasticityOnly(Signal):
     """EMA of the triplet's gradient norm sqrt(g(E_i)^2 + ||g(A_i)||^2 + ||g(B_i)||^2)."""
 
@@ -221,6 +295,7 @@ class PlasticityOnly(Signal):
         return self.exp_avg_norm.view(self.layout.num_modules, self.layout.r).clone()
 
 
+@register_signal
 class PlasticityRMS(Signal):
     """EMA of the triplet's RMS gradient ||g_i|| / sqrt(n_i), n_i = in + out + 1 (its A row, E entry, B column).
 
@@ -272,19 +347,21 @@ def normalize_rows(x: torch.Tensor, method: str) -> torch.Tensor:
     raise ValueError(f"unknown normalize method {method!r}; choose one of {', '.join(NORMALIZE_METHODS)}")
 
 
+@register_signal
 class Combo(Signal):
     """normalize(importance) + combo_lambda * normalize(plasticity), normalized across all triplets; plasticity is
     plasticity_only (plasticity_norm "l2") or plasticity_rms ("rms")."""
 
     name = "combo"
-    description = "normalized importance + lambda * normalized plasticity"
+    description = "normalize(importance) + combo_lambda * normalize(plasticity)"
     wants_flat_weights = False
 
     def __init__(self, layout, config):
         super().__init__(layout, config)
         self.importance = ImportanceOnly(layout, config)
         if config.plasticity_norm not in PLASTICITY_NORMS:
-            raise ValueError(f"unknown plasticity norm {config.plasticity_norm!r}; choose one of {', '.join(PLASTICITY_NORMS)}")
+            raise ValueError(f"unknown plasticity norm {config.plasticity_norm!r}; "
+                             f"choose one of {', '.join(PLASTICITY_NORMS)}")
         self.plasticity = {"l2": PlasticityOnly, "rms": PlasticityRMS}[config.plasticity_norm](layout, config)
         self.buffers = {
             **{f"importance.{k}": v for k, v in self.importance.buffers.items()},
@@ -309,17 +386,13 @@ class Combo(Signal):
         return score.view(self.layout.num_modules, self.layout.r), parts
 
 
-SIGNALS: dict[str, type[Signal]] = {cls.name: cls for cls in (BaselineAdaLoRA, ImportanceOnly, PlasticityOnly,
-                                                             PlasticityRMS, Combo)}
-
-
-def register_signal(cls: type[Signal]) -> type[Signal]:
-    """Class decorator: make a Signal subclass available under ``cls.name`` (CLI ``--signal``)."""
-    SIGNALS[cls.name] = cls
-    return cls
-
 
 def build_signal(name: str, layout: LoraLayout, config: SignalConfig) -> Signal:
     if name not in SIGNALS:
         raise ValueError(f"unknown signal {name!r}; choose one of {', '.join(SIGNALS)}")
     return SIGNALS[name](layout, config)
+
+
+# Signals defined in other modules register themselves when imported. Importing them here, once everything they
+# need from this module exists, gives every reader of the registry all of them, whichever module it imported first.
+from . import controls, reference_signals  # noqa: E402,F401,I001

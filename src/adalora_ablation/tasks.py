@@ -15,6 +15,8 @@ class Task:
     train_split: str
     eval_splits: dict[str, str]  # eval set name -> split; several sets log as eval_<name>_accuracy
     synthetic: bool = False
+    # final_summary.json's field for each eval set's accuracy, in eval_splits order (runs.accuracies)
+    accuracy_fields: tuple[str, ...] = ("eval_accuracy",)
 
 
 TASKS = {
@@ -26,6 +28,7 @@ TASKS = {
         local_dir="MNLI",
         train_split="train",
         eval_splits={"matched": "validation_matched", "mismatched": "validation_mismatched"},
+        accuracy_fields=("eval_accuracy", "eval_accuracy_mm"),
     ),
     "rte": Task(
         name="rte",

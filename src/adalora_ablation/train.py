@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import platform
 import shutil
@@ -19,10 +20,11 @@ from sklearn.metrics import accuracy_score
 from transformers import DataCollatorWithPadding, set_seed
 
 from .allocator import install_allocator
-from .args import parse_train_args
+from .args import help_text, parse_train_args
 from .callback import AdaLoraCallback
 from .data import load_tokenized
 from .errors import RunInterrupted, UsageError
+from .logs import use_process_log_level
 from .model import (
     count_parameters,
     detect_head_modules,
@@ -31,18 +33,16 @@ from .model import (
     wrap_with_adalora,
 )
 from .preemption import STOP_SIGNALS, StopOnSignal
-from .resume import AdaLoraTrainer, checkpoint_step, resumable_checkpoint, rewind_logs
-from .run_files import (
-    DDP_CONSISTENCY,
-    FINAL_ADAPTER,
-    SUMMARY,
-    read_summary,
-    write_json_atomic,
-)
+from .resume import AdaLoraTrainer, resumable_checkpoint
 from .run_lock import LOCK_FILE, LockHeld, RunLock
+from .runs import (
+    DDP_CONSISTENCY, FINAL_ADAPTER, accuracy_fields, checkpoint_step, read_summary, rewind_logs, run_dir_for,
+    write_json_atomic, write_summary,
+)
 from .signals import SignalConfig
 from .tasks import TASKS
 
+logger = logging.getLogger(__name__)
 PEFT_VERSION = "0.18.1"
 
 
@@ -74,10 +74,6 @@ def check_schedule(tinit: int, tfinal: int, total_step: int) -> None:
         )
 
 
-def run_dir_for(output_root: str, task: str, signal: str, seed: int) -> Path:
-    return Path(output_root) / task / signal / str(seed)
-
-
 def compute_accuracy(eval_pred):
     logits, labels = eval_pred
     logits = logits[0] if isinstance(logits, tuple) else logits
@@ -91,11 +87,12 @@ def library_versions() -> dict[str, str]:
             "peft": peft.__version__, "datasets": datasets.__version__}
 
 
-def train(argv: list[str], log=print, stop_signals=STOP_SIGNALS) -> dict:
+def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
     """Run one training job from command-line style arguments; returns the final summary. On one of
     ``stop_signals`` it writes a checkpoint after the current step and raises RunInterrupted."""
     started = time.time()
     run_args, model_args, data_args, ada_args, training_args = parse_train_args(argv)
+    use_process_log_level(training_args)
     check_peft_version()
     task = TASKS[run_args.task]
     seed = training_args.seed
@@ -107,13 +104,14 @@ def train(argv: list[str], log=print, stop_signals=STOP_SIGNALS) -> dict:
         raise UsageError(f"{run_dir} exists but is not a folder; move it away or choose another --output-root")
     training_args.output_dir = str(run_dir)
     if training_args.load_best_model_at_end:
-        raise UsageError("--load-best-model-at-end is not supported: AdaLoRA checkpoints hold full-shape adapters and "
-                         "the final rank pattern belongs to the last step; pick a checkpoint from metrics.jsonl instead")
+        raise UsageError("--load-best-model-at-end is not supported: AdaLoRA checkpoints hold full-shape adapters "
+                         "and the final rank pattern belongs to the last step; pick a checkpoint from metrics.jsonl "
+                         "instead")
 
     # Everything that can fail on bad input happens before anything is written.
     set_seed(seed)
     model, tokenizer = load_model_and_tokenizer(model_args.model, task.labels)
-    data = load_tokenized(task, data_args, tokenizer, model_args.model, log=log)
+    data = load_tokenized(task, data_args, tokenizer, model_args.model, log=logger.info)
     train_set = data[task.train_split]
     eval_sets = {name: data[split] for name, split in task.eval_splits.items()}
     target_modules = detect_target_modules(model, model_args.target_modules)
@@ -128,33 +126,33 @@ def train(argv: list[str], log=print, stop_signals=STOP_SIGNALS) -> dict:
                                  plasticity_norm=ada_args.plasticity_norm, seed=seed)
     allocator = install_allocator(peft_model, run_args.signal, signal_config)
     params = count_parameters(peft_model)
-    log(f"[model] {model_args.model}: {len(target_modules)} adapted modules, trained in full: {modules_to_save}; "
-        f"trainable parameters {params['trainable']:,} of {params['total']:,}")
+    logger.info(f"[model] {model_args.model}: {len(target_modules)} adapted modules, trained in full: "
+                f"{modules_to_save}; trainable parameters {params['trainable']:,} of {params['total']:,}")
     if task.synthetic:
-        log("[data] task 'synthetic' is a SYNTHETIC keyword task for offline demos, not GLUE")
+        logger.info("[data] task 'synthetic' is a SYNTHETIC keyword task for offline demos, not GLUE")
 
     is_main = training_args.process_index == 0
     # One writer per run folder, for the life of this process: a second `train` on the same folder (a requeued job
     # whose predecessor still runs, the same grid started twice) stops here instead of mixing its logs in.
     with contextlib.ExitStack() as held:
         if is_main:
-            held.enter_context(hold_run_folder(run_dir, log))
+            held.enter_context(hold_run_folder(run_dir))
             if read_summary(run_dir) is not None and not run_args.overwrite:  # finished while we were loading
                 raise UsageError(f"{run_dir} already holds a finished run; pass --overwrite to replace it")
         stopper = StopOnSignal(stop_signals)
-        callback = AdaLoraCallback(peft_model, allocator, run_dir, write_files=is_main, log=log if is_main else _quiet)
+        callback = AdaLoraCallback(peft_model, allocator, run_dir, write_files=is_main)
         found = None
         if run_args.resume and read_summary(run_dir) is None:
-            found = resumable_checkpoint(run_dir, log, restart=run_args.resume_fallback == "restart")
+            found = resumable_checkpoint(run_dir, logger.warning, restart=run_args.resume_fallback == "restart")
         checkpoint = found[0] if found else None
         if checkpoint is not None:
-            log(f"[run] resuming {run_dir} from {checkpoint.name}")
+            logger.info(f"[run] resuming {run_dir} from {checkpoint.name}")
             callback.pending_resume = found[1]
             if is_main:
                 rewind_logs(run_dir, checkpoint_step(checkpoint))
         elif is_main and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
             # an unfinished run without a checkpoint, or --overwrite: start clean (the lock stays: it is ours)
-            log(f"[run] replacing the previous contents of {run_dir}")
+            logger.info(f"[run] replacing the previous contents of {run_dir}")
             clear_run_folder(run_dir)
         trainer = AdaLoraTrainer(
             model=peft_model,
@@ -188,7 +186,7 @@ def train(argv: list[str], log=print, stop_signals=STOP_SIGNALS) -> dict:
             "signal": run_args.signal,
             "seed": seed,
             "model": model_args.model,
-            **accuracy_fields(eval_metrics),
+            **accuracy_fields(task.name, eval_metrics),
             "eval_metrics": eval_metrics,
             "train_loss": train_result.training_loss,
             "total_step": total_step,
@@ -214,17 +212,17 @@ def train(argv: list[str], log=print, stop_signals=STOP_SIGNALS) -> dict:
             "wall_time_s": round(time.time() - started, 2),
         }
         if is_main:
-            write_json_atomic(run_dir / SUMMARY, summary)
-            log(f"[run] {task.name}/{run_args.signal}/{seed}: accuracy {summary['eval_accuracy']:.4f}, "
-                f"total rank {summary['total_rank']} (budget {summary['target_budget']}) -> {run_dir}")
+            write_summary(run_dir, summary)
+        logger.info(f"[run] {task.name}/{run_args.signal}/{seed}: accuracy {summary['eval_accuracy']:.4f}, "
+                    f"total rank {summary['total_rank']} (budget {summary['target_budget']}) -> {run_dir}")
         return summary
 
 
 @contextlib.contextmanager
-def hold_run_folder(run_dir: Path, log):
+def hold_run_folder(run_dir: Path):
     """The run folder's lock (created with the folder), held until the block ends; a live owner is a UsageError."""
     try:
-        lock = RunLock(run_dir, log).acquire()
+        lock = RunLock(run_dir, logger.warning).acquire()
     except LockHeld as exc:
         raise UsageError(str(exc)) from None
     try:
@@ -243,6 +241,15 @@ def clear_run_folder(run_dir: Path) -> None:
             path.unlink()
 
 
+def train_main(argv: list[str]) -> int:
+    """``adalora-ablation train``."""
+    if "-h" in argv or "--help" in argv:
+        print(help_text())
+        return 0
+    train(argv)
+    return 0
+
+
 def check_ranks_agree(mask_digests: list[str], run_dir: Path | None) -> None:
     """Every process must have applied the same masks (they see the same all-reduced gradients). Rank 0 records
     each rank's per-allocation mask digests in ddp_consistency.json; any difference stops the run."""
@@ -257,14 +264,4 @@ def check_ranks_agree(mask_digests: list[str], run_dir: Path | None) -> None:
     if not identical:
         raise RuntimeError("the processes applied different AdaLoRA masks; see ddp_consistency.json")
 
-
-def accuracy_fields(metrics: dict) -> dict:
-    """eval_accuracy (MNLI: matched) and, for MNLI, eval_accuracy_mm (mismatched)."""
-    if "eval_accuracy" in metrics:
-        return {"eval_accuracy": metrics["eval_accuracy"]}
-    return {"eval_accuracy": metrics["eval_matched_accuracy"], "eval_accuracy_mm": metrics["eval_mismatched_accuracy"]}
-
-
-def _quiet(*_args, **_kwargs):
-    pass
 

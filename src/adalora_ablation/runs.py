@@ -1,0 +1,314 @@
+"""The run folder. Only this module knows its layout, its file names and the summary's schema.
+
+``<output-root>/<task>/<signal>/<seed>/`` (the Trainer's output_dir) holds ``metrics.jsonl``,
+``rank_pattern.jsonl``, ``signal_scores.jsonl``, ``final_summary.json``, ``final_adapter/``, ``checkpoint-N/`` (each
+with ``adalora_allocator.pt``) and, for multi-process runs, ``ddp_consistency.json``. Beside the runs live
+``<output-root>/<task>/compare/`` (comparison figures) and ``<output-root>/grid/`` (the grid's job record).
+
+Writing: whole-line jsonl appends and atomic single-file writes, so that a killed run leaves no torn data.
+Reading: a run's summary, logs and checkpoints (``Run``), and every run under an output root (``discover``).
+No torch here: the report, the figures and ``ablate --status`` read runs without loading it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import RunFileError, first_line
+from .tasks import TASKS
+
+METRICS = "metrics.jsonl"  # every Trainer log line (train and eval), with the global step
+RANK_PATTERN = "rank_pattern.jsonl"  # one line per allocation
+SIGNAL_SCORES = "signal_scores.jsonl"  # one line per allocation
+SUMMARY = "final_summary.json"
+FINAL_ADAPTER = "final_adapter"  # the pruned adapter for inference (PEFT format)
+ALLOCATOR_STATE = "adalora_allocator.pt"  # inside every checkpoint-N
+MANIFEST = "manifest.json"  # inside every checkpoint-N, written last: name, size and sha256 of every other file
+DDP_CONSISTENCY = "ddp_consistency.json"  # multi-process runs: every rank's mask digests
+COMPARE_DIR = "compare"  # <output-root>/<task>/compare/ holds comparison figures, not runs
+GRID_DIR = "grid"  # <output-root>/grid/ holds the grid's job record and job logs
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def run_dir_for(output_root: str | Path, task: str, signal: str, seed: int) -> Path:
+    return Path(output_root) / task / signal / str(seed)
+
+
+def compare_dir(output_root: str | Path, task: str) -> Path:
+    return Path(output_root) / task / COMPARE_DIR
+
+
+def grid_dir(output_root: str | Path) -> Path:
+    return Path(output_root) / GRID_DIR
+
+
+# -- the summary's schema ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Accuracy:
+    """One eval set's accuracy: its field in final_summary.json and the Trainer's metric for it."""
+
+    field: str  # final_summary.json
+    metric: str  # metrics.jsonl and the summary's eval_metrics
+    eval_set: str  # the task table's name for the eval set; "" for a task with one
+
+
+def accuracies(task: str) -> list[Accuracy]:
+    """The task's accuracies in the task table's eval-set order; the first is always ``eval_accuracy`` (MNLI:
+    matched). A task folder that is not in the table is read as one eval set."""
+    if task not in TASKS:
+        return [Accuracy("eval_accuracy", "eval_accuracy", "")]
+    entry = TASKS[task]
+    # The Trainer prefixes "eval_" to compute_metrics' "accuracy", and the eval set's name with several sets.
+    return [Accuracy(field, f"eval_{name}_accuracy" if name else "eval_accuracy", name)
+            for name, field in zip(entry.eval_splits, entry.accuracy_fields)]
+
+
+def accuracy_fields(task: str, eval_metrics: dict) -> dict[str, float]:
+    """The summary's accuracy fields from the Trainer's final evaluation."""
+    return {a.field: eval_metrics[a.metric] for a in accuracies(task)}
+
+
+# Besides the accuracies: what the report needs from every summary.
+REQUIRED_FIELDS = ("total_rank", "target_budget", "budget_check_passed", "final_ranks")
+
+
+# -- writing -----------------------------------------------------------------------------------------------------
+def _clean(value):
+    """JSON has no NaN/Inf: write them as null so every line stays parseable by strict readers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file whole or not at all: ``write`` fills a temporary file next to ``path``, which then replaces
+    ``path`` in one rename; if anything fails the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
+        raise
+
+
+def write_error(path: Path, exc: BaseException) -> RunFileError:
+    """A failed write of a run's file (full disk, quota, ...) as the one-line error that stops the run."""
+    reason = getattr(exc, "strerror", None) or first_line(exc)
+    return RunFileError(f"cannot write {path} ({reason}); the run stopped, and its last verified checkpoint stays "
+                        f"resumable: free space, then run the same command with --resume True")
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    atomic_write(path, lambda f: f.write((json.dumps(_clean(data), indent=2) + "\n").encode("utf-8")))
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    write_json_atomic(Path(run_dir) / SUMMARY, summary)
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one record as one line with a single O_APPEND write: a killed process leaves whole lines only."""
+    data = (json.dumps(_clean(record)) + "\n").encode("utf-8")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            written = os.write(fd, data)
+            if written != len(data):  # only on a full disk; never leave half a record behind
+                os.ftruncate(fd, os.fstat(fd).st_size - written)
+                raise OSError(28, "short write")
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+
+
+def truncate_jsonl(path: Path, keep: Callable[[dict], bool]) -> int:
+    """Rewrite a jsonl file (atomically) with only the records for which keep(record) is true; a torn last line
+    (which append_jsonl never writes, but an outside copy might) is dropped. Returns the number of lines kept."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if keep(record):
+            kept.append(line + "\n")
+    atomic_write(path, lambda f: f.write("".join(kept).encode("utf-8")))
+    return len(kept)
+
+
+def rewind_logs(run_dir: Path, step: int) -> None:
+    """Cut the run back to what had happened when checkpoint-<step> was written: later (damaged or cut-off)
+    checkpoints go, and the jsonl logs are cut so that resuming neither duplicates nor loses a line. Allocation
+    records carry the 0-based step they ran at (< step); Trainer logs carry the global step after it (the checkpoint
+    is written after the log and eval of its own step)."""
+    run_dir = Path(run_dir)
+    for later in run_dir.glob("checkpoint-*"):
+        if _CHECKPOINT.match(later.name) and checkpoint_step(later) > step:
+            if later.is_dir() and not later.is_symlink():
+                shutil.rmtree(later)
+            else:
+                later.unlink()
+    truncate_jsonl(run_dir / RANK_PATTERN, lambda r: r["step"] < step)
+    truncate_jsonl(run_dir / SIGNAL_SCORES, lambda r: r["step"] < step)
+    truncate_jsonl(run_dir / METRICS, lambda r: r["step"] <= step and "train_runtime" not in r)
+
+
+# -- reading -----------------------------------------------------------------------------------------------------
+def read_jsonl(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    """The run's final_summary.json, or None if absent or unreadable (an unfinished run)."""
+    try:
+        return json.loads((Path(run_dir) / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Every checkpoint-N that was completely written (its manifest is written last), oldest first."""
+    found = []
+    for path in Path(run_dir).glob("checkpoint-*"):
+        match = _CHECKPOINT.match(path.name)
+        if match and (path / MANIFEST).is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def latest_complete_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = complete_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(checkpoint: Path) -> None:
+    """The checkpoint's manifest (name, size and sha256 of every other file in it), written last and atomically."""
+    checkpoint = Path(checkpoint)
+    files = sorted(p for p in checkpoint.rglob("*") if p.is_file() and p.name != MANIFEST)
+    write_json_atomic(checkpoint / MANIFEST, {"files": {
+        str(p.relative_to(checkpoint)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}})
+
+
+def verify_manifest(checkpoint: Path) -> None:
+    """Raise ValueError naming the first file that is missing or differs from the checkpoint's manifest."""
+    checkpoint = Path(checkpoint)
+    try:
+        files = json.loads((checkpoint / MANIFEST).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{checkpoint / MANIFEST} is missing or unreadable ({type(exc).__name__})") from None
+    for name, expected in files.items():
+        path = checkpoint / name
+        if not path.is_file():
+            raise ValueError(f"{path} is missing")
+        if path.stat().st_size != expected["size"]:
+            raise ValueError(f"{path} has {path.stat().st_size} bytes, the manifest says {expected['size']}")
+        if _sha256(path) != expected["sha256"]:
+            raise ValueError(f"{path} does not match its checksum in the manifest")
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    return int(_CHECKPOINT.match(Path(checkpoint).name).group(1))
+
+
+@dataclass(eq=False)
+class Run:
+    """One run folder, as found on disk: each file is read on first use, then kept (a snapshot)."""
+
+    task: str
+    signal: str
+    seed: int
+    run_dir: Path
+
+    @classmethod
+    def at(cls, output_root: str | Path, task: str, signal: str, seed: int) -> Run:
+        return cls(task, signal, seed, run_dir_for(output_root, task, signal, seed))
+
+    @classmethod
+    def from_dir(cls, folder: str | Path) -> Run:
+        folder = Path(folder)
+        task, signal, seed = folder.parts[-3:]
+        return cls(task, signal, int(seed) if seed.isdigit() else seed, folder)
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}/{self.signal}/{self.seed}"
+
+    @cached_property
+    def summary(self) -> dict | None:
+        """None for an unfinished run."""
+        return read_summary(self.run_dir)
+
+    @cached_property
+    def allocations(self) -> list[dict]:
+        return read_jsonl(self.run_dir / RANK_PATTERN)
+
+    @cached_property
+    def scores(self) -> list[dict]:
+        return read_jsonl(self.run_dir / SIGNAL_SCORES)
+
+    @cached_property
+    def metrics(self) -> list[dict]:
+        return read_jsonl(self.run_dir / METRICS)
+
+    @cached_property
+    def problem(self) -> str | None:
+        """Why the run cannot go into statistics; None for a finished run whose summary has every field."""
+        if not self.run_dir.is_dir():
+            return "no run folder"
+        if self.summary is None:
+            return "no valid final_summary.json (unfinished, killed or corrupt run)"
+        required = [a.field for a in accuracies(self.task)] + list(REQUIRED_FIELDS)
+        absent = [f for f in required if self.summary.get(f) is None]  # NaN is written as null: just as unusable
+        return f"final_summary.json has no value for {', '.join(absent)}" if absent else None
+
+    @property
+    def final_ranks(self) -> dict[str, int]:
+        """Per-module final rank: the summary's, or for an unfinished run its last allocation's."""
+        return self.summary["final_ranks"] if self.summary else self.allocations[-1]["ranks"]
+
+
+def discover(output_root: str | Path, task: str) -> list[Run]:
+    """Every <output-root>/<task>/<signal>/<seed>/ folder (seed folders are integers, as train writes them)."""
+    task_dir = Path(output_root) / task
+    if not task_dir.is_dir():
+        return []
+    return [Run(task, signal_dir.name, int(seed_dir.name), seed_dir)
+            for signal_dir in sorted(task_dir.iterdir()) if signal_dir.is_dir() and signal_dir.name != COMPARE_DIR
+            for seed_dir in sorted(signal_dir.iterdir()) if seed_dir.is_dir() and seed_dir.name.isdigit()]
