@@ -125,7 +125,7 @@ def test_glue_mnli_rows_without_gold_label_are_skipped_and_counted(tmp_path, glu
     assert inserted == {s: n // NO_GOLD_EVERY for s, n in SIZES["mnli"].items()} and inserted["train"] == 8
     assert {s: len(ds) for s, ds in raw.items()} == SIZES["mnli"]
     assert not any("no majority" in p for p in raw["train"]["premise"])
-    assert (f"skipped {sum(inserted.values())} rows without a gold label ('-'), as GLUE does: train 8, "
+    assert (f"skipped {sum(inserted.values())} rows without a gold label, as GLUE does: train 8, "
             f"validation_matched 2, validation_mismatched 2") in messages[0]
     # The label is GLUE's gold_label, not the first annotator's label1.
     assert raw["validation_matched"]["label"] == [task.labels.index(r["label"]) for r in rows["validation_matched"]]

@@ -6,8 +6,8 @@ import json
 import os
 import shutil
 import subprocess
+import re
 import sys
-import tomllib
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -17,13 +17,14 @@ import torch
 from glue_copies import shared_rows, write_glue_tsv, write_hub_snapshot
 from transformers import (
     AutoModelForSequenceClassification, AutoTokenizer, BertConfig, DebertaV2Config, DebertaV2ForMaskedLM,
+    PreTrainedTokenizerFast,
 )
 
 from adalora_ablation.data import SYNTHETIC_WORDS
 from adalora_ablation.errors import UsageError
 from adalora_ablation.model import (
-    TINY_DEBERTA, TINY_TOKENIZER_DIR, detect_head_modules, detect_target_modules, load_model_and_tokenizer,
-    tiny_deberta_config, tiny_tokenizer,
+    TINY_DEBERTA, TINY_TOKENIZER_DIR, check_tokenizer, detect_head_modules, detect_target_modules,
+    load_model_and_tokenizer, tiny_deberta_config, tiny_tokenizer,
 )
 from adalora_ablation.tasks import TASKS
 from adalora_ablation.train import train
@@ -253,9 +254,21 @@ def test_folder_without_spm_model_is_refused_instead_of_training_on_unk(deberta_
     folder = tmp_path / "no-spm"
     shutil.copytree(deberta_v3_folder, folder)
     (folder / "spm.model").unlink()
-    with pytest.raises(UsageError, match=r"turns every word into \[UNK\]: its vocabulary file is missing "
-                                         r"\(expected spm\.model or tokenizer\.json\)"):
+    # (transformers 5 builds a tokenizer of special tokens only, which we refuse; transformers 4 fails to load.)
+    with pytest.raises(UsageError, match=r"the folder holds no tokenizer vocabulary \(DeBERTa-v3 needs spm\.model "
+                                         r"beside tokenizer_config\.json"):
         load_model_and_tokenizer(str(folder), RTE)
+
+
+def test_a_tokenizer_that_knows_no_word_is_refused():
+    """What transformers 5 builds for a DeBERTa-v3 folder without spm.model: a Unigram model of the specials only."""
+    from tokenizers import Tokenizer, models
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    backend = Tokenizer(models.Unigram([(t, 0.0) for t in specials], unk_id=1))
+    specials_only = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]")
+    with pytest.raises(UsageError, match=r"turns every word into \[UNK\]: its vocabulary is missing or broken"):
+        check_tokenizer(specials_only, "some/model")
 
 
 def test_folder_without_weights_names_the_file_and_no_offline_hint(deberta_v3_folder, tmp_path):
@@ -277,6 +290,6 @@ def test_hub_id_that_cannot_be_fetched_suggests_a_local_folder(monkeypatch):
 
 def test_packages_for_reading_spm_model_are_dependencies():
     """The suite's environment has them either way; a fresh install gets only what pyproject.toml declares."""
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    names = {d.split(";")[0].split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip() for d in declared}
-    assert {"sentencepiece", "protobuf"} <= names
+    block = re.search(r"^dependencies = \[(.*?)^\]", (ROOT / "pyproject.toml").read_text(), re.S | re.M).group(1)
+    declared = set(re.findall(r'^\s*"([A-Za-z0-9_.-]+)', block, re.M))
+    assert {"sentencepiece", "protobuf", "transformers"} <= declared

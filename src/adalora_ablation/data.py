@@ -138,7 +138,7 @@ def read_local(task: Task, copy: LocalCopy, log=print) -> DatasetDict:
     sizes = ", ".join(f"{s} {len(ds):,}" for s, ds in out.items())
     note = ""
     if any(skipped.values()):
-        note = (f"; skipped {sum(skipped.values()):,} rows without a gold label ('-'), as GLUE does: "
+        note = (f"; skipped {sum(skipped.values()):,} rows without a gold label, as GLUE does: "
                 + ", ".join(f"{s} {n:,}" for s, n in skipped.items()))
     log(f"[data] GLUE {task.name} from {copy.folder} ({LAYOUT_NAMES[copy.layout]}): {sizes} rows{note}")
     return DatasetDict(out)

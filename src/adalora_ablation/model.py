@@ -104,6 +104,8 @@ def cannot_load_message(model_name: str, part: str, exc: Exception) -> str:
     problem = spm_reader_problem() if part == "tokenizer" else None
     if problem:
         return f"cannot load {what}: reading its SentencePiece model (spm.model) {problem}"
+    if part == "tokenizer" and (no_file := no_tokenizer_file(model_name)):
+        return f"cannot load {what}: {no_file}"
     message = f"cannot load {what} ({first_line(exc)})"
     if is_hub_failure(exc) and not os.path.isdir(os.path.expanduser(model_name)):
         message += "; offline, pass --model /path/to/local/folder or set ADALORA_MODEL_PATH"
@@ -133,18 +135,31 @@ def is_hub_failure(exc: BaseException | None) -> bool:
     return False
 
 
+# A tokenizer's vocabulary: SentencePiece (DeBERTa-v3's spm.model and other *.model), tokenizers' JSON, WordPiece, BPE.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
+
+
+def no_tokenizer_file(model_name: str) -> str | None:
+    """For a local folder without any tokenizer vocabulary, the line that says so; otherwise None."""
+    folder = Path(model_name).expanduser()
+    if not folder.is_dir() or any((folder / f).is_file() for f in TOKENIZER_FILES) or any(folder.glob("*.model")):
+        return None
+    return (f"the folder holds no tokenizer vocabulary (DeBERTa-v3 needs spm.model beside tokenizer_config.json; "
+            f"other models have one of {', '.join(TOKENIZER_FILES)})")
+
+
 # Plain English that every real tokenizer maps to something other than [UNK].
 _PROBE = "The cat sat on the mat."
 
 
 def check_tokenizer(tokenizer, model_name: str) -> None:
-    """transformers builds a DeBERTa-v2/v3 tokenizer from special tokens alone when spm.model is missing, and it
-    turns every word into [UNK]; a run on that would train on nothing. Refuse it."""
+    """transformers 5 builds a DeBERTa-v2/v3 tokenizer from its special tokens alone when spm.model is missing, and
+    that turns every word into [UNK]; a run on it would train on nothing. Refuse it."""
     ids = tokenizer(_PROBE, add_special_tokens=False)["input_ids"]
     if ids and tokenizer.unk_token_id is not None and all(i == tokenizer.unk_token_id for i in ids):
-        files = " or ".join(dict.fromkeys(getattr(tokenizer, "vocab_files_names", {}).values())) or "its vocabulary"
+        cause = no_tokenizer_file(model_name) or "its vocabulary is missing or broken"
         raise UsageError(f"the tokenizer of model {model_name!r} has {len(tokenizer)} tokens and turns every word "
-                         f"into {tokenizer.unk_token}: its vocabulary file is missing (expected {files})")
+                         f"into {tokenizer.unk_token}: {cause}")
 
 
 # -- what to adapt, what to train in full ----------------------------------------------------------------------
