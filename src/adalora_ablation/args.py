@@ -70,8 +70,10 @@ class ModelArguments:
 class DataArguments:
     data_dir: str | None = field(
         default=None,
-        metadata={"help": "Local GLUE folder with RTE/{train,dev}.tsv and "
-                          "MNLI/{train,dev_matched,dev_mismatched}.tsv; default: the GLUE dataset from the hub."},
+        metadata={"help": "Your own copy of GLUE, in any of these layouts (detected per task): the GLUE download "
+                          "(MNLI/{train,dev_matched,dev_mismatched}.tsv, RTE/{train,dev}.tsv), a snapshot of the hub "
+                          "dataset nyu-mll/glue (mnli/*.parquet, rte/*.parquet) or datasets save_to_disk folders "
+                          "(mnli/, rte/); default: GLUE from the hub."},
     )
     max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})

@@ -1,4 +1,5 @@
-"""Data side: GLUE from the hub or a local GLUE folder, the synthetic demo task, and cached tokenization."""
+"""Data side: GLUE from the hub or a local copy (GLUE TSVs, a hub snapshot, a save_to_disk folder), the synthetic
+demo task, and cached tokenization."""
 
 from __future__ import annotations
 
@@ -8,16 +9,14 @@ import json
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 from datasets import Dataset, DatasetDict
 
-from .errors import UsageError
+from .errors import UsageError, first_line
 from .tasks import LOCAL_FILES, Task
-
-# Column names in local GLUE TSVs that hold the two texts, per task folder.
-_LOCAL_TEXT_COLUMNS = {"MNLI": ("sentence1", "sentence2"), "RTE": ("sentence1", "sentence2")}
 
 # -- the synthetic task ----------------------------------------------------------------------------------------
 SYNTHETIC_WORDS = [
@@ -54,67 +53,225 @@ def synthetic_task(n_train: int = 2000, n_eval: int = 400, seed: int = 0, premis
     return DatasetDict({"train": rows(n_train), "validation": rows(n_eval)})
 
 
-# -- GLUE --------------------------------------------------------------------------------------------------------
-def read_glue_tsv(path: Path, task: Task) -> Dataset:
-    """A GLUE TSV (header row, tab separated, no quoting) as a Dataset with the hub's column names and label ids."""
-    s1, s2 = _LOCAL_TEXT_COLUMNS[task.local_dir]
-    label_ids = {name: i for i, name in enumerate(task.labels)}
-    columns = {task.text_keys[0]: [], task.text_keys[1]: [], "label": []}
+# -- GLUE from a local copy -------------------------------------------------------------------------------------
+# Gold labels that mean "no gold label": MultiNLI's "-" (the annotators did not agree; GLUE leaves these pairs out)
+# and the hub's -1 (an unlabelled row). Such rows are skipped and counted.
+NO_GOLD_LABEL = ("-", -1)
+LAYOUT_NAMES = {"tsv": "GLUE TSV files", "hub": "hub dataset snapshot", "saved": "datasets save_to_disk folder"}
+TABLE_SUFFIXES = (".parquet", ".jsonl")
+
+
+@dataclass(frozen=True)
+class LocalCopy:
+    """Where a task's splits lie under --data-dir, and in which layout (a key of LAYOUT_NAMES)."""
+
+    layout: str
+    folder: Path
+    files: dict[str, list[Path]]  # split -> the files that hold it (what is read, and what the cache key covers)
+
+
+def task_splits(task: Task) -> list[str]:
+    return [task.train_split, *task.eval_splits.values()]
+
+
+def accepted_layouts(task: Task) -> str:
+    splits = task_splits(task)
+    return (f"{task.local_dir}/{{{','.join(LOCAL_FILES[s] for s in splits)}}} (the GLUE download), "
+            f"{task.hub_config}/{{{','.join(splits)}}}-*.parquet (huggingface-cli download nyu-mll/glue "
+            f"--repo-type dataset), or {task.hub_config}/ holding a DatasetDict (datasets save_to_disk)")
+
+
+def find_local(task: Task, data_dir: str) -> LocalCopy:
+    """Detect the layout of the task's local copy from the files present; missing files are a usage error."""
+    root = Path(data_dir).expanduser()
+    splits = task_splits(task)
+    tsv_folder, hub_folder = root / task.local_dir, root / task.hub_config
+    if (tsv_folder / LOCAL_FILES[task.train_split]).is_file():
+        copy = LocalCopy("tsv", tsv_folder, {s: [tsv_folder / LOCAL_FILES[s]] for s in splits})
+        absent = [str(files[0]) for files in copy.files.values() if not files[0].is_file()]
+        if absent:
+            raise UsageError(f"missing data file(s) {', '.join(absent)}; the GLUE download's "
+                             f"{task.local_dir}/ holds {', '.join(LOCAL_FILES[s] for s in splits)}")
+        return copy
+    if (hub_folder / "dataset_dict.json").is_file():
+        saved = json.loads((hub_folder / "dataset_dict.json").read_text()).get("splits", [])
+        absent = [s for s in splits if s not in saved]
+        if absent:
+            raise UsageError(f"the DatasetDict in {hub_folder} has the splits {saved} but lacks {absent}; save all of "
+                             f"{splits} (load_dataset('nyu-mll/glue', '{task.hub_config}').save_to_disk(...))")
+        files = {s: sorted(p for p in (hub_folder / s).rglob("*") if p.is_file()) for s in splits}
+        return LocalCopy("saved", hub_folder, files)
+    if _table_files(hub_folder, task.train_split):
+        files = {s: _table_files(hub_folder, s) for s in splits}
+        absent = [s for s, found in files.items() if not found]
+        if absent:
+            raise UsageError(f"missing data file(s) for {absent} in {hub_folder}: expected "
+                             f"{', '.join(f'{s}-*.parquet' for s in absent)} beside the train split's files")
+        return LocalCopy("hub", hub_folder, files)
+    hint = ""
+    if (root / "dataset_dict.json").is_file() or (root / LOCAL_FILES[task.train_split]).is_file() or \
+            _table_files(root, task.train_split):
+        hint = f" ({root} itself holds one task's files: pass the folder above it)"
+    raise UsageError(f"missing data files for GLUE {task.name} in {root}{hint}; --data-dir takes a folder holding "
+                     f"{accepted_layouts(task)}")
+
+
+def _table_files(folder: Path, split: str) -> list[Path]:
+    """A split's shards in a hub snapshot (train-00000-of-00001.parquet, ...), or one train.parquet/train.jsonl."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in TABLE_SUFFIXES
+                  and (p.stem == split or p.stem.startswith(f"{split}-")))
+
+
+def read_local(task: Task, copy: LocalCopy, log=print) -> DatasetDict:
+    """Every split of a local copy as a Dataset with columns (text_keys..., label), label ids in the hub's order."""
+    if copy.layout == "saved":
+        saved = datasets.load_from_disk(str(copy.folder))
+        columns = {s: _saved_columns(saved[s], task, copy.folder / s) for s in copy.files}
+    else:
+        reader = _tsv_columns if copy.layout == "tsv" else _table_columns
+        columns = {s: reader(files, task) for s, files in copy.files.items()}
+    out, skipped = {}, {}
+    for split, (a, b, labels, where) in columns.items():
+        out[split], skipped[split] = _to_dataset(task, a, b, labels, where)
+    sizes = ", ".join(f"{s} {len(ds):,}" for s, ds in out.items())
+    note = ""
+    if any(skipped.values()):
+        note = (f"; skipped {sum(skipped.values()):,} rows without a gold label, as GLUE does: "
+                + ", ".join(f"{s} {n:,}" for s, n in skipped.items()))
+    log(f"[data] GLUE {task.name} from {copy.folder} ({LAYOUT_NAMES[copy.layout]}): {sizes} rows{note}")
+    return DatasetDict(out)
+
+
+def _unknown_columns(where, found, task: Task) -> UsageError:
+    return UsageError(
+        f"{where} has the columns {list(found)}, which match no accepted layout: GLUE TSV "
+        f"{'/'.join(task.tsv_text_columns)} + {' or '.join(task.tsv_label_columns)}; hub parquet or save_to_disk "
+        f"{'/'.join(task.text_keys)} + label"
+    )
+
+
+def _tsv_columns(files: list[Path], task: Task):
+    """A GLUE TSV (header row, tab separated, no quoting): the two texts and the label column the header has."""
+    (path,) = files
+    s1, s2 = task.tsv_text_columns
+    a, b, labels, lines = [], [], [], []
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        missing = {s1, s2, "label"} - set(reader.fieldnames or [])
-        if missing:
-            raise UsageError(f"{path} lacks the column(s) {sorted(missing)}; expected a GLUE TSV with a header row")
-        for line_no, row in enumerate(reader, start=2):
-            if row["label"] not in label_ids:
-                raise UsageError(f"{path}:{line_no}: unknown label {row['label']!r}; expected one of {task.labels}")
-            columns[task.text_keys[0]].append(row[s1])
-            columns[task.text_keys[1]].append(row[s2])
-            columns["label"].append(label_ids[row["label"]])
-    return Dataset.from_dict(columns)
+        header = reader.fieldnames or []
+        label_column = next((c for c in task.tsv_label_columns if c in header), None)
+        if s1 not in header or s2 not in header or label_column is None:
+            raise _unknown_columns(path, header, task)
+        for row in reader:
+            a.append(row[s1])
+            b.append(row[s2])
+            labels.append(row[label_column])
+            lines.append(reader.line_num)
+    return a, b, labels, lambda i: f"{path}:{lines[i]}"
 
 
-def local_split_path(data_dir: str, task: Task, split: str) -> Path:
-    return Path(data_dir).expanduser() / task.local_dir / LOCAL_FILES[split]
+def _table_columns(files: list[Path], task: Task):
+    """Parquet shards (or jsonl) with the hub's columns and integer labels."""
+    import pyarrow as pa
+    import pyarrow.json
+    import pyarrow.parquet
+
+    tables = []
+    for path in files:
+        table = pyarrow.parquet.read_table(path) if path.suffix == ".parquet" else pyarrow.json.read_json(path)
+        if not {*task.text_keys, "label"} <= set(table.column_names):
+            raise _unknown_columns(path, table.column_names, task)
+        _check_label_names(datasets.Features.from_arrow_schema(table.schema)["label"], task, path)
+        tables.append(table.select([*task.text_keys, "label"]))
+    table = pa.concat_tables(tables)
+    offsets = [0]
+    for t in tables:
+        offsets.append(offsets[-1] + len(t))
+
+    def where(i):
+        k = next(k for k in range(len(files)) if i < offsets[k + 1])
+        return f"{files[k]} row {i - offsets[k]}"
+
+    return (table.column(task.text_keys[0]).to_pylist(), table.column(task.text_keys[1]).to_pylist(),
+            table.column("label").to_pylist(), where)
 
 
-def local_files(task: Task, data_dir: str) -> dict[str, Path]:
-    """The task's local TSV per split; a missing one is a usage error naming the expected layout."""
-    splits = [task.train_split, *task.eval_splits.values()]
-    paths = {s: local_split_path(data_dir, task, s) for s in splits}
-    absent = [str(p) for p in paths.values() if not p.is_file()]
-    if absent:
-        raise UsageError(f"missing data file(s) {', '.join(absent)}; pass --data-dir with a GLUE folder holding "
-                         f"{task.local_dir}/{{{','.join(LOCAL_FILES[s] for s in splits)}}}")
-    return paths
+def _saved_columns(ds: Dataset, task: Task, folder: Path):
+    if not {*task.text_keys, "label"} <= set(ds.column_names):
+        raise _unknown_columns(folder, ds.column_names, task)
+    _check_label_names(ds.features["label"], task, folder)
+    columns = ds.select_columns([*task.text_keys, "label"]).to_dict()
+    return columns[task.text_keys[0]], columns[task.text_keys[1]], columns["label"], lambda i: f"{folder} row {i}"
 
 
-def load_raw(task: Task, data_dir: str | None) -> DatasetDict:
+def _check_label_names(feature, task: Task, where) -> None:
+    """Integer labels are taken in the hub's order; a copy that names its labels must name them in that order."""
+    names = getattr(feature, "names", None)
+    if names is not None and tuple(names) != task.labels:
+        raise UsageError(f"{where} names its labels {names}, but GLUE {task.name} has {list(task.labels)} in this "
+                         f"order; re-export the split with the hub's label ids")
+
+
+def _to_dataset(task: Task, a: list, b: list, labels: list, where) -> tuple[Dataset, int]:
+    """Map labels (names or hub ids) to ids, skip rows without a gold label; returns (dataset, skipped)."""
+    ids = {name: i for i, name in enumerate(task.labels)}
+    ids.update({i: i for i in range(len(task.labels))})
+    keep, label_ids = [], []
+    for i, label in enumerate(labels):
+        if label in NO_GOLD_LABEL:
+            continue
+        if isinstance(label, bool) or label not in ids:
+            raise UsageError(f"{where(i)}: unknown label {label!r}; expected one of {list(task.labels)} "
+                             f"(or their ids 0..{len(task.labels) - 1})")
+        if a[i] is None or b[i] is None:
+            raise UsageError(f"{where(i)}: a text field is missing")
+        keep.append(i)
+        label_ids.append(ids[label])
+    k0, k1 = task.text_keys
+    data = {k0: [a[i] for i in keep], k1: [b[i] for i in keep], "label": label_ids}
+    return Dataset.from_dict(data), len(labels) - len(keep)
+
+
+# -- GLUE from the hub or a local copy ---------------------------------------------------------------------------
+def load_raw(task: Task, data_dir: str | None, log=print) -> DatasetDict:
     """Train split plus every eval split of the task, with columns (text_keys..., label)."""
     if task.synthetic:
         return synthetic_task(seed=0)  # one fixed dataset for every run, so signals and seeds share it
     if data_dir is not None:
-        return DatasetDict({s: read_glue_tsv(p, task) for s, p in local_files(task, data_dir).items()})
+        return read_local(task, find_local(task, data_dir), log=log)
     try:
         raw = datasets.load_dataset("nyu-mll/glue", task.hub_config)
     except Exception as exc:  # network errors come in many types; all mean the same to the user
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UsageError(f"cannot load GLUE {task.name} from the hub ({first}); offline, pass --data-dir with a local "
-                         f"GLUE folder") from None
-    splits = [task.train_split, *task.eval_splits.values()]
-    return DatasetDict({s: raw[s].select_columns([*task.text_keys, "label"]) for s in splits})
+                         f"copy ({accepted_layouts(task)})") from None
+    return DatasetDict({s: raw[s].select_columns([*task.text_keys, "label"]) for s in task_splits(task)})
 
 
 def data_fingerprint(task: Task, data_dir: str | None) -> str:
+    """What the tokenization cache key says about the data: the files read, with their sizes and times."""
     if task.synthetic:
         return "synthetic-v2"
     if data_dir is None:
         return f"hub:nyu-mll/glue/{task.hub_config}"
-    parts = []
-    for p in local_files(task, data_dir).values():
-        st = p.stat()
-        parts.append(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}")
+    copy = find_local(task, data_dir)
+    parts = [copy.layout]
+    for files in copy.files.values():
+        for p in files:
+            st = p.stat()
+            parts.append(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}")
     return "|".join(parts)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A digest of what decides the token ids: vocabulary, normalizer, pre-tokenizer, post-processor, added tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        state = {"vocab": tokenizer.get_vocab()}
+    else:  # truncation and padding are per call and change as it tokenizes; they are not part of the tokenizer
+        state = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def default_cache_dir() -> Path:
@@ -137,7 +294,7 @@ def load_tokenized(task: Task, data_args, tokenizer, tokenizer_id: str, log=prin
     """Tokenized train + eval splits, cut to --max-*-samples; cached on disk per task/data/tokenizer/length."""
     key = json.dumps({
         "task": task.name, "data": data_fingerprint(task, data_args.data_dir), "tokenizer": tokenizer_id,
-        "vocab": len(tokenizer), "max_seq_length": data_args.max_seq_length, "v": 1,
+        "tokenizer_digest": tokenizer_fingerprint(tokenizer), "max_seq_length": data_args.max_seq_length, "v": 2,
     }, sort_keys=True)
     cache_root = Path(data_args.cache_dir) if data_args.cache_dir else default_cache_dir()
     folder = cache_root / "tokenized" / hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -145,7 +302,7 @@ def load_tokenized(task: Task, data_args, tokenizer, tokenizer_id: str, log=prin
         log(f"[data] tokenized {task.name} loaded from cache {folder}")
         tokenized = datasets.load_from_disk(str(folder))
     else:
-        tokenized = tokenize(task, load_raw(task, data_args.data_dir), tokenizer, data_args.max_seq_length)
+        tokenized = tokenize(task, load_raw(task, data_args.data_dir, log=log), tokenizer, data_args.max_seq_length)
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         try:
             tokenized.save_to_disk(str(tmp))

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
+from pathlib import Path
 
 import torch
 from peft import AdaLoraConfig, get_peft_model
-from transformers import (
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    DebertaV2Config,
-    PreTrainedTokenizerFast,
-)
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DebertaV2Config, DebertaV2TokenizerFast
 
-from .errors import UsageError
+from .errors import UsageError, first_line
 
 TINY_DEBERTA = "tiny-deberta"
+TINY_TOKENIZER_DIR = Path(__file__).resolve().parent / "tiny_deberta"
 
 # Linear leaf names of the six adapted matrices per encoder layer, per architecture (Q, K, V, attention output,
 # FFN in, FFN out; the last three are all called "dense"). Unknown architectures fall back to every Linear of
@@ -48,52 +46,115 @@ def tiny_deberta_config(num_labels: int = 2, num_layers: int = 2, hidden: int = 
     )
 
 
-def tiny_tokenizer(words: list[str] | None = None) -> PreTrainedTokenizerFast:
-    """A local WordPiece tokenizer: whole words for the synthetic vocabulary, characters for anything else."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-
-    from .data import SYNTHETIC_WORDS
-
-    specials = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
-    chars = [chr(c) for c in range(33, 127)]
-    vocab_list = specials + list(words or SYNTHETIC_WORDS) + chars + [f"##{c}" for c in chars]
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()])
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", unk_token="[UNK]",
-        mask_token="[MASK]", model_max_length=512,
-    )
+def tiny_tokenizer():
+    """tiny-deberta's tokenizer: a small SentencePiece model in DeBERTa-v3-base's hub layout (package data written by
+    scripts/make_tiny_deberta_tokenizer.py), loaded by the class that AutoTokenizer picks for DeBERTa-v3."""
+    return DebertaV2TokenizerFast.from_pretrained(str(TINY_TOKENIZER_DIR))
 
 
 # -- loading ---------------------------------------------------------------------------------------------------
 def load_model_and_tokenizer(model_name: str, labels: tuple[str, ...]):
     label_maps = {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
+    if model_name != TINY_DEBERTA:
+        # A path-like name that is not a folder is a typo, not a hub id: say so instead of asking the hub.
+        looks_local = model_name.startswith((".", "/", "~")) or os.path.exists(model_name)
+        if looks_local and not os.path.isdir(os.path.expanduser(model_name)):
+            raise UsageError(f"model folder {model_name!r} does not exist (or is not a folder); pass --model with a "
+                             f"hub id or an existing model folder")
+    try:
+        tokenizer = tiny_tokenizer() if model_name == TINY_DEBERTA else AutoTokenizer.from_pretrained(model_name)
+    except Exception as exc:  # hub, file and conversion errors come in many types; each names its cause
+        raise UsageError(cannot_load_message(model_name, "tokenizer", exc)) from None
+    check_tokenizer(tokenizer, model_name)
     if model_name == TINY_DEBERTA:
-        tokenizer = tiny_tokenizer()
         config = tiny_deberta_config(num_labels=len(labels), vocab_size=len(tokenizer))
         config.update(label_maps)
         return AutoModelForSequenceClassification.from_config(config), tokenizer
-    # A path-like name that is not a folder is a typo, not a hub id: say so instead of asking the hub.
-    looks_local = model_name.startswith((".", "/", "~")) or os.path.exists(model_name)
-    if looks_local and not os.path.isdir(os.path.expanduser(model_name)):
-        raise UsageError(f"model folder {model_name!r} does not exist (or is not a folder); pass --model with a hub id "
-                         f"or an existing model folder")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_name)
         model = AutoModelForSequenceClassification.from_pretrained(model_name, num_labels=len(labels), **label_maps)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(
-            f"cannot load model {model_name!r} ({first}); offline, pass --model /path/to/local/folder "
-            f"or set ADALORA_MODEL_PATH"
-        ) from None
+    except Exception as exc:
+        raise UsageError(cannot_load_message(model_name, "model", exc)) from None
     return model, tokenizer
+
+
+def spm_reader_problem() -> str | None:
+    """Why transformers cannot read a SentencePiece model (DeBERTa-v3's spm.model) here, or None.
+
+    It needs sentencepiece and protobuf, and protobuf must be at least as new as the code sentencepiece generated for
+    it. Without them transformers silently falls back to a tiktoken reader, which then fails with a misleading error.
+    """
+    for module, package in (("sentencepiece", "sentencepiece"), ("google.protobuf", "protobuf")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return f"needs {package}, which is not installed; pip install {package}"
+    try:
+        from sentencepiece import sentencepiece_model_pb2  # noqa: F401  what transformers reads spm.model with
+    except Exception as exc:
+        import google.protobuf
+
+        return (f"needs protobuf to load sentencepiece's model format, which fails with protobuf "
+                f"{google.protobuf.__version__} ({first_line(exc)}); pip install -U protobuf")
+    return None
+
+
+def cannot_load_message(model_name: str, part: str, exc: Exception) -> str:
+    """One line with the real cause; the offline hint only when the hub could not be reached or had no such model."""
+    what = f"the tokenizer of model {model_name!r}" if part == "tokenizer" else f"model {model_name!r}"
+    problem = spm_reader_problem() if part == "tokenizer" else None
+    if problem:
+        return f"cannot load {what}: reading its SentencePiece model (spm.model) {problem}"
+    if part == "tokenizer" and (no_file := no_tokenizer_file(model_name)):
+        return f"cannot load {what}: {no_file}"
+    message = f"cannot load {what} ({first_line(exc)})"
+    if is_hub_failure(exc) and not os.path.isdir(os.path.expanduser(model_name)):
+        message += "; offline, pass --model /path/to/local/folder or set ADALORA_MODEL_PATH"
+    return message
+
+
+def is_hub_failure(exc: BaseException | None) -> bool:
+    """Whether the hub was unreachable, is switched off (HF_HUB_OFFLINE) or answered with an error."""
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+    )
+
+    hub_errors = (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, hub_errors):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+# A tokenizer's vocabulary: SentencePiece (DeBERTa-v3's spm.model and other *.model), tokenizers' JSON, WordPiece, BPE.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
+
+
+def no_tokenizer_file(model_name: str) -> str | None:
+    """For a local folder without any tokenizer vocabulary, the line that says so; otherwise None."""
+    folder = Path(model_name).expanduser()
+    if not folder.is_dir() or any((folder / f).is_file() for f in TOKENIZER_FILES) or any(folder.glob("*.model")):
+        return None
+    return (f"the folder holds no tokenizer vocabulary (DeBERTa-v3 needs spm.model beside tokenizer_config.json; "
+            f"other models have one of {', '.join(TOKENIZER_FILES)})")
+
+
+# Plain English that every real tokenizer maps to something other than [UNK].
+_PROBE = "The cat sat on the mat."
+
+
+def check_tokenizer(tokenizer, model_name: str) -> None:
+    """transformers 5 builds a DeBERTa-v2/v3 tokenizer from its special tokens alone when spm.model is missing, and
+    that turns every word into [UNK]; a run on it would train on nothing. Refuse it."""
+    ids = tokenizer(_PROBE, add_special_tokens=False)["input_ids"]
+    if ids and tokenizer.unk_token_id is not None and all(i == tokenizer.unk_token_id for i in ids):
+        cause = no_tokenizer_file(model_name) or "its vocabulary is missing or broken"
+        raise UsageError(f"the tokenizer of model {model_name!r} has {len(tokenizer)} tokens and turns every word "
+                         f"into {tokenizer.unk_token}: {cause}")
 
 
 # -- what to adapt, what to train in full ----------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The task table: text columns, label names and evaluation splits. Adding a GLUE task is one entry."""
+"""The task table: text columns, label names, evaluation splits and where a local copy keeps them.
+Adding a GLUE task is one entry."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Task:
     name: str
-    text_keys: tuple[str, str]  # premise/hypothesis columns (hub and local TSV agree on these after renaming)
+    text_keys: tuple[str, str]  # the hub's text columns (also in a hub snapshot or a save_to_disk folder)
     labels: tuple[str, ...]  # label names in the hub's id order
-    hub_config: str | None  # datasets: load_dataset("nyu-mll/glue", hub_config)
-    local_dir: str | None  # sub-folder of --data-dir
+    hub_config: str | None  # load_dataset("nyu-mll/glue", hub_config); also the sub-folder of a hub-style local copy
+    local_dir: str | None  # sub-folder of a GLUE-download style --data-dir (TSV files)
     train_split: str
     eval_splits: dict[str, str]  # eval set name -> split; several sets log as eval_<name>_accuracy
+    tsv_text_columns: tuple[str, str] = ("sentence1", "sentence2")  # the text columns of the GLUE TSV files
+    # Label columns of the TSV files, first present wins: the GLUE download's MNLI has gold_label (beside the
+    # annotators' label1..label5), its RTE has label, and so do simplified copies of MNLI.
+    tsv_label_columns: tuple[str, ...] = ("label",)
     synthetic: bool = False
     # final_summary.json's field for each eval set's accuracy, in eval_splits order (runs.accuracies)
     accuracy_fields: tuple[str, ...] = ("eval_accuracy",)
@@ -29,6 +34,7 @@ TASKS = {
         train_split="train",
         eval_splits={"matched": "validation_matched", "mismatched": "validation_mismatched"},
         accuracy_fields=("eval_accuracy", "eval_accuracy_mm"),
+        tsv_label_columns=("gold_label", "label"),
     ),
     "rte": Task(
         name="rte",
@@ -52,7 +58,7 @@ TASKS = {
 }
 TASK_NAMES = tuple(TASKS)
 
-# Local GLUE TSV file for each split name.
+# The GLUE download's TSV file for each split name.
 LOCAL_FILES = {
     "train": "train.tsv",
     "validation": "dev.tsv",
