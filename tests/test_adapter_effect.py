@@ -45,3 +45,17 @@ def test_switch_removes_exactly_the_lora_update_keeps_the_trained_head_and_resto
     with model.disable_adapter():  # PEFT's switch also swaps in the untrained head: not what we measure
         untrained_head = logits(model, inputs)
     assert not torch.allclose(switched_off, untrained_head)
+
+
+def test_a_run_records_its_adapter_effect_and_starved_adapters_show_none(tmp_path):
+    from adalora_ablation.train import train
+
+    common = ["--task", "synthetic", "--signal", "importance_only", "--max-steps", "120", "--tinit", "20",
+              "--tfinal", "30", "--eval-strategy", "no", "--save-strategy", "no"]
+    learned = train([*common, "--output-root", str(tmp_path / "learned")])
+    assert learned["adapter_effect"] == learned["eval_accuracy"] - learned["eval_accuracy_without_adapters"]
+    assert learned["adapter_effect"] > 0.1  # on the keyword task the adapters carry what the model learned
+    starved = train([*common, "--output-root", str(tmp_path / "starved"), "--learning-rate", "1e-9"])
+    assert abs(starved["adapter_effect"]) < 0.01  # adapters (E starts at zero) that never moved change nothing
+    skipped = train([*common, "--output-root", str(tmp_path / "skipped"), "--adapter-effect", "False"])
+    assert "adapter_effect" not in skipped and "eval_accuracy_without_adapters" not in skipped

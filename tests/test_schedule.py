@@ -5,7 +5,10 @@ from types import SimpleNamespace
 import pytest
 from peft.tuners.adalora.layer import RankAllocator
 
-from adalora_ablation.schedule import budget_at, phase_of
+import yaml
+
+from adalora_ablation.args import AdaLoraArguments, preset_path
+from adalora_ablation.schedule import allocation_steps, budget_at, phase_of, schedule_warnings
 
 
 @pytest.mark.parametrize("init_bgt, target_bgt, tinit, tfinal, total_step, delta_t", [
@@ -27,3 +30,48 @@ def test_budget_matches_peft_at_every_step(init_bgt, target_bgt, tinit, tfinal, 
 def test_phases():
     assert [phase_of(s, tinit=2, tfinal=3, total_step=10) for s in range(10)] == [
         "warmup", "warmup", "warmup", "reduction", "reduction", "reduction", "reduction", "final", "final", "final"]
+
+
+def test_allocation_steps_are_the_steps_peft_masks_at():
+    tinit, tfinal, delta_t, total_step = 7, 5, 3, 30
+    peft = SimpleNamespace(peft_config=SimpleNamespace(tinit=tinit, tfinal=tfinal, total_step=total_step,
+                                                       deltaT=delta_t), init_bgt=60, target_bgt=20)
+    masked = [s for s in range(total_step - tfinal) if RankAllocator.budget_schedule(peft, s)[1]]
+    assert allocation_steps(tinit, tfinal, delta_t, total_step) == masked + [total_step - tfinal]  # + the final fix
+
+
+def warnings_for(tinit=200, tfinal=200, delta_t=10, total_step=1560, warmup=100, init_bgt=864, target_bgt=288):
+    return schedule_warnings(tinit, tfinal, delta_t, total_step, warmup, init_bgt, target_bgt)
+
+
+@pytest.mark.parametrize("schedule, fires", [
+    ({"warmup": 500}, "ends after AdaLoRA starts reallocating (--tinit 200)"),
+    ({"warmup": 500, "total_step": 500, "tinit": 10, "tfinal": 10}, "is as long as the run (500 steps)"),
+    ({"total_step": 430, "delta_t": 50}, "shorter than the allocation interval --deltaT 50"),
+    ({"total_step": 430, "delta_t": 10}, "only 3 allocation(s) while the budget falls"),
+    ({"total_step": 405, "delta_t": 10}, "the whole budget cut (864 -> 288 triplets) happens in a single allocation"),
+])
+def test_each_schedule_warning_fires_on_a_schedule_built_for_it(schedule, fires):
+    found = warnings_for(**schedule)
+    assert any(fires in w for w in found), found
+    assert all("--" in w for w in found)  # each says which flags to change
+    assert warnings_for() == []  # the README's RTE example schedule is fine
+
+
+# Train rows and the batch size of each preset (GLUE: MNLI 392,702, RTE 2,490; the synthetic task 2,000).
+PRESET_ROWS = {"mnli": 392_702, "rte": 2_490, "synthetic": 2_000}
+
+
+@pytest.mark.parametrize("task", ["mnli", "rte", "synthetic"])
+@pytest.mark.parametrize("preset", ["default", "paper"])
+def test_no_preset_triggers_a_warning_at_its_own_length(task, preset):
+    path = preset_path(task, preset)
+    if not path.exists():
+        pytest.skip(f"no {preset} preset for {task}")
+    options = {**vars(AdaLoraArguments()), **yaml.safe_load(path.read_text())}
+    batches = -(-PRESET_ROWS[task] // options["per_device_train_batch_size"])
+    total_step = options.get("max_steps") or batches * options["num_train_epochs"]
+    modules = 72
+    found = schedule_warnings(options["tinit"], options["tfinal"], options["deltaT"], total_step,
+                              options["warmup_steps"], options["init_r"] * modules, options["target_r"] * modules)
+    assert found == [], found

@@ -29,11 +29,8 @@ def adapters_switched_off(model):
             layer.scaling.update(scaling)
 
 
-def accuracy_without_adapters(trainer, eval_sets: dict, accuracy_keys: dict[str, str]) -> dict[str, float]:
-    """Accuracy of every eval set with the adapters switched off, under the summary's accuracy keys with the suffix
-    ``_without_adapters``. Uses ``predict``, which logs nothing, so the run's metrics stay those of the model."""
-    out = {}
+def accuracy_without_adapters(trainer, eval_sets: dict, keys: dict[str, str]) -> dict[str, float]:
+    """Accuracy of every eval set (name -> the key to report it under) with the adapters switched off. Uses
+    ``predict``, which logs nothing, so the run's logged metrics stay those of the model itself."""
     with adapters_switched_off(trainer.model):
-        for name, key in accuracy_keys.items():
-            out[f"{key}_without_adapters"] = trainer.predict(eval_sets[name]).metrics["test_accuracy"]
-    return out
+        return {key: trainer.predict(eval_sets[name]).metrics["test_accuracy"] for name, key in keys.items()}

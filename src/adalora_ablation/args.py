@@ -45,6 +45,12 @@ class RunArguments:
         metadata={"help": "With --resume, when the run has checkpoints but none verifies (damaged or unsafe files): "
                           "'restart' the run from scratch, or 'stop' with an error."},
     )
+    adapter_effect: bool = field(
+        default=True,
+        metadata={"help": "After the final evaluation, evaluate once more with every LoRA update switched off (the "
+                          "trained head kept) and record eval_accuracy_without_adapters and adapter_effect in the "
+                          "summary: do the adapters matter at all? Costs one evaluation; False skips it."},
+    )
 
 
 @dataclass

@@ -62,6 +62,16 @@ class Accuracy:
     metric: str  # metrics.jsonl and the summary's eval_metrics
     eval_set: str  # the task table's name for the eval set; "" for a task with one
 
+    @property
+    def without_adapters_field(self) -> str:
+        """The same accuracy with every LoRA update switched off (adapter_effect.py)."""
+        return f"{self.field}_without_adapters"
+
+    @property
+    def adapter_effect_field(self) -> str:
+        """Accuracy with the adapters minus without: eval_accuracy -> adapter_effect, eval_accuracy_mm -> ..._mm."""
+        return self.field.replace("eval_accuracy", "adapter_effect")
+
 
 def accuracies(task: str) -> list[Accuracy]:
     """The task's accuracies in the task table's eval-set order; the first is always ``eval_accuracy`` (MNLI:

@@ -19,6 +19,7 @@ import transformers
 from sklearn.metrics import accuracy_score
 from transformers import DataCollatorWithPadding, set_seed
 
+from .adapter_effect import accuracy_without_adapters
 from .allocator import install_allocator
 from .args import help_text, parse_train_args
 from .callback import AdaLoraCallback
@@ -36,9 +37,10 @@ from .preemption import STOP_SIGNALS, StopOnSignal
 from .resume import AdaLoraTrainer, resumable_checkpoint
 from .run_lock import LOCK_FILE, LockHeld, RunLock
 from .runs import (
-    DDP_CONSISTENCY, FINAL_ADAPTER, accuracy_fields, checkpoint_step, read_summary, rewind_logs, run_dir_for,
-    write_json_atomic, write_summary,
+    DDP_CONSISTENCY, FINAL_ADAPTER, accuracies, accuracy_fields, checkpoint_step, read_summary, rewind_logs,
+    run_dir_for, write_json_atomic, write_summary,
 )
+from .schedule import schedule_warnings
 from .signals import SignalConfig
 from .tasks import TASKS
 
@@ -118,6 +120,10 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
     modules_to_save = model_args.modules_to_save or detect_head_modules(model)
     total_step = compute_total_step(len(train_set), training_args)
     check_schedule(ada_args.tinit, ada_args.tfinal, total_step)
+    for warning in schedule_warnings(ada_args.tinit, ada_args.tfinal, ada_args.deltaT, total_step,
+                                     training_args.get_warmup_steps(total_step), ada_args.init_r * len(target_modules),
+                                     ada_args.target_r * len(target_modules)):
+        logger.warning(f"[schedule] {warning}")
 
     peft_model = wrap_with_adalora(model, target_modules, modules_to_save, ada_args, total_step)
     peft_model.to(training_args.device)  # first, so that the allocator's buffers live where the adapters train
@@ -176,6 +182,14 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
         if training_args.world_size > 1:
             check_ranks_agree(callback.mask_digests, run_dir if is_main else None)
         eval_metrics = trainer.evaluate()
+        effect = {}
+        if run_args.adapter_effect:  # do the adapters carry part of what was learned? (a void comparison if not)
+            fields = accuracies(task.name)
+            without = accuracy_without_adapters(trainer, eval_sets, {a.eval_set: a.without_adapters_field
+                                                                     for a in fields})
+            for a in fields:
+                effect[a.without_adapters_field] = without[a.without_adapters_field]
+                effect[a.adapter_effect_field] = eval_metrics[a.metric] - without[a.without_adapters_field]
         if is_main:  # the pruned adapter for inference, apart from the (full-shape) training checkpoints
             peft_model.save_pretrained(run_dir / FINAL_ADAPTER)
             tokenizer.save_pretrained(run_dir / FINAL_ADAPTER)
@@ -187,6 +201,7 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
             "seed": seed,
             "model": model_args.model,
             **accuracy_fields(task.name, eval_metrics),
+            **effect,
             "eval_metrics": eval_metrics,
             "train_loss": train_result.training_loss,
             "total_step": total_step,
@@ -202,6 +217,8 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
             "trainable_parameters": params["trainable"],
             "total_parameters": params["total"],
             "target_modules": target_modules,
+            "module_shapes": {name: [din, dout] for name, din, dout in
+                              zip(allocator.layout.names, allocator.layout.in_features, allocator.layout.out_features)},
             "modules_to_save": modules_to_save,
             "config": {
                 "run": dataclasses.asdict(run_args), "model": dataclasses.asdict(model_args),
