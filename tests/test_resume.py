@@ -273,3 +273,11 @@ def test_a_failed_checkpoint_write_stops_the_run_in_one_line_and_the_last_verifi
 
     run_train(*SHORT, "--output-root", str(tmp_path), "--resume", "True")
     assert summary_of(interrupted_run)["resumed_from"] == "checkpoint-40"
+
+
+def test_a_checkpoint_resumes_only_under_the_signal_settings_that_wrote_it(interrupted_run, tmp_path):
+    result = run_train(*SHORT, "--output-root", str(tmp_path), "--resume", "True", "--ema-decay", "0.8", check=False)
+    error = [line for line in result.stderr.splitlines() if line.startswith("adalora-ablation: error:")]
+    assert result.returncode == 2 and len(error) == 1, result.stderr[-2000:]
+    assert "was written with --ema-decay 0.9 (now 0.8)" in error[0]
+    assert latest_complete_checkpoint(interrupted_run).name == "checkpoint-80"  # nothing rewound or removed

@@ -7,6 +7,7 @@ tensorboard`` or ``wandb`` show the rank curves. metrics.jsonl keeps the Trainer
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from pathlib import Path
@@ -78,6 +79,7 @@ class AdaLoraCallback(TrainerCallback):
             "ranks": list(self.ranks), "allocations": self.allocations, "budget_violations": self.budget_violations,
             "scaler_skipped_steps": self.scaler_skipped_steps,
             "settings": run_settings(self.allocator.layout.device),
+            "signal_config": dataclasses.asdict(self.allocator.signal_config),
         }
 
     def _apply_resume_state(self, state: dict) -> None:

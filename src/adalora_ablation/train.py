@@ -152,6 +152,7 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
             found = resumable_checkpoint(run_dir, logger.warning, restart=run_args.resume_fallback == "restart")
         checkpoint = found[0] if found else None
         if checkpoint is not None:
+            check_same_signal(found[1], run_args.signal, signal_config, checkpoint)
             logger.info(f"[run] resuming {run_dir} from {checkpoint.name}")
             callback.pending_resume = found[1]
             if is_main:
@@ -233,6 +234,17 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
         logger.info(f"[run] {task.name}/{run_args.signal}/{seed}: accuracy {summary['eval_accuracy']:.4f}, "
                     f"total rank {summary['total_rank']} (budget {summary['target_budget']}) -> {run_dir}")
         return summary
+
+
+def check_same_signal(state: dict, signal: str, config: SignalConfig, checkpoint: Path) -> None:
+    """A checkpoint continues only the signal, with the settings, that wrote it (e.g. combo's --plasticity-norm):
+    anything else would splice two different runs into one folder."""
+    saved = {"signal": state["allocator"]["signal"], **state.get("signal_config", {})}
+    now = {"signal": signal, **dataclasses.asdict(config)}
+    changed = [f"--{k.replace('_', '-')} {saved[k]} (now {now[k]})" for k in saved if k in now and saved[k] != now[k]]
+    if changed:
+        raise UsageError(f"{checkpoint} was written with {', '.join(changed)}; resume with the same settings, or "
+                         f"use another --output-root for this variant")
 
 
 @contextlib.contextmanager
