@@ -74,9 +74,11 @@ def trained():
         for allocator in allocators.values():  # as the Trainer callback calls it, after the optimizer step
             allocator.update_ipt(inner)
         g = layout.flat_grads()
+        finite = all_finite(g)
+        g = torch.where(finite, g, torch.zeros_like(g))  # the allocator's contract: g is zeroed on a bad step
         for signal in on_tensor_path.values():
             w = layout.flat_weights() if signal.wants_flat_weights else None
-            signal.update(w, g, all_finite(g))
+            signal.update(w, g, finite)
         opt.zero_grad()
     assert all(int(a.nonfinite_steps) == 1 for a in allocators.values())
     return model, layout, history, allocators, on_tensor_path, peft

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .lora_layout import serial_on_cpu
-from .signals import BaselineAdaLoRA, Signal, ema_, register_signal
+from .signals import BaselineAdaLoRA, ImportanceOnly, Signal, ema_, register_signal
 
 # sensitivity_snr's epsilon, relative to the mean smoothed uncertainty over all adapter elements: a fixed fraction
 # keeps the ratio free of the gradients' scale (both factors scale with |g|), unlike an absolute epsilon.
@@ -40,26 +40,17 @@ class SingularValue(Signal):
 
 
 @register_signal
-class SensitivityOnly(Signal):
+class SensitivityOnly(ImportanceOnly):
     """PEFT's smoothed sensitivity EMA(|w*g|) with PEFT's beta1, combined per triplet as PEFT does: the sensitivity
-    factor of baseline_adalora's score, bit for bit, without the uncertainty factor."""
+    factor of baseline_adalora's score, bit for bit, without the uncertainty factor. The same computation as
+    importance_only, whose decay is --ema-decay instead."""
 
     name = "sensitivity_only"
     description = "PEFT's EMA of |w*grad| with beta1, no uncertainty (AdaLoRA Table 4, 'sensitivity only')"
-    wants_flat_weights = False  # gathers them chunk by chunk (_ipt_chunks)
 
-    def __init__(self, layout, config):
-        super().__init__(layout, config)
-        self.exp_avg_ipt = self._buffer("exp_avg_ipt", layout.numel)
-
-    def update(self, w, g, finite):
-        if finite is False:
-            return
-        for sl, ipt, _ in self._ipt_chunks(w, g):
-            ema_(self.exp_avg_ipt[sl], ipt, self.config.beta1, finite, scratch=ipt)
-
-    def scores(self):
-        return self.layout.combine_elements(self.exp_avg_ipt)
+    @property
+    def decay(self) -> float:
+        return self.config.beta1
 
 
 @register_signal

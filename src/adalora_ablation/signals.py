@@ -264,11 +264,15 @@ class ImportanceOnly(Signal):
         super().__init__(layout, config)
         self.exp_avg_ipt = self._buffer("exp_avg_ipt", layout.numel)
 
+    @property
+    def decay(self) -> float:
+        return self.config.ema_decay
+
     def update(self, w, g, finite):
         if finite is False:
             return
         for sl, ipt, _ in self._ipt_chunks(w, g):
-            ema_(self.exp_avg_ipt[sl], ipt, self.config.ema_decay, finite, scratch=ipt, new_is_finite=True)
+            ema_(self.exp_avg_ipt[sl], ipt, self.decay, finite, scratch=ipt, new_is_finite=True)
 
     def scores(self):
         return self.layout.combine_elements(self.exp_avg_ipt)
