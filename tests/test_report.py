@@ -15,6 +15,7 @@ import torch
 from scipy import stats
 
 from adalora_ablation.cli import main
+from adalora_ablation.runs import append_jsonl, write_summary
 from adalora_ablation.train import train
 
 # In the report's signal order (baseline first, then the built-in signals' order).
@@ -242,3 +243,170 @@ def test_report_errors_are_one_line_exit_2(root, capsys, argv, expected):
     assert expected in err and "\n" not in err
     if "no runs" in expected:
         assert str(root / "mnli") in err and "adalora-ablation train --task mnli" in err
+
+
+# -- crafted run folders (no training): multiple comparisons, detectable difference, controls, adapters, size ----
+LAYERS = 2
+MODULE_SHAPES = {}  # MiniLM's per-layer matrices: attention 384x384, FFN 384x1536 and 1536x384
+for _layer in range(LAYERS):
+    for _suffix, _shape in (("attention.self.query", (384, 384)), ("attention.self.key", (384, 384)),
+                            ("attention.self.value", (384, 384)), ("attention.output.dense", (384, 384)),
+                            ("intermediate.dense", (384, 1536)), ("output.dense", (1536, 384))):
+        MODULE_SHAPES[f"layer.{_layer}.{_suffix}"] = _shape
+TYPE_OF = {"attention.self.query": "Q", "attention.self.key": "K", "attention.self.value": "V",
+           "attention.output.dense": "O", "intermediate.dense": "FFN-in", "output.dense": "FFN-out"}
+INIT_R = 12
+# Three signals against the baseline, three seeds each: per-seed differences that vary, so every test is defined.
+ACCURACIES = {"baseline_adalora": (0.70, 0.72, 0.71), "importance_only": (0.72, 0.75, 0.73),
+              "plasticity_only": (0.69, 0.73, 0.70), "combo": (0.80, 0.79, 0.83)}
+
+
+def by_layer(name):  # unrelated to size: every layer holds every matrix type
+    return 2 + 4 * int(name.split(".")[1])
+
+
+def by_size(name):  # the planted size-driven allocation: the FFN matrices get everything
+    return INIT_R if sum(MODULE_SHAPES[name]) > 1000 else 0
+
+
+def craft(root, accuracies, task="rte", effects=None, allocate=None, shapes=True):
+    """Run folders as train writes them: final_summary.json and one rank_pattern.jsonl record per run.
+    ``effects``: signal -> per-seed adapter effects (absent: an older run without the field)."""
+    effects, allocate = effects or {}, allocate or {}
+    for signal, values in accuracies.items():
+        for seed, accuracy in enumerate(values, start=1):
+            run_dir = root / task / signal / str(seed)
+            run_dir.mkdir(parents=True)
+            ranks = {m: allocate.get(signal, by_layer)(m) for m in MODULE_SHAPES}
+            summary = {"eval_accuracy": accuracy, "total_rank": sum(ranks.values()),
+                       "target_budget": sum(ranks.values()), "budget_check_passed": True, "final_ranks": ranks}
+            if shapes:
+                summary["module_shapes"] = {m: list(s) for m, s in MODULE_SHAPES.items()}
+            if signal in effects:
+                summary["adapter_effect"] = effects[signal][seed - 1]
+                summary["eval_accuracy_without_adapters"] = accuracy - effects[signal][seed - 1]
+            write_summary(run_dir, summary)
+            append_jsonl(run_dir / "rank_pattern.jsonl", {
+                "step": 10, "budget": sum(ranks.values()), "total_rank": sum(ranks.values()), "ranks": ranks,
+                "kept": {m: [int(i < r) for i in range(INIT_R)] for m, r in ranks.items()}})
+    return root
+
+
+def independent_holm(p_values):
+    order = np.argsort(p_values)
+    m, adjusted, running = len(p_values), [0.0] * len(p_values), 0.0
+    for step, i in enumerate(order):
+        running = max(running, min(1.0, (m - step) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def test_holm_adjusts_the_paired_tests_over_the_signals(tmp_path, capsys):
+    root = craft(tmp_path, ACCURACIES)
+    base = ACCURACIES["baseline_adalora"]
+    others = [s for s in ACCURACIES if s != "baseline_adalora"]
+    raw = [stats.ttest_rel(ACCURACIES[s], base).pvalue for s in others]
+    expected = dict(zip(others, independent_holm(raw)))
+    assert sorted(expected.values()) != sorted(raw), "the correction must change something to be tested"
+
+    result = report(capsys, root, task="rte")
+    assert result["multiple_comparisons"]["eval_accuracy"] == {"method": "holm", "comparisons": 3, "applied": True}
+    markdown = report(capsys, root, task="rte", fmt="markdown")
+    rows = {r["signal"]: r for r in csv.DictReader(io.StringIO(report(capsys, root, task="rte", fmt="csv")))}
+    for signal, p_raw in zip(others, raw):
+        diff = row_of(result, signal)["eval_accuracy"]["vs_baseline"]
+        assert diff["p_value"] == pytest.approx(p_raw)
+        assert diff["p_value_holm"] == pytest.approx(expected[signal])
+        assert float(rows[signal]["eval_accuracy_p_value_holm"]) == pytest.approx(expected[signal])
+        assert f"p={p_raw:.3g} (Holm-adjusted p={expected[signal]:.3g})" in markdown_row(markdown, signal)
+    assert "Holm correction applied over 3 comparisons" in markdown
+
+
+def test_one_comparison_is_not_corrected(tmp_path, capsys):
+    root = craft(tmp_path, {s: ACCURACIES[s] for s in ("baseline_adalora", "combo")})
+    markdown = report(capsys, root, task="rte", fmt="markdown")
+    assert "Holm-adjusted" not in markdown and "no multiple-comparison correction needed" in markdown
+
+
+def test_smallest_detectable_difference(tmp_path, capsys):
+    root = craft(tmp_path, ACCURACIES)
+    base = np.array(ACCURACIES["baseline_adalora"])
+    sds = [np.std(np.array(ACCURACIES[s]) - base, ddof=1) for s in ACCURACIES if s != "baseline_adalora"]
+    sd = np.sqrt(np.mean(np.square(sds)))
+    n, m = 3, 3
+    expected = (stats.t.ppf(1 - 0.05 / m / 2, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / np.sqrt(n)
+
+    entry = report(capsys, root, task="rte")["detectable_difference"]["eval_accuracy"]
+    assert entry["mde"] == pytest.approx(expected) and entry["n_seeds"] == 3 and entry["comparisons"] == 3
+    markdown = report(capsys, root, task="rte", fmt="markdown")
+    assert f"With 3 seeds, a difference smaller than {expected:.4f} (accuracy) would likely go undetected" in markdown
+    assert "'No difference' does not mean 'no effect'" in markdown
+
+    one_seed = craft(tmp_path / "one", {s: v[:1] for s, v in ACCURACIES.items()})
+    assert "accuracy: not computable (needs >= 2 shared seeds)" in report(capsys, one_seed, task="rte", fmt="markdown")
+
+
+def test_signals_not_above_random_are_flagged(tmp_path, capsys):
+    controls = {"random": (0.705, 0.73, 0.715), "uniform": (0.71, 0.71, 0.72)}
+    root = craft(tmp_path, {**ACCURACIES, **controls})
+    result = report(capsys, root, task="rte")
+    random_mean = np.mean(controls["random"])
+    for signal, values in ACCURACIES.items():
+        below = np.mean(values) <= random_mean
+        assert (row_of(result, signal)["flags"] == ["not above random"]) == below, signal
+    assert row_of(result, "plasticity_only")["flags"] == ["not above random"]  # the planted one
+    assert row_of(result, "combo")["flags"] == []
+    assert row_of(result, "random")["flags"] == [] and row_of(result, "uniform")["flags"] == []
+    markdown = report(capsys, root, task="rte", fmt="markdown")
+    assert markdown_row(markdown, "plasticity_only").endswith("| not above random |")
+    _, mean, std, _, _ = expected_stats(controls["random"])
+    assert f"random accuracy {mean:.4f} ± {std:.4f} (3 seed(s))" in markdown
+
+
+def test_adapter_effect_column_and_flag(tmp_path, capsys):
+    near_zero = {s: (0.001, -0.002, 0.0005) for s in ACCURACIES}
+    flat = craft(tmp_path / "flat", ACCURACIES, effects=near_zero)
+    markdown = report(capsys, flat, task="rte", fmt="markdown")
+    assert "**the adapters carry little here; differences between signals cannot show**" in markdown
+    _, mean, std, _, _ = expected_stats(near_zero["combo"])
+    assert f"| {mean:+.4f} ± {std:.4f} |" in markdown_row(markdown, "combo")
+
+    clear = {s: (0.05, 0.06, 0.055) for s in ACCURACIES if s != "combo"}  # combo: runs without the field
+    carrying = craft(tmp_path / "clear", ACCURACIES, effects=clear)
+    result = report(capsys, carrying, task="rte")
+    assert result["adapter_effect"]["carry_little"] is False and result["adapter_effect"]["n"] == 9
+    assert row_of(result, "combo")["adapter_effect"]["eval_accuracy"]["n"] == 0
+    markdown = report(capsys, carrying, task="rte", fmt="markdown")
+    assert "carry little" not in markdown and "clearly above zero" in markdown
+    assert "| — | 48 (48) |" in markdown_row(markdown, "combo")
+
+    older = craft(tmp_path / "older", ACCURACIES)
+    assert "Adapter effect: not measured (no adapter_effect in the summaries)" in report(
+        capsys, older, task="rte", fmt="markdown")
+
+
+def test_size_bias_recovers_a_planted_size_driven_allocation(tmp_path, capsys):
+    root = craft(tmp_path, ACCURACIES, allocate={"plasticity_only": by_size})
+    result = {b["signal"]: b for b in report(capsys, root, task="rte")["size_bias"]}
+    sizes = [MODULE_SHAPES[m][0] + MODULE_SHAPES[m][1] + 1 for m in MODULE_SHAPES] * 3
+    for signal, allocate in (("plasticity_only", by_size), ("combo", by_layer)):
+        ranks = [allocate(m) for m in MODULE_SHAPES] * 3
+        rho = stats.spearmanr(sizes, ranks).statistic
+        assert result[signal]["spearman_size_rank"] == pytest.approx(rho)
+        per_type = {t: sum(allocate(m) for m in MODULE_SHAPES if TYPE_OF[m.split(".", 2)[2]] == t)
+                    for t in TYPE_OF.values()}
+        total = sum(per_type.values())
+        assert result[signal]["budget_share"] == pytest.approx({t: r / total for t, r in per_type.items()})
+        assert result[signal]["uniform_share"] == pytest.approx(dict.fromkeys(TYPE_OF.values(), 1 / 6))
+    assert result["plasticity_only"]["size_biased"] and not result["combo"]["size_biased"]
+    assert result["plasticity_only"]["budget_share"]["FFN-in"] == pytest.approx(0.5)
+
+    markdown = report(capsys, root, task="rte", fmt="markdown")
+    flag = next(line for line in markdown.splitlines() if line.startswith("**allocation mostly explained"))
+    assert "plasticity_only (ρ=1.000)" in flag and "combo" not in flag
+    assert markdown_row(markdown, "plasticity_only").endswith("| allocation mostly explained by matrix size |")
+    assert "| plasticity_only | 3 | 1.000 | 0.000 (0.167) |" in markdown
+
+    no_shapes = craft(tmp_path / "old", ACCURACIES, allocate={"plasticity_only": by_size}, shapes=False)
+    markdown = report(capsys, no_shapes, task="rte", fmt="markdown")
+    assert "no module shapes in the summaries" in markdown and "mostly explained" not in markdown

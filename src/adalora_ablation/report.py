@@ -1,9 +1,12 @@
 """``adalora-ablation report``: one table over seeds per signal, read from the run folders' final files.
 
 Per signal: accuracy mean, sample std and a 95% t confidence interval; the difference to baseline_adalora with a
-paired t-test over shared seeds; final total rank and budget check. Between signals: how similar their final
-allocations are. Per run: rank churn (triplets pruned and later revived). Runs that are missing or unfinished are
-listed in every output format, never dropped silently.
+paired t-test over shared seeds (Holm-adjusted when several signals are tested); final total rank and budget check;
+the adapter effect; flags (not above the ``random`` control, allocation explained by matrix size). Per task: the
+smallest difference the seeds could detect, the controls' reference band, whether the adapters carry anything, and
+the size-bias diagnostic. Between signals: how similar their final allocations are. Per run: rank churn (triplets
+pruned and later revived). Runs that are missing or unfinished are listed in every output format, never dropped
+silently.
 """
 
 from __future__ import annotations
@@ -19,10 +22,32 @@ from scipy import stats
 
 from .errors import OneLineArgumentParser, UsageError
 from .markdown import table
+from .module_names import module_type, ordered_types, ranks_by_layer_and_type
+from .report_stats import (
+    ALPHA,
+    POWER,
+    SIZE_BIAS_RHO,
+    adapters_carry_little,
+    budget_shares,
+    holm,
+    minimal_detectable_difference,
+    pooled_sd,
+    size_rank_spearman,
+)
 from .runs import Run, accuracies, discover
 
 MIN_TEST_SEEDS = 3  # a paired t-test on fewer shared seeds has too few degrees of freedom to mean anything
 TEST_NAME = "paired t-test (scipy.stats.ttest_rel, two-sided)"
+RANDOM_CONTROL = "random"  # the reference a signal has to beat
+NOT_ABOVE_RANDOM = "not above random"
+SIZE_BIASED = "allocation mostly explained by matrix size"
+ADAPTERS_CARRY_LITTLE = "the adapters carry little here; differences between signals cannot show"
+MODULE_SHAPES = "module_shapes"  # final_summary.json: {module name: [in_features, out_features]}
+
+
+def adapter_effect_field(accuracy_field: str) -> str:
+    """The summary field with (accuracy with adapters - accuracy without) for an accuracy field."""
+    return accuracy_field.replace("eval_accuracy", "adapter_effect")
 
 
 def accuracy_labels(task: str) -> dict[str, str]:
@@ -96,6 +121,11 @@ def signal_row(signal: str, runs: list[Run], baseline: str, baseline_runs: list[
             entry["vs_baseline"] = paired_difference(values, base, baseline) if base else {
                 "note": f"no finished {baseline} run among the requested signals and seeds"}
         row[key] = entry
+    # Older runs, and runs with the measurement switched off, have no adapter effect: left out, not zero.
+    row["adapter_effect"] = {key: describe([float(r.summary[adapter_effect_field(key)]) for r in valid
+                                            if r.summary.get(adapter_effect_field(key)) is not None])
+                             for key in metrics}
+    row["flags"] = []
     row["total_rank"] = sorted({r.summary["total_rank"] for r in valid})
     row["target_budget"] = sorted({r.summary["target_budget"] for r in valid})
     row["budget_check_passed"] = sum(bool(r.summary["budget_check_passed"]) for r in valid)
@@ -153,6 +183,101 @@ def rank_churn(allocations: list[dict]) -> dict:
             "revival_events": int((kept[1:] & ~kept[:-1]).sum())}
 
 
+# -- task-level statistics -------------------------------------------------------------------------------------
+def _seed_values(runs: list[Run], key: str) -> dict[int, float]:
+    return {r.seed: float(r.summary[key]) for r in runs if r.problem is None}
+
+
+def adjust_for_multiple_comparisons(rows: list[dict], metrics: dict[str, str]) -> dict[str, int]:
+    """Holm-adjust, per accuracy, the paired tests against the baseline across signals (adds ``p_value_holm`` to
+    every comparison that has a p-value). Returns the number of tested comparisons per accuracy."""
+    comparisons = {}
+    for key in metrics:
+        diffs = [row[key]["vs_baseline"] for row in rows if "p_value" in row[key].get("vs_baseline", {})]
+        for diff, adjusted in zip(diffs, holm([d["p_value"] for d in diffs])):
+            diff["p_value_holm"] = adjusted
+        comparisons[key] = sum(d["p_value"] is not None for d in diffs)
+    return comparisons
+
+
+def detectable_difference(runs_by_signal: dict[str, list[Run]], baseline: str, key: str) -> dict:
+    """The smallest true difference to the baseline a paired test would likely detect with the seeds at hand: sd of
+    the per-seed differences pooled over signals (those with >= 2 shared seeds), n = their fewest shared seeds,
+    alpha / (number of those comparisons)."""
+    base = _seed_values(runs_by_signal.get(baseline, []), key)
+    sds, shared_counts = [], []
+    for signal, runs in runs_by_signal.items():
+        if signal == baseline:
+            continue
+        values = _seed_values(runs, key)
+        shared = sorted(set(values) & set(base))
+        if len(shared) >= 2:
+            sds.append(float(np.std([values[s] - base[s] for s in shared], ddof=1)))
+            shared_counts.append(len(shared))
+    n = min(shared_counts) if shared_counts else 0
+    sd = pooled_sd(sds)
+    return {"n_seeds": n, "comparisons": len(sds), "sd_of_differences": sd, "alpha": ALPHA, "power": POWER,
+            "mde": minimal_detectable_difference(sd, n, len(sds)) if sd is not None else None}
+
+
+def reference_band(runs_by_signal: dict[str, list[Run]], rows: list[dict], metrics: dict[str, str],
+                   controls: list[str]) -> dict[str, dict]:
+    """The controls' accuracies; flags (in place) every non-control signal whose mean accuracy over the seeds it
+    shares with ``random`` is not above random's mean on those seeds."""
+    band = {c: {key: describe(list(_seed_values(runs_by_signal[c], key).values())) for key in metrics}
+            for c in controls if c in runs_by_signal and _seed_values(runs_by_signal[c], next(iter(metrics)))}
+    if RANDOM_CONTROL not in band:
+        return band
+    for row in rows:
+        if row["signal"] in controls:
+            continue
+        for key, label in metrics.items():
+            random = _seed_values(runs_by_signal[RANDOM_CONTROL], key)
+            values = _seed_values(runs_by_signal[row["signal"]], key)
+            shared = sorted(set(random) & set(values))
+            if shared and np.mean([values[s] for s in shared]) <= np.mean([random[s] for s in shared]):
+                row["flags"].append(NOT_ABOVE_RANDOM if len(metrics) == 1 else f"{NOT_ABOVE_RANDOM} ({label})")
+    return band
+
+
+def adapter_check(runs: list[Run], rows: list[dict], key: str) -> dict:
+    """Whether the adapters carry enough for signal differences to show: every finished run's adapter effect
+    against the seed-to-seed spread of accuracy (sample std over seeds, pooled over signals)."""
+    field = adapter_effect_field(key)
+    values = [float(r.summary[field]) for r in runs if r.problem is None and r.summary.get(field) is not None]
+    spread = pooled_sd([row[key]["std"] for row in rows])
+    summary = describe(values)
+    return {"field": field, "n": len(values), "mean": summary["mean"], "std": summary["std"],
+            "seed_spread": spread, "carry_little": adapters_carry_little(values, spread)}
+
+
+def size_bias(signal: str, runs: list[Run]) -> dict | None:
+    """Spearman between each module's triplet size (in + out + 1) and its final rank, pooled over modules and
+    finished seeds with module shapes; each matrix type's share of the final budget (summed over seeds) next to
+    its share under the uniform control (its number of modules / all modules). None without finished runs."""
+    valid = [r for r in runs if r.problem is None]
+    if not valid:
+        return None
+    sizes, ranks, per_type = [], [], {}
+    for run in valid:
+        final = run.summary["final_ranks"]
+        for kind, rank in ranks_by_layer_and_type(final)[1].items():
+            per_type[kind] = per_type.get(kind, 0) + rank
+        shapes = run.summary.get(MODULE_SHAPES) or {}
+        for name in final:
+            if name in shapes:
+                sizes.append(int(shapes[name][0]) + int(shapes[name][1]) + 1)
+                ranks.append(int(final[name]))
+    modules = list(valid[0].summary["final_ranks"])
+    types = ordered_types(modules)
+    rho = size_rank_spearman(sizes, ranks) if sizes else None
+    return {"signal": signal, "runs": len(valid), "runs_with_shapes": sum(bool(r.summary.get(MODULE_SHAPES))
+                                                                        for r in valid),
+            "spearman_size_rank": rho, "size_biased": rho is not None and rho >= SIZE_BIAS_RHO,
+            "budget_share": budget_shares({t: per_type.get(t, 0) for t in types}),
+            "uniform_share": {t: sum(module_type(m) == t for m in modules) / len(modules) for t in types}}
+
+
 # -- the report ------------------------------------------------------------------------------------------------
 def build_report(output_root: str | Path, task: str, signals: list[str] | None = None,
                  seeds: list[int] | None = None) -> dict:
@@ -164,6 +289,14 @@ def build_report(output_root: str | Path, task: str, signals: list[str] | None =
     baseline = registry().signal_names("baseline")[0]
     baseline_runs = runs_by_signal.get(baseline, [])
     valid = [r for r in runs if r.problem is None]
+    rows = [signal_row(s, rs, baseline, baseline_runs, metrics) for s, rs in runs_by_signal.items()]
+    comparisons = adjust_for_multiple_comparisons(rows, metrics)
+    controls = registry().signal_names("control")
+    band = reference_band(runs_by_signal, rows, metrics, controls)
+    sizes = [b for b in (size_bias(s, rs) for s, rs in runs_by_signal.items()) if b is not None]
+    for bias in sizes:
+        if bias["size_biased"]:
+            next(r for r in rows if r["signal"] == bias["signal"])["flags"].append(SIZE_BIASED)
     return {
         "task": task,
         "output_root": str(output_root),
@@ -171,7 +304,14 @@ def build_report(output_root: str | Path, task: str, signals: list[str] | None =
         "metrics": metrics,
         "test": TEST_NAME,
         "baseline": baseline,
-        "signals": [signal_row(s, rs, baseline, baseline_runs, metrics) for s, rs in runs_by_signal.items()],
+        "signals": rows,
+        "multiple_comparisons": {key: {"method": "holm", "comparisons": m, "applied": m > 1}
+                                 for key, m in comparisons.items()},
+        "detectable_difference": {key: detectable_difference(runs_by_signal, baseline, key) for key in metrics},
+        "controls": controls,
+        "reference_band": band,
+        "adapter_effect": adapter_check(runs, rows, next(iter(metrics))),
+        "size_bias": sizes,
         "similarity": allocation_similarity(runs_by_signal),
         "churn": [{"signal": r.signal, "seed": r.seed, "finished": r.problem is None, **rank_churn(r.allocations)}
                   for r in runs if r.allocations],
@@ -192,7 +332,7 @@ def _accuracy_cell(entry: dict) -> str:
     return f"{entry['mean']:.4f} ± {entry['std']:.4f} [{entry['ci95_low']:.4f}, {entry['ci95_high']:.4f}]"
 
 
-def _difference_cell(entry: dict, baseline: str) -> str:
+def _difference_cell(entry: dict, baseline: str, holm_applied: bool) -> str:
     diff = entry.get("vs_baseline")
     if diff is None:
         return "(baseline)"
@@ -201,7 +341,15 @@ def _difference_cell(entry: dict, baseline: str) -> str:
     head = f"{diff['mean_diff']:+.4f} over {len(diff['shared_seeds'])} seed(s)"
     if diff["p_value"] is None:
         return f"{head}; {diff['note']}"
-    return f"{head}; paired t-test p={diff['p_value']:.3g}"
+    cell = f"{head}; paired t-test p={diff['p_value']:.3g}"
+    return f"{cell} (Holm-adjusted p={diff['p_value_holm']:.3g})" if holm_applied else cell
+
+
+def _mean_std_cell(entry: dict, sign: str = "+") -> str:
+    if entry["n"] == 0:
+        return "—"
+    mean = format(entry["mean"], f"{sign}.4f")
+    return f"{mean} (1 seed)" if entry["std"] is None else f"{mean} ± {entry['std']:.4f}"
 
 
 def _range(values: list) -> str:
@@ -221,25 +369,102 @@ def to_markdown(report: dict) -> str:
                   "every statistic.**", ""]
     header = ["signal", "seeds"] + [f"{label} mean ± std [95% CI]" for label in metrics.values()]
     header += [f"Δ {label} vs {baseline}" for label in metrics.values()]
-    header += ["final total rank (budget)", "budget check"]
+    header += ["adapter effect mean ± std", "final total rank (budget)", "budget check", "flags"]
+    first = next(iter(metrics))
+    holm_applied = {key: report["multiple_comparisons"][key]["applied"] for key in metrics}
     rows = []
     for row in report["signals"]:
         n = row["n"]
         cells = [row["signal"], n] + [_accuracy_cell(row[k]) for k in metrics]
-        cells += [_difference_cell(row[k], baseline) for k in metrics]
+        cells += [_difference_cell(row[k], baseline, holm_applied[k]) for k in metrics]
+        cells += [_mean_std_cell(row["adapter_effect"][first])]
         cells += [f"{_range(row['total_rank'])} ({_range(row['target_budget'])})",
                   "—" if n == 0 else f"{'pass' if row['budget_check_passed'] == n else 'FAIL'} "
-                                     f"{row['budget_check_passed']}/{n}"]
+                                     f"{row['budget_check_passed']}/{n}",
+                  "; ".join(row["flags"]) or "—"]
         rows.append(cells)
     lines += [table(header, rows)]
     lines += ["", "std: sample std (ddof=1) over seeds; 95% CI: mean ± t(0.975, n-1)·std/√n. Δ: mean of "
               f"(signal - {baseline}) over seeds both finished; test: {TEST_NAME}, only with >= {MIN_TEST_SEEDS} "
-              "shared seeds.", ""]
+              "shared seeds.", multiple_comparisons_note(report), ""]
+    lines += detectable_difference_lines(report) + reference_band_lines(report) + adapter_effect_lines(report)
+    lines += size_bias_markdown(report)
     lines += similarity_markdown(report["similarity"]) + churn_markdown(report["churn"])
     lines += ["### Missing or unfinished runs", ""]
     lines += [f"- {p['signal']} / seed {p['seed']}: {p['problem']} ({p['path']})" for p in problems] or [
         "None: every requested run has a valid final_summary.json."]
     return "\n".join(lines)
+
+
+def multiple_comparisons_note(report: dict) -> str:
+    notes = []
+    for key, label in report["metrics"].items():
+        m = report["multiple_comparisons"][key]["comparisons"]
+        if m > 1:
+            notes.append(f"{label}: Holm correction applied over {m} comparisons against {report['baseline']} "
+                         "(the signals with a p-value)")
+        else:
+            notes.append(f"{label}: {m} comparison with a p-value, no multiple-comparison correction needed")
+    return "Multiple comparisons: " + "; ".join(notes) + "."
+
+
+def detectable_difference_lines(report: dict) -> list[str]:
+    parts = []
+    for key, label in report["metrics"].items():
+        d = report["detectable_difference"][key]
+        if d["mde"] is None:
+            parts.append(f"{label}: not computable (needs >= 2 shared seeds)")
+        else:
+            parts.append(f"With {d['n_seeds']} seeds, a difference smaller than {d['mde']:.4f} ({label}) would likely "
+                         f"go undetected (paired t-test, α={d['alpha']}/{d['comparisons']}, power {d['power']}; sd of "
+                         f"per-seed differences {d['sd_of_differences']:.4f}, pooled over signals)")
+    return ["**Smallest detectable difference:** " + "; ".join(parts)
+            + ". 'No difference' does not mean 'no effect'.", ""]
+
+
+def reference_band_lines(report: dict) -> list[str]:
+    band = report["reference_band"]
+    if not band:
+        return [f"Reference band: no finished control runs ({', '.join(report['controls'])}).", ""]
+    parts = [f"{control} {label} {_mean_std_cell(entry[key], sign='')} ({entry[key]['n']} seed(s))"
+             for control, entry in band.items() for key, label in report["metrics"].items()]
+    note = (f" Signals whose mean accuracy on the seeds shared with {RANDOM_CONTROL} is not above it are flagged "
+            f"'{NOT_ABOVE_RANDOM}'." if RANDOM_CONTROL in band else f" No {RANDOM_CONTROL} runs: nothing flagged.")
+    return ["Reference band (controls): " + "; ".join(parts) + "." + note, ""]
+
+
+def adapter_effect_lines(report: dict) -> list[str]:
+    a = report["adapter_effect"]
+    if not a["n"]:
+        return [f"Adapter effect: not measured (no {a['field']} in the summaries).", ""]
+    numbers = (f"mean {_mean_std_cell(a)} over {a['n']} run(s) (accuracy with adapters minus without); "
+               f"seed-to-seed spread of accuracy {_f(a['seed_spread'])} (sample std, pooled over signals)")
+    if a["carry_little"]:
+        return [f"**{ADAPTERS_CARRY_LITTLE}**: {numbers}.", ""]
+    return [f"Adapter effect: {numbers}; clearly above zero and above the spread.", ""]
+
+
+def size_bias_markdown(report: dict) -> list[str]:
+    lines = ["### Size bias (triplet size = in + out + 1 vs final rank; final budget share per matrix type)", ""]
+    biases = report["size_bias"]
+    if not biases:
+        return lines + ["No finished runs.", ""]
+    types = list(dict.fromkeys(t for b in biases for t in b["budget_share"]))
+    header = ["signal", "seeds", "Spearman ρ(size, final rank)"] + [f"{t} share (uniform)" for t in types]
+    rows = []
+    for b in biases:
+        rho = ("no module shapes in the summaries" if not b["runs_with_shapes"]
+               else _f(b["spearman_size_rank"], ".3f", "n/a (constant sizes or ranks)"))
+        rows.append([b["signal"], b["runs"], rho] + [
+            f"{b['budget_share'][t]:.3f} ({b['uniform_share'][t]:.3f})" if t in b["budget_share"] else "—"
+            for t in types])
+    lines += [table(header, rows), ""]
+    flagged = [f"{b['signal']} (ρ={b['spearman_size_rank']:.3f})" for b in biases if b["size_biased"]]
+    if flagged:
+        lines += [f"**{SIZE_BIASED}** (ρ >= {SIZE_BIAS_RHO}): {', '.join(flagged)}.", ""]
+    if not any(b["runs_with_shapes"] for b in biases):
+        lines += ["Size-rank correlation: no module shapes in the summaries (runs older than module_shapes).", ""]
+    return lines
 
 
 def similarity_markdown(similarity: list[dict]) -> list[str]:
@@ -268,8 +493,11 @@ def to_csv(report: dict) -> str:
     columns = ["signal", "n_seeds", "seeds"]
     for key in report["metrics"]:
         columns += [f"{key}_{part}" for part in ("mean", "std", "ci95_low", "ci95_high")]
-        columns += [f"{key}_diff_vs_baseline", f"{key}_shared_seeds", f"{key}_p_value", f"{key}_test"]
-    columns += ["final_total_rank", "target_budget", "budget_check_passed_runs", "missing_or_unfinished"]
+        columns += [f"{key}_diff_vs_baseline", f"{key}_shared_seeds", f"{key}_p_value", f"{key}_p_value_holm",
+                    f"{key}_test", f"{adapter_effect_field(key)}_mean", f"{adapter_effect_field(key)}_std"]
+    columns += ["final_total_rank", "target_budget", "budget_check_passed_runs", "size_rank_spearman", "flags",
+                "missing_or_unfinished"]
+    size_rho = {b["signal"]: b["spearman_size_rank"] for b in report["size_bias"]}
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, columns, lineterminator="\n")
     writer.writeheader()
@@ -278,6 +506,7 @@ def to_csv(report: dict) -> str:
                "final_total_rank": " ".join(map(str, row["total_rank"])),
                "target_budget": " ".join(map(str, row["target_budget"])),
                "budget_check_passed_runs": row["budget_check_passed"],
+               "size_rank_spearman": size_rho.get(row["signal"]), "flags": "; ".join(row["flags"]),
                "missing_or_unfinished": "; ".join(f"seed {p['seed']}: {p['problem']}" for p in row["problems"])}
         for key in report["metrics"]:
             entry = row[key]
@@ -285,7 +514,9 @@ def to_csv(report: dict) -> str:
             diff = entry.get("vs_baseline") or {}
             out.update({f"{key}_diff_vs_baseline": diff.get("mean_diff"),
                         f"{key}_shared_seeds": " ".join(map(str, diff.get("shared_seeds", []))),
-                        f"{key}_p_value": diff.get("p_value"),
+                        f"{key}_p_value": diff.get("p_value"), f"{key}_p_value_holm": diff.get("p_value_holm"),
+                        f"{adapter_effect_field(key)}_mean": row["adapter_effect"][key]["mean"],
+                        f"{adapter_effect_field(key)}_std": row["adapter_effect"][key]["std"],
                         f"{key}_test": diff.get("test") or diff.get("note") or ""})
         writer.writerow(out)
     return buffer.getvalue()
