@@ -48,6 +48,7 @@ def test_switch_removes_exactly_the_lora_update_keeps_the_trained_head_and_resto
 
 
 def test_a_run_records_its_adapter_effect_and_starved_adapters_show_none(tmp_path):
+    from adalora_ablation.report import build_report, to_markdown
     from adalora_ablation.train import train
 
     common = ["--task", "synthetic", "--signal", "importance_only", "--max-steps", "120", "--tinit", "20",
@@ -57,5 +58,8 @@ def test_a_run_records_its_adapter_effect_and_starved_adapters_show_none(tmp_pat
     assert learned["adapter_effect"] > 0.1  # on the keyword task the adapters carry what the model learned
     starved = train([*common, "--output-root", str(tmp_path / "starved"), "--learning-rate", "1e-9"])
     assert abs(starved["adapter_effect"]) < 0.01  # adapters (E starts at zero) that never moved change nothing
+    flag = "the adapters carry little here; differences between signals cannot show"
+    assert flag in to_markdown(build_report(tmp_path / "starved", "synthetic"))
+    assert flag not in to_markdown(build_report(tmp_path / "learned", "synthetic"))
     skipped = train([*common, "--output-root", str(tmp_path / "skipped"), "--adapter-effect", "False"])
     assert "adapter_effect" not in skipped and "eval_accuracy_without_adapters" not in skipped
