@@ -3,6 +3,7 @@
 import csv
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -219,16 +220,20 @@ def test_deberta_v3_hub_folder_trains_end_to_end_through_the_cli(deberta_v3_fold
     assert exported(*pair)["input_ids"] == original(*pair)["input_ids"]
 
 
-def test_deberta_v3_hub_folder_trains_mnli_from_the_glue_download_layout(deberta_v3_folder, glue_dir, tmp_path):
+def test_deberta_v3_hub_folder_trains_mnli_from_the_glue_download_layout(deberta_v3_folder, glue_dir, tmp_path,
+                                                                     caplog):
     mnli = TASKS["mnli"]
     sizes = {"train": 80, "validation_matched": 24, "validation_mismatched": 24}
     write_glue_tsv(tmp_path / "glue", mnli, shared_rows(glue_dir, mnli, sizes))
-    messages = []
+    package_logger = logging.getLogger("adalora_ablation")  # its own handlers may not propagate to caplog's
+    package_logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="adalora_ablation")
     summary = train(["--task", "mnli", "--model", str(deberta_v3_folder), "--data-dir", str(tmp_path / "glue"),
                      "--output-root", str(tmp_path / "out"), "--max-steps", "6", "--tinit", "1", "--tfinal", "2",
                      "--deltaT", "1", "--init-r", "4", "--target-r", "2", "--per-device-train-batch-size", "8",
-                     "--max-seq-length", "64", "--eval-strategy", "no", "--save-strategy", "no"],
-                    log=messages.append)
+                     "--max-seq-length", "64", "--eval-strategy", "no", "--save-strategy", "no"])
+    package_logger.removeHandler(caplog.handler)
+    messages = caplog.messages
     assert summary["budget_check_passed"] and {"eval_accuracy", "eval_accuracy_mm"} <= set(summary)
     assert any("(GLUE TSV files): train 80, validation_matched 24, validation_mismatched 24 rows; skipped 2 rows "
                "without a gold label" in m for m in messages), messages

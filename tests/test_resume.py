@@ -191,6 +191,7 @@ def test_resume_under_other_settings_says_so_once(interrupted_run, tmp_path):
     path = interrupted_run / "checkpoint-80" / "adalora_allocator.pt"
     state = torch.load(path, weights_only=True)
     assert state["settings"]["intra_op_threads"] == 1  # recorded from the process that wrote the checkpoint
+    assert state["rank_pattern"] is not None  # the pattern in force, not the None the adapters are saved under
     state["settings"]["intra_op_threads"] = 7
     torch.save(state, path)
     write_manifest(path.parent)

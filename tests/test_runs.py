@@ -65,9 +65,14 @@ def test_latest_complete_checkpoint_ignores_incomplete_ones(tmp_path):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
         (folder / "trainer_state.json").write_text("{}")
-        if complete:
-            (folder / runs.ALLOCATOR_STATE).write_bytes(b"")
+        (folder / runs.ALLOCATOR_STATE).write_bytes(b"")
+        if complete:  # the manifest is written last
+            runs.write_manifest(folder)
     assert latest_complete_checkpoint(tmp_path).name == "checkpoint-20"
+    runs.verify_manifest(tmp_path / "checkpoint-20")
+    (tmp_path / "checkpoint-20" / "trainer_state.json").write_text("{} ")
+    with pytest.raises(ValueError, match="has 3 bytes, the manifest says 2"):
+        runs.verify_manifest(tmp_path / "checkpoint-20")
     assert runs.checkpoint_step(latest_complete_checkpoint(tmp_path)) == 20
 
 

@@ -107,16 +107,17 @@ class AdaLoraTrainer(Trainer):
         peft_config.rank_pattern = None  # save every triplet: the checkpoint must continue training, not infer
         folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
         try:
-            super()._save_checkpoint(model, trial)
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                peft_config.rank_pattern = rank_pattern  # restored before the allocator state records it
             if self.args.should_save:
                 state = self.adalora_callback.resume_state()
                 atomic_write(folder / ALLOCATOR_STATE, lambda f: torch.save(state, f))
-                write_manifest(folder)
+                write_manifest(folder)  # last: a checkpoint without it is incomplete
         except RunFileError:
             raise
         except Exception as exc:  # OSError, or a serializer's own error type wrapping one (safetensors)
             raise RunFileError(f"cannot write checkpoint {folder} ({_error_line(exc)}); the run stopped, and its "
                                f"last verified checkpoint stays resumable: free space, then run the same command "
                                f"with --resume True") from None
-        finally:
-            peft_config.rank_pattern = rank_pattern
