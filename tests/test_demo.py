@@ -1,17 +1,19 @@
-"""The README's first command: the offline four-signal demo, end to end."""
+"""The offline demo end to end (.ci/run also runs the README's demo command itself, with all four signals)."""
 
 import json
 import subprocess
 import sys
 
 
-def test_demo_runs_all_four_signals_offline(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "adalora_ablation", "demo", "--output-root", str(tmp_path)],
+def test_demo_runs_offline_and_tabulates_its_signals(tmp_path):
+    signals = ("baseline_adalora", "combo")  # the two ends: PEFT's own score and the combined one
+    result = subprocess.run([sys.executable, "-m", "adalora_ablation", "demo", "--output-root", str(tmp_path),
+                             "--signals", *signals],
                             capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
                                                                                "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     table = result.stdout[result.stdout.index("| signal |"):]
-    for signal in ("baseline_adalora", "importance_only", "plasticity_only", "combo"):
+    for signal in signals:
         summary = json.loads((tmp_path / "synthetic" / signal / "42" / "final_summary.json").read_text())
         assert summary["synthetic"] is True and summary["budget_check_passed"]
         assert summary["eval_accuracy"] > 0.9  # the synthetic task is learnable: the pipeline really trains
