@@ -34,8 +34,8 @@ from peft import AdaLoraConfig, get_peft_model
 from peft.tuners.adalora.layer import RankAllocator
 from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
-from adalora_ablation.allocator import SignalRankAllocator
-from adalora_ablation.model import detect_target_modules
+from adalora_ablation.adalora.allocator import SignalRankAllocator
+from adalora_ablation.adalora.model import detect_target_modules
 from adalora_ablation.signals import SIGNALS, SignalConfig
 
 PEFT = "peft_native"

@@ -38,9 +38,9 @@ from peft.tuners.adalora.layer import RankAllocator
 from torch.profiler import ProfilerActivity, profile
 from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
-from adalora_ablation.allocator import install_allocator
-from adalora_ablation.callback import AdaLoraCallback
-from adalora_ablation.model import detect_target_modules
+from adalora_ablation.adalora.allocator import install_allocator
+from adalora_ablation.adalora.callback import AdaLoraCallback
+from adalora_ablation.adalora.model import detect_target_modules
 from adalora_ablation.signals import SIGNALS, SignalConfig
 
 PEFT = "peft_native"

@@ -47,13 +47,13 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model
 
-from adalora_ablation.allocator import install_allocator
+from adalora_ablation.adalora.allocator import install_allocator
 from adalora_ablation.args import AdaLoraArguments, DataArguments, parse_train_args
-from adalora_ablation.model import (
+from adalora_ablation.adalora.model import (
     detect_head_modules, detect_target_modules, load_model_and_tokenizer, wrap_with_adalora,
 )
 from adalora_ablation.signals import SIGNALS, SignalConfig
-from adalora_ablation.tasks import TASKS
+from adalora_ablation.data.tasks import TASKS
 from bench_allocator import cpu_model_name  # same folder: run as python benchmarks/bench_train.py
 
 PEFT, LORA = "peft_native", "lora"
@@ -122,7 +122,7 @@ def rte_batches(args, n_batches: int):
     with tempfile.TemporaryDirectory() as cache:
         data_args = DataArguments(data_dir=args.data_dir, max_seq_length=args.seq, cache_dir=cache)
         t = time.perf_counter()
-        from adalora_ablation.data import load_tokenized
+        from adalora_ablation.data.loading import load_tokenized
 
         load_tokenized(task, data_args, tokenizer, args.model)
         tokenize_s = time.perf_counter() - t
@@ -193,7 +193,7 @@ def main(argv=None) -> dict:
     # -- data ------------------------------------------------------------------------------------------------------
     extra = {}
     if args.arch:
-        from adalora_ablation.model import tiny_tokenizer
+        from adalora_ablation.adalora.model import tiny_tokenizer
 
         def build_model():
             return deberta_v3_base(args.layers, args.hidden, args.vocab)
@@ -413,8 +413,8 @@ def run_trainer(args, build_model, batches, tokenizer, device) -> dict:
     """The real Trainer as ``adalora-ablation train`` sets it up, on the same batches: median time per step."""
     from transformers import DataCollatorWithPadding, TrainerCallback
 
-    from adalora_ablation.callback import AdaLoraCallback
-    from adalora_ablation.resume import AdaLoraTrainer
+    from adalora_ablation.adalora.callback import AdaLoraCallback
+    from adalora_ablation.run.resume import AdaLoraTrainer
 
     steps = args.trainer_steps
     rows = [{"input_ids": b["input_ids"][j].tolist(), "attention_mask": b["attention_mask"][j].tolist(),

@@ -17,7 +17,7 @@ import json
 
 import torch
 
-from adalora_ablation.allocator import install_allocator
+from adalora_ablation.adalora.allocator import install_allocator
 from adalora_ablation.signals import SIGNALS, SignalConfig
 from bench_ops import build  # same folder: run as python benchmarks/gpu_sanity.py
 

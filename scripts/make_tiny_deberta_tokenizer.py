@@ -17,7 +17,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from adalora_ablation.data import SYNTHETIC_WORDS
+from adalora_ablation.data.loading import SYNTHETIC_WORDS
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "adalora_ablation" / "tiny_deberta"
 # DeBERTa-v3-base's tokenizer_config.json on the hub holds exactly these two keys.

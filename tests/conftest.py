@@ -10,7 +10,7 @@ import torch
 from peft import AdaLoraConfig, get_peft_model
 from transformers import AutoModelForSequenceClassification
 
-from adalora_ablation.model import detect_target_modules, tiny_deberta_config
+from adalora_ablation.adalora.model import detect_target_modules, tiny_deberta_config
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from adalora_ablation.tasks import LOCAL_FILES, Task
+from adalora_ablation.data.tasks import LOCAL_FILES, Task
 
 MNLI_TRAIN_HEADER = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
                      "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"]

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from adalora_ablation.runs import read_summary
+from adalora_ablation.run.folder import read_summary
 
 TRAIN = ["--max-steps", "40", "--tinit", "5", "--tfinal", "10", "--deltaT", "5", "--save-strategy", "no",
          "--eval-strategy", "no"]

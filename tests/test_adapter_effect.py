@@ -2,7 +2,7 @@
 
 import torch
 
-from adalora_ablation.adapter_effect import adapters_switched_off
+from adalora_ablation.adalora.adapter_effect import adapters_switched_off
 from conftest import tiny_adalora
 
 
@@ -48,7 +48,7 @@ def test_switch_removes_exactly_the_lora_update_keeps_the_trained_head_and_resto
 
 
 def test_a_run_records_its_adapter_effect_and_starved_adapters_show_none(tmp_path):
-    from adalora_ablation.report import build_report, to_markdown
+    from adalora_ablation.analysis.report import build_report, to_markdown
     from adalora_ablation.train import train
 
     common = ["--task", "synthetic", "--signal", "importance_only", "--max-steps", "120", "--tinit", "20",

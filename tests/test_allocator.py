@@ -4,7 +4,7 @@ import pytest
 import torch
 from peft.tuners.adalora.layer import RankAllocator
 
-from adalora_ablation.allocator import SignalRankAllocator, install_allocator, keep_top_k
+from adalora_ablation.adalora.allocator import SignalRankAllocator, install_allocator, keep_top_k
 from adalora_ablation.signals import SIGNALS, SignalConfig
 
 from conftest import tiny_adalora
@@ -130,6 +130,7 @@ def test_the_readme_example_signal_plugs_in(monkeypatch):
     from adalora_ablation.signals import Signal, ema_, register_signal
 
     monkeypatch.setattr(signals, "SIGNALS", dict(signals.SIGNALS))  # keep the real registry clean
+    monkeypatch.setattr(signals, "_CLASSES", dict(signals._CLASSES))
 
     @register_signal
     class WeightMagnitude(Signal):

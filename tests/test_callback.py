@@ -7,7 +7,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from adalora_ablation.module_names import ranks_by_layer_and_type
-from adalora_ablation.runs import read_jsonl
+from adalora_ablation.run.folder import read_jsonl
 from adalora_ablation.train import train
 
 TINY = ["--task", "synthetic", "--max-steps", "30", "--tinit", "5", "--tfinal", "10", "--deltaT", "5",

@@ -9,12 +9,12 @@ from datasets import ClassLabel, Dataset, DatasetDict
 from glue_copies import LAYOUT_WRITERS, NO_GOLD_EVERY, shared_rows, write_glue_tsv, write_hub_snapshot
 
 from adalora_ablation.args import DataArguments
-from adalora_ablation.data import (
+from adalora_ablation.data.loading import (
     MARKER_WORDS, data_fingerprint, load_raw, load_tokenized, synthetic_task, tokenize,
 )
 from adalora_ablation.errors import UsageError
-from adalora_ablation.model import TINY_DEBERTA, tiny_tokenizer
-from adalora_ablation.tasks import TASKS
+from adalora_ablation.adalora.model import TINY_DEBERTA, tiny_tokenizer
+from adalora_ablation.data.tasks import TASKS
 
 SIZES = {"mnli": {"train": 300, "validation_matched": 80, "validation_mismatched": 80},
          "rte": {"train": 300, "validation": 80}}

@@ -7,8 +7,8 @@ import subprocess
 import pytest
 import torch
 
-from adalora_ablation.resume import AdaLoraTrainer
-from adalora_ablation.runs import read_jsonl
+from adalora_ablation.run.resume import AdaLoraTrainer
+from adalora_ablation.run.folder import read_jsonl
 from adalora_ablation.train import train
 
 TINY = ["--task", "synthetic", "--tinit", "10", "--tfinal", "20", "--deltaT", "10", "--save-strategy", "no",

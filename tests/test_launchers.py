@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from adalora_ablation import launchers
-from adalora_ablation.ablate import ablate_main
+from adalora_ablation.grid.ablate import ablate_main
 from adalora_ablation.cli import main as cli_main
-from adalora_ablation.launchers import parse_gpus, parse_slurm_time
-from adalora_ablation.runs import latest_complete_checkpoint, read_jsonl, read_summary
+from adalora_ablation.grid.launchers import parse_gpus, parse_slurm_time
+from adalora_ablation.run.folder import latest_complete_checkpoint, read_jsonl, read_summary
 
 TRAIN = ["--max-steps", "40", "--tinit", "5", "--tfinal", "10", "--deltaT", "5", "--save-strategy", "no",
          "--eval-strategy", "no"]

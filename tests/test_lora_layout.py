@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from adalora_ablation.lora_layout import LoraLayout
+from adalora_ablation.signals.layout import LoraLayout
 
 KINDS = {  # DeBERTa's adapted matrices per layer: name -> (in, out) as multiples of the hidden size
     "attention.self.query_proj": (1, 1), "attention.self.key_proj": (1, 1), "attention.self.value_proj": (1, 1),

@@ -1,6 +1,6 @@
 """The markdown table every command prints."""
 
-from adalora_ablation.markdown import table
+from adalora_ablation.analysis.markdown import table
 
 
 def test_table_rows_and_escaped_pipes():

@@ -21,13 +21,13 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from adalora_ablation.data import SYNTHETIC_WORDS
+from adalora_ablation.data.loading import SYNTHETIC_WORDS
 from adalora_ablation.errors import UsageError
-from adalora_ablation.model import (
+from adalora_ablation.adalora.model import (
     TINY_DEBERTA, TINY_TOKENIZER_DIR, check_tokenizer, detect_head_modules, detect_target_modules,
     load_model_and_tokenizer, tiny_deberta_config, tiny_tokenizer,
 )
-from adalora_ablation.tasks import TASKS
+from adalora_ablation.data.tasks import TASKS
 from adalora_ablation.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,9 +13,9 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from adalora_ablation.cli import main
-from adalora_ablation.model import tiny_tokenizer
+from adalora_ablation.adalora.model import tiny_tokenizer
 from adalora_ablation.module_names import MODULE_TYPES, module_type
-from adalora_ablation.plots import (
+from adalora_ablation.analysis.plots import (
     load_run, plot_comparison, plot_final_rank_heatmap, plot_rank_evolution, plot_signal_heatmap,
 )
 from adalora_ablation.train import train

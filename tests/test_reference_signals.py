@@ -14,10 +14,10 @@ import pytest
 import torch
 from peft.tuners.adalora.layer import RankAllocator
 
-from adalora_ablation.allocator import SignalRankAllocator
-from adalora_ablation.lora_layout import all_finite
-from adalora_ablation.reference_signals import SNR_RELATIVE_EPS
-from adalora_ablation.runs import read_jsonl
+from adalora_ablation.adalora.allocator import SignalRankAllocator
+from adalora_ablation.signals.layout import all_finite
+from adalora_ablation.signals.literature import SNR_RELATIVE_EPS
+from adalora_ablation.run.folder import read_jsonl
 from adalora_ablation.signals import SignalConfig, build_signal
 from adalora_ablation.train import train
 

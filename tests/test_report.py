@@ -15,7 +15,7 @@ import torch
 from scipy import stats
 
 from adalora_ablation.cli import main
-from adalora_ablation.runs import append_jsonl, write_summary
+from adalora_ablation.run.folder import append_jsonl, write_summary
 from adalora_ablation.train import train
 
 # In the report's signal order (baseline first, then the built-in signals' order).

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from adalora_ablation.report_stats import (
+from adalora_ablation.analysis.stats import (
     adapters_carry_little, budget_shares, holm, minimal_detectable_difference, pooled_sd, size_rank_spearman,
 )
 

@@ -13,8 +13,8 @@ import torch
 from peft import PeftModel
 from transformers import set_seed
 
-from adalora_ablation.model import TINY_DEBERTA, load_model_and_tokenizer
-from adalora_ablation.runs import latest_complete_checkpoint, truncate_jsonl, verify_manifest, write_manifest
+from adalora_ablation.adalora.model import TINY_DEBERTA, load_model_and_tokenizer
+from adalora_ablation.run.folder import latest_complete_checkpoint, truncate_jsonl, verify_manifest, write_manifest
 from adalora_ablation.train import train
 
 ARGS = ["--task", "synthetic", "--seed", "3", "--max-steps", "240", "--tinit", "30", "--tfinal", "60", "--deltaT", "5",
@@ -213,7 +213,7 @@ def test_final_adapter_is_pruned_and_reloads_with_the_same_accuracy(tmp_path):
     model = PeftModel.from_pretrained(base, adapter_dir).eval()
     lora_e = [p for n, p in model.named_parameters() if "lora_E" in n]
     assert sum(p.shape[0] for p in lora_e) == summary["total_rank"]  # really pruned, not masked
-    from adalora_ablation.data import synthetic_task
+    from adalora_ablation.data.loading import synthetic_task
 
     dev = synthetic_task()["validation"]
     with torch.no_grad():

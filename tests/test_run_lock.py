@@ -10,12 +10,12 @@ import time
 import pytest
 import torch
 
-from adalora_ablation.runs import latest_complete_checkpoint
-from adalora_ablation.run_lock import LOCK_FILE, STALE_S, LockHeld, RunLock, held_elsewhere, read_owner
+from adalora_ablation.run.folder import latest_complete_checkpoint
+from adalora_ablation.run.lock import LOCK_FILE, STALE_S, LockHeld, RunLock, held_elsewhere, read_owner
 
 HOLDER = """
 import sys, time
-from adalora_ablation.run_lock import RunLock
+from adalora_ablation.run.lock import RunLock
 with RunLock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(60)
@@ -76,7 +76,7 @@ def test_a_dead_local_owner_is_taken_over_and_release_leaves_a_foreign_lock_alon
 
 
 def test_heartbeat_renews_the_lock(tmp_path, monkeypatch):
-    monkeypatch.setattr("adalora_ablation.run_lock.HEARTBEAT_S", 0.05)
+    monkeypatch.setattr("adalora_ablation.run.lock.HEARTBEAT_S", 0.05)
     with RunLock(tmp_path):
         path = tmp_path / LOCK_FILE
         os.utime(path, (time.time() - 100, time.time() - 100))

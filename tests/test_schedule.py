@@ -8,7 +8,7 @@ from peft.tuners.adalora.layer import RankAllocator
 import yaml
 
 from adalora_ablation.args import AdaLoraArguments, preset_path
-from adalora_ablation.schedule import allocation_steps, budget_at, phase_of, schedule_warnings
+from adalora_ablation.adalora.schedule import allocation_steps, budget_at, phase_of, schedule_warnings
 
 
 @pytest.mark.parametrize("init_bgt, target_bgt, tinit, tfinal, total_step, delta_t", [

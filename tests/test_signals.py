@@ -2,12 +2,15 @@
 
 import math
 
+from pathlib import Path
+
 import pytest
 import torch
 from scipy.stats import rankdata
 
-from adalora_ablation.lora_layout import LoraLayout
-from adalora_ablation.signals import SIGNALS, SignalConfig, build_signal, normalize
+from adalora_ablation.signals.layout import LoraLayout
+from adalora_ablation.signals import SIGNALS, SignalConfig, build_signal
+from adalora_ablation.signals.base import normalize
 
 
 class TwoModules(torch.nn.Module):
@@ -217,15 +220,16 @@ def test_nonfinite_gradients_leave_every_ema_unchanged(name, accelerator_path):
 
 def test_registry_roles_and_duplicate_names(monkeypatch):
     from adalora_ablation import signals
-    from adalora_ablation.signals import Signal, register_signal, signal_names
+    from adalora_ablation.signals import Signal, register_signal, signal_class, signal_names
 
     assert signal_names("baseline") == ["baseline_adalora"]
     assert signal_names("signal") == ["importance_only", "plasticity_only", "plasticity_rms", "combo",
                                       "singular_value", "sensitivity_only", "sensitivity_snr", "fisher",
                                       "component_norm"]
     assert signal_names("control") == ["random", "uniform"]
-    assert all(cls.description and cls.name == name for name, cls in SIGNALS.items())
+    assert all(info.description and signal_class(name).name == name for name, info in SIGNALS.items())
     monkeypatch.setattr(signals, "SIGNALS", dict(signals.SIGNALS))
+    monkeypatch.setattr(signals, "_CLASSES", dict(signals._CLASSES))
 
     class Again(Signal):
         name = "combo"
@@ -240,3 +244,21 @@ def test_registry_roles_and_duplicate_names(monkeypatch):
 
     with pytest.raises(ValueError, match="role in"):
         register_signal(NoRole)
+
+
+def test_every_signal_class_of_the_package_has_a_registry_entry():
+    """A class in signals/ without its entry could never be chosen; an entry without its class fails at build."""
+    import importlib
+    import inspect
+
+    from adalora_ablation import signals
+    from adalora_ablation.signals.base import Signal
+
+    folder = Path(signals.__file__).parent
+    classes = set()
+    for path in folder.glob("*.py"):
+        module = importlib.import_module(f"adalora_ablation.signals.{path.stem}")
+        classes |= {cls for _, cls in inspect.getmembers(module, inspect.isclass)
+                    if issubclass(cls, Signal) and cls is not Signal and cls.__module__ == module.__name__}
+    assert {cls.name for cls in classes} == set(SIGNALS)
+    assert all(signals.signal_class(cls.name) is cls for cls in classes)

@@ -9,7 +9,7 @@ from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
 from adalora_ablation.errors import UsageError
-from adalora_ablation.runs import read_jsonl
+from adalora_ablation.run.folder import read_jsonl
 from adalora_ablation.train import check_peft_version, check_schedule, compute_total_step, train
 
 

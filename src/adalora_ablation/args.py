@@ -18,7 +18,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from .errors import OneLineArgumentParser, UsageError, first_line
 from .signals import NORMALIZE_METHODS, PLASTICITY_NORMS, SIGNALS, describe_signals
-from .tasks import TASK_NAMES
+from .data.tasks import TASK_NAMES
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_MODEL = "microsoft/deberta-v3-base"

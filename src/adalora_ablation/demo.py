@@ -4,8 +4,8 @@ comparison table."""
 from __future__ import annotations
 
 from .errors import OneLineArgumentParser
-from .markdown import table
-from .runs import run_dir_for
+from .analysis.markdown import table
+from .run.folder import run_dir_for
 from .signals import SIGNALS, expand_signals, group_names
 from .train import train
 

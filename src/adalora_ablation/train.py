@@ -19,30 +19,30 @@ import transformers
 from sklearn.metrics import accuracy_score
 from transformers import DataCollatorWithPadding, set_seed
 
-from .adapter_effect import accuracy_without_adapters
-from .allocator import install_allocator
+from .adalora.adapter_effect import accuracy_without_adapters
+from .adalora.allocator import install_allocator
 from .args import help_text, parse_train_args
-from .callback import AdaLoraCallback
-from .data import load_tokenized
+from .adalora.callback import AdaLoraCallback
+from .data.loading import load_tokenized
 from .errors import RunInterrupted, UsageError
 from .logs import use_process_log_level
-from .model import (
+from .adalora.model import (
     count_parameters,
     detect_head_modules,
     detect_target_modules,
     load_model_and_tokenizer,
     wrap_with_adalora,
 )
-from .preemption import STOP_SIGNALS, StopOnSignal
-from .resume import AdaLoraTrainer, resumable_checkpoint
-from .run_lock import LOCK_FILE, LockHeld, RunLock
-from .runs import (
+from .run.preemption import STOP_SIGNALS, StopOnSignal
+from .run.resume import AdaLoraTrainer, resumable_checkpoint
+from .run.lock import LOCK_FILE, LockHeld, RunLock
+from .run.folder import (
     DDP_CONSISTENCY, FINAL_ADAPTER, accuracies, accuracy_fields, checkpoint_step, read_summary, rewind_logs,
     run_dir_for, write_json_atomic, write_summary,
 )
-from .schedule import schedule_warnings
+from .adalora.schedule import schedule_warnings
 from .signals import SignalConfig
-from .tasks import TASKS
+from .data.tasks import TASKS
 
 logger = logging.getLogger(__name__)
 PEFT_VERSION = "0.18.1"

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import REQUEUE_EXIT_CODE, RunInterrupted, UsageError
-from .logs import configure_console
-from .run_lock import held_elsewhere
-from .runs import grid_dir, latest_complete_checkpoint, read_summary, write_json_atomic
+from ..errors import REQUEUE_EXIT_CODE, RunInterrupted, UsageError
+from ..logs import configure_console
+from ..run.lock import held_elsewhere
+from ..run.folder import grid_dir, latest_complete_checkpoint, read_summary, write_json_atomic
 
 SUBMITIT_LAUNCHERS = {"slurm": "slurm", "submitit-local": "local"}  # --launcher -> submitit's cluster name
 INSTALL_HINT = 'pip install submitit (or pip install -e ".[cluster]")'
@@ -162,8 +162,8 @@ class TrainJob:
             # because the Trainer places each process on cuda:LOCAL_RANK.
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         configure_console()  # the job's own process: its progress goes to the job's log files
-        from .preemption import STOP_SIGNALS  # here, in the job: submitting and --status never load training code
-        from .train import train
+        from ..run.preemption import STOP_SIGNALS  # here, in the job: submitting and --status never load training code
+        from ..train import train
 
         preempt_signal = getattr(signal, f"SIG{submitit.JobEnvironment.USR_SIG}")
         try:

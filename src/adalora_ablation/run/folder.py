@@ -25,8 +25,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import RunFileError, first_line
-from .tasks import TASKS
+from ..errors import RunFileError, first_line
+from ..data.tasks import TASKS
 
 METRICS = "metrics.jsonl"  # every Trainer log line (train and eval), with the global step
 RANK_PATTERN = "rank_pattern.jsonl"  # one line per allocation

@@ -17,9 +17,9 @@ from torch.amp.grad_scaler import OptState
 from transformers import TrainerCallback
 
 from .allocator import SignalRankAllocator
-from .module_names import ranks_by_layer_and_type
-from .resume import run_settings, settings_difference
-from .runs import METRICS, RANK_PATTERN, SIGNAL_SCORES, append_jsonl
+from ..module_names import ranks_by_layer_and_type
+from ..run.resume import run_settings, settings_difference
+from ..run.folder import METRICS, RANK_PATTERN, SIGNAL_SCORES, append_jsonl
 from .schedule import phase_of
 
 logger = logging.getLogger(__name__)

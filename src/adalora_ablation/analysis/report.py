@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from .errors import OneLineArgumentParser, UsageError
+from .. import signals as registry
+from ..errors import OneLineArgumentParser, UsageError
 from .markdown import table
-from .module_names import module_type, ordered_types, ranks_by_layer_and_type
-from .report_stats import (
+from ..module_names import module_type, ordered_types, ranks_by_layer_and_type
+from .stats import (
     ALPHA,
     POWER,
     SIZE_BIAS_RHO,
@@ -34,7 +35,7 @@ from .report_stats import (
     pooled_sd,
     size_rank_spearman,
 )
-from .runs import Run, accuracies, discover
+from ..run.folder import Run, accuracies, discover
 
 MIN_TEST_SEEDS = 3  # a paired t-test on fewer shared seeds has too few degrees of freedom to mean anything
 TEST_NAME = "paired t-test (scipy.stats.ttest_rel, two-sided)"
@@ -55,13 +56,6 @@ def accuracy_labels(task: str) -> dict[str, str]:
     return {a.field: f"{a.eval_set} acc" if a.eval_set else "accuracy" for a in accuracies(task)}
 
 
-def registry():
-    """The signal registry, imported when a report is built: it loads torch, which reading runs does not need."""
-    from . import signals
-
-    return signals
-
-
 # -- finding runs ------------------------------------------------------------------------------------------------
 def collect_runs(output_root: str | Path, task: str, signals: list[str] | None = None,
                  seeds: list[int] | None = None) -> list[Run]:
@@ -74,7 +68,7 @@ def collect_runs(output_root: str | Path, task: str, signals: list[str] | None =
             f"'adalora-ablation train --task {task} --signal SIGNAL --seed N --output-root {output_root}' "
             f"(or 'adalora-ablation demo' for task synthetic), or point --output-root at your runs"
         )
-    signals = signals or registry().ordered_signals({r.signal for r in found})
+    signals = signals or registry.ordered_signals({r.signal for r in found})
     seeds = seeds or sorted({r.seed for r in found})
     return [Run.at(output_root, task, signal, seed) for signal in signals for seed in seeds]
 
@@ -286,12 +280,12 @@ def build_report(output_root: str | Path, task: str, signals: list[str] | None =
     for run in runs:
         runs_by_signal.setdefault(run.signal, []).append(run)
     metrics = accuracy_labels(task)
-    baseline = registry().signal_names("baseline")[0]
+    baseline = registry.signal_names("baseline")[0]
     baseline_runs = runs_by_signal.get(baseline, [])
     valid = [r for r in runs if r.problem is None]
     rows = [signal_row(s, rs, baseline, baseline_runs, metrics) for s, rs in runs_by_signal.items()]
     comparisons = adjust_for_multiple_comparisons(rows, metrics)
-    controls = registry().signal_names("control")
+    controls = registry.signal_names("control")
     band = reference_band(runs_by_signal, rows, metrics, controls)
     sizes = [b for b in (size_bias(s, rs) for s, rs in runs_by_signal.items()) if b is not None]
     for bias in sizes:
@@ -529,7 +523,7 @@ def report_main(argv: list[str]) -> int:
     parser = OneLineArgumentParser(prog="adalora-ablation report",
                                    description="Accuracy, rank and allocation statistics over seeds, per signal.")
     parser.add_argument("--task", required=True, help="task folder under the output root (mnli, rte, synthetic)")
-    names = registry().signal_names()
+    names = registry.signal_names()
     parser.add_argument("--signals", nargs="+", choices=names, metavar="SIGNAL",
                         help=f"some of {', '.join(names)} (default: every signal folder found)")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED",

@@ -14,8 +14,8 @@ import torch
 from transformers import Trainer
 from transformers.trainer_pt_utils import safe_globals
 
-from .errors import RunFileError, UsageError
-from .runs import ALLOCATOR_STATE, atomic_write, complete_checkpoints, verify_manifest, write_manifest
+from ..errors import RunFileError, UsageError
+from .folder import ALLOCATOR_STATE, atomic_write, complete_checkpoints, verify_manifest, write_manifest
 
 # Files of a checkpoint that torch.load reads on resume (ours and the Trainer's). All are loaded with
 # weights_only=True: a checkpoint folder may come from someone else (a shared directory, a downloaded run), and a

@@ -15,7 +15,7 @@ from pathlib import Path
 import datasets
 from datasets import Dataset, DatasetDict
 
-from .errors import UsageError, first_line
+from ..errors import UsageError, first_line
 from .tasks import LOCAL_FILES, Task
 
 # -- the synthetic task ----------------------------------------------------------------------------------------

@@ -16,11 +16,12 @@ import numpy as np
 from matplotlib.colors import CenteredNorm, Normalize
 from matplotlib.figure import Figure
 
-from . import module_names
-from .errors import OneLineArgumentParser, UsageError
-from .module_names import module_type, ordered_types, ranks_by_layer_and_type
-from .runs import RANK_PATTERN, SIGNAL_SCORES, Run, accuracies, compare_dir, discover, run_dir_for
-from .schedule import budget_at
+from .. import module_names
+from ..errors import OneLineArgumentParser, UsageError
+from ..signals import ordered_signals, signal_names
+from ..module_names import module_type, ordered_types, ranks_by_layer_and_type
+from ..run.folder import RANK_PATTERN, SIGNAL_SCORES, Run, accuracies, compare_dir, discover, run_dir_for
+from ..adalora.schedule import budget_at
 
 logger = logging.getLogger(__name__)
 
@@ -342,8 +343,6 @@ def compare_runs(output_root: str, task: str, signals: list[str], seed: int) -> 
 
 # -- command line ----------------------------------------------------------------------------------------------
 def plot_main(argv: list[str]) -> int:
-    from .signals import ordered_signals, signal_names  # the registry loads torch: only when the command runs
-
     names = signal_names()
     parser = OneLineArgumentParser(
         prog="adalora-ablation plot",

@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import torch
 
-from .lora_layout import serial_on_cpu
-from .signals import BaselineAdaLoRA, ImportanceOnly, Signal, ema_, register_signal
+from .layout import serial_on_cpu
+from .base import Signal, ema_
+from .study import BaselineAdaLoRA, ImportanceOnly
 
 # sensitivity_snr's epsilon, relative to the mean smoothed uncertainty over all adapter elements: a fixed fraction
 # keeps the ratio free of the gradients' scale (both factors scale with |g|), unlike an absolute epsilon.
 SNR_RELATIVE_EPS = 1e-6
 
 
-@register_signal
 class SingularValue(Signal):
     """|E_i|: the magnitude of the triplet's singular value, read at allocation time."""
 
     name = "singular_value"
-    description = "|E_i| only (AdaLoRA Table 4, '|lambda| only')"
     wants_flat_weights = False  # reads E itself at allocation time
 
     def update(self, w, g, finite):
@@ -39,29 +38,24 @@ class SingularValue(Signal):
             return torch.cat(self.layout.E).abs_().view(self.layout.num_modules, self.layout.r)
 
 
-@register_signal
 class SensitivityOnly(ImportanceOnly):
     """PEFT's smoothed sensitivity EMA(|w*g|) with PEFT's beta1, combined per triplet as PEFT does: the sensitivity
     factor of baseline_adalora's score, bit for bit, without the uncertainty factor. The same computation as
     importance_only, whose decay is --ema-decay instead."""
 
     name = "sensitivity_only"
-    description = "PEFT's EMA of |w*grad| with beta1, no uncertainty (AdaLoRA Table 4, 'sensitivity only')"
 
     @property
     def decay(self) -> float:
         return self.config.beta1
 
 
-@register_signal
 class SensitivitySNR(BaselineAdaLoRA):
     """EMA(|w*g|) / (EMA(|ipt - EMA(ipt)|) + eps) per element (PEFT's two EMAs, beta1 and beta2), combined per
     triplet as PEFT does. eps = SNR_RELATIVE_EPS x the mean uncertainty over all elements, plus the smallest normal
     float32 so that an element whose both EMAs are zero scores 0 instead of NaN."""
 
     name = "sensitivity_snr"
-    role = "signal"  # shares the baseline's EMAs (subclass), not its place as the reference
-    description = "smoothed sensitivity / smoothed uncertainty (signal-to-noise ratio)"
 
     def scores(self):
         unc = self.exp_avg_unc
@@ -70,12 +64,10 @@ class SensitivitySNR(BaselineAdaLoRA):
             return self.layout.combine_elements(self.exp_avg_ipt / (unc + eps))
 
 
-@register_signal
 class Fisher(Signal):
     """EMA of g^2 per element (the empirical Fisher diagonal), decay --ema-decay, combined per triplet as PEFT does."""
 
     name = "fisher"
-    description = "EMA of grad^2 (empirical Fisher diagonal)"
     wants_flat_weights = False  # gradients only
 
     def __init__(self, layout, config):
@@ -94,13 +86,11 @@ class Fisher(Signal):
         return self.layout.combine_elements(self.exp_avg_sq)
 
 
-@register_signal
 class ComponentNorm(Signal):
     """||B[:, i]|| * |E_i| * ||A[i, :]||: the Frobenius norm of the triplet's rank-one contribution B_i E_i A_i to
     the weight update (up to the scaling that all modules share), read at allocation time."""
 
     name = "component_norm"
-    description = "||B_i|| |E_i| ||A_i||, the triplet's rank-one update norm (dynamic-rank DoRA)"
     wants_flat_weights = False  # reads the weights itself at allocation time
 
     def update(self, w, g, finite):

@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 from peft.tuners.adalora.layer import RankAllocator
 
-from .lora_layout import LoraLayout, serial_on_cpu
-from .signals import Signal, SignalConfig, build_signal
+from ..signals.layout import LoraLayout, serial_on_cpu
+from ..signals import SignalConfig, build_signal
+from ..signals.base import Signal
 
 
 class SignalRankAllocator(RankAllocator):

@@ -11,10 +11,10 @@ import torch
 from peft import AdaLoraConfig, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DebertaV2Config, DebertaV2TokenizerFast
 
-from .errors import UsageError, first_line
+from ..errors import UsageError, first_line
 
 TINY_DEBERTA = "tiny-deberta"
-TINY_TOKENIZER_DIR = Path(__file__).resolve().parent / "tiny_deberta"
+TINY_TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "tiny_deberta"
 
 # Linear leaf names of the six adapted matrices per encoder layer, per architecture (Q, K, V, attention output,
 # FFN in, FFN out; the last three are all called "dense"). Unknown architectures fall back to every Linear of

@@ -17,7 +17,8 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import OneLineArgumentParser, UsageError
+from .. import signals as registry
+from ..errors import OneLineArgumentParser, UsageError
 from .launchers import (
     SUBMITIT_LAUNCHERS,
     SubmititOptions,
@@ -29,11 +30,11 @@ from .launchers import (
     run_one,
     submit_grid,
 )
-from .markdown import table
-from .report import build_report, to_markdown
-from .run_lock import held_elsewhere
-from .runs import latest_complete_checkpoint, read_summary, run_dir_for
-from .tasks import TASK_NAMES
+from ..analysis.markdown import table
+from ..analysis.report import build_report, to_markdown
+from ..run.lock import held_elsewhere
+from ..run.folder import latest_complete_checkpoint, read_summary, run_dir_for
+from ..data.tasks import TASK_NAMES
 
 LAUNCHERS = ("local", *SUBMITIT_LAUNCHERS)
 # Flags that only mean something to a submitit launcher: with --launcher local they would be silently ignored
@@ -168,8 +169,6 @@ def counts_line(runs: list[GridRun], statuses) -> str:
 
 
 def ablate_main(argv: list[str]) -> int:
-    from . import signals as registry  # loads torch (for the signal names), but not peft or transformers
-
     args, extra = build_parser(registry).parse_known_args(argv)
     check_launcher_flags(args)
     controls = registry.signal_names("control") if args.with_controls else []

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import torch
 
-from .signals import BaselineAdaLoRA, Signal, register_signal
+from .base import Signal
+from .study import BaselineAdaLoRA
 
 
-@register_signal
 class RandomScores(Signal):
     """Fresh uniform random triplet scores at every allocation, from a generator seeded with the run's seed."""
 
     name = "random"
-    role = "control"
-    description = "uniform random scores at every allocation (seeded): does any signal beat chance?"
     wants_flat_weights = False  # the scores ignore training, so the allocator need not gather the weights
 
     def __init__(self, layout, config):
@@ -42,7 +40,6 @@ class RandomScores(Signal):
         pass  # PEFT resets scores when the final budget is fixed; random draws carry no history to reset
 
 
-@register_signal
 class UniformRank(BaselineAdaLoRA):
     """Every module keeps the same rank at every budget (ranks differ by at most 1 when it does not divide evenly).
 
@@ -51,8 +48,6 @@ class UniformRank(BaselineAdaLoRA):
     """
 
     name = "uniform"
-    role = "control"
-    description = "the same rank for every module, PEFT's score within one: does reallocation beat a fixed rank?"
 
     def __init__(self, layout, config):
         super().__init__(layout, config)

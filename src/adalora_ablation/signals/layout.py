@@ -13,7 +13,7 @@ import re
 
 import torch
 
-from .module_names import short_module_name
+from ..module_names import short_module_name
 
 
 class LoraLayout:
