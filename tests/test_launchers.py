@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from adalora_ablation import launchers
+from adalora_ablation.grid import launchers
 from adalora_ablation.grid.ablate import ablate_main
 from adalora_ablation.cli import main as cli_main
 from adalora_ablation.grid.launchers import parse_gpus, parse_slurm_time

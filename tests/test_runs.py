@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from adalora_ablation import runs
+from adalora_ablation.run import folder as runs
 from adalora_ablation.run.folder import (
     Run, accuracies, accuracy_fields, append_jsonl, atomic_write, discover, latest_complete_checkpoint, read_jsonl,
     rewind_logs, run_dir_for, write_json_atomic,
