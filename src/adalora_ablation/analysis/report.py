@@ -1,8 +1,9 @@
 """``adalora-ablation report``: one table over seeds per signal, read from the run folders' final files.
 
 Per signal: accuracy mean, sample std and a 95% t confidence interval; the difference to baseline_adalora with a
-paired t-test over shared seeds (Holm-adjusted when several signals are tested); final total rank and budget check;
-the adapter effect; flags (not above the ``random`` control, allocation explained by matrix size). Per task: the
+paired t-test over shared seeds (Holm-adjusted over every signal and accuracy as one family); final total rank and
+budget check; the adapter effect; flags (not shown above the ``random`` control by a one-sided paired test,
+allocation following or opposing matrix size). Per task: the
 smallest difference the seeds could detect, the controls' reference band, whether the adapters carry anything, and
 the size-bias diagnostic. Between signals: how similar their final allocations are. Per run: rank churn (triplets
 pruned and later revived). Runs that are missing or unfinished are listed in every output format, never dropped
@@ -14,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from itertools import combinations
 from pathlib import Path
 
@@ -27,21 +29,29 @@ from ..module_names import module_type, ordered_types, ranks_by_layer_and_type
 from .stats import (
     ALPHA,
     POWER,
-    SIZE_BIAS_RHO,
+    SIZE_BIAS_SHARE,
     adapters_carry_little,
     budget_shares,
     holm,
     minimal_detectable_difference,
     pooled_sd,
+    same_on_every_seed,
+    size_alignment,
+    size_rank_attainable,
     size_rank_spearman,
 )
 from ..run.folder import Run, accuracies, discover
 
 MIN_TEST_SEEDS = 3  # a paired t-test on fewer shared seeds has too few degrees of freedom to mean anything
 TEST_NAME = "paired t-test (scipy.stats.ttest_rel, two-sided)"
+RANDOM_TEST_NAME = "paired t-test (scipy.stats.ttest_rel, one-sided: signal > random)"
+# The one label for differences that are equal on every shared seed (up to float rounding), in every output.
+ZERO_VARIANCE = "no test possible: the same difference on every shared seed (zero variance)"
 RANDOM_CONTROL = "random"  # the reference a signal has to beat
 NOT_ABOVE_RANDOM = "not above random"
-SIZE_BIASED = "allocation mostly explained by matrix size"
+UNTESTED_AGAINST_RANDOM = "not tested against random"
+SIZE_FOLLOWED = "allocation follows matrix size"
+SIZE_OPPOSED = "allocation goes against matrix size"
 ADAPTERS_CARRY_LITTLE = "the adapters carry little here; differences between signals cannot show"
 MODULE_SHAPES = "module_shapes"  # final_summary.json: {module name: [in_features, out_features]}
 
@@ -85,20 +95,25 @@ def describe(values: list[float]) -> dict:
     return out
 
 
-def paired_difference(values: dict[int, float], baseline: dict[int, float], baseline_name: str) -> dict:
-    """Mean of (signal - baseline) over shared seeds, and a paired t-test when there are enough of them."""
+def paired_difference(values: dict[int, float], baseline: dict[int, float], baseline_name: str,
+                      one_sided: bool = False) -> dict:
+    """Mean and sd of (signal - baseline) over shared seeds, and a paired t-test when there are enough of them
+    and the differences vary (two-sided; ``one_sided``: the alternative is signal > baseline)."""
     shared = sorted(set(values) & set(baseline))
     diffs = [values[s] - baseline[s] for s in shared]
     out = {"shared_seeds": shared, "mean_diff": float(np.mean(diffs)) if diffs else None,
+           "sd_of_differences": float(np.std(diffs, ddof=1)) if len(diffs) >= 2 else None,
            "test": None, "t": None, "p_value": None, "note": None}
     if len(shared) < MIN_TEST_SEEDS:
         out["note"] = (f"no test possible: {len(shared)} shared seed(s) with {baseline_name}, "
                        f"a paired test needs >= {MIN_TEST_SEEDS}")
-    elif np.ptp(diffs) == 0:  # zero variance of the differences: the t statistic is undefined
-        out["note"] = "no test possible: the difference is identical on every shared seed"
+    elif same_on_every_seed(diffs):  # the t statistic is undefined (or a float-rounding artefact)
+        out.update(note=ZERO_VARIANCE, sd_of_differences=0.0)
     else:
-        result = stats.ttest_rel([values[s] for s in shared], [baseline[s] for s in shared])
-        out.update(test=TEST_NAME, t=float(result.statistic), p_value=float(result.pvalue))
+        result = stats.ttest_rel([values[s] for s in shared], [baseline[s] for s in shared],
+                                 alternative="greater" if one_sided else "two-sided")
+        out.update(test=RANDOM_TEST_NAME if one_sided else TEST_NAME, t=float(result.statistic),
+                   p_value=float(result.pvalue))
     return out
 
 
@@ -182,54 +197,67 @@ def _seed_values(runs: list[Run], key: str) -> dict[int, float]:
     return {r.seed: float(r.summary[key]) for r in runs if r.problem is None}
 
 
-def adjust_for_multiple_comparisons(rows: list[dict], metrics: dict[str, str]) -> dict[str, int]:
-    """Holm-adjust, per accuracy, the paired tests against the baseline across signals (adds ``p_value_holm`` to
-    every comparison that has a p-value). Returns the number of tested comparisons per accuracy."""
-    comparisons = {}
-    for key in metrics:
-        diffs = [row[key]["vs_baseline"] for row in rows if "p_value" in row[key].get("vs_baseline", {})]
-        for diff, adjusted in zip(diffs, holm([d["p_value"] for d in diffs])):
-            diff["p_value_holm"] = adjusted
-        comparisons[key] = sum(d["p_value"] is not None for d in diffs)
-    return comparisons
+def adjust_for_multiple_comparisons(rows: list[dict], metrics: dict[str, str], test: str = "vs_baseline") -> int:
+    """Holm-adjust the paired tests ``test`` of every signal and every accuracy as one family (adds
+    ``p_value_holm`` to every comparison that has a p-value): a claim about a task with several eval sets (MNLI
+    matched and mismatched) rests on all of its tests at once. Returns the family's size."""
+    tests = [row[key][test] for row in rows for key in metrics if row[key].get(test, {}).get("p_value") is not None]
+    for entry, adjusted in zip(tests, holm([t["p_value"] for t in tests])):
+        entry["p_value_holm"] = adjusted
+    return len(tests)
 
 
-def detectable_difference(runs_by_signal: dict[str, list[Run]], baseline: str, key: str) -> dict:
-    """The smallest true difference to the baseline a paired test would likely detect with the seeds at hand: sd of
-    the per-seed differences pooled over signals (those with >= 2 shared seeds), n = their fewest shared seeds,
-    alpha / (number of those comparisons)."""
-    base = _seed_values(runs_by_signal.get(baseline, []), key)
-    sds, shared_counts = [], []
-    for signal, runs in runs_by_signal.items():
-        if signal == baseline:
-            continue
-        values = _seed_values(runs, key)
-        shared = sorted(set(values) & set(base))
-        if len(shared) >= 2:
-            sds.append(float(np.std([values[s] - base[s] for s in shared], ddof=1)))
-            shared_counts.append(len(shared))
-    n = min(shared_counts) if shared_counts else 0
-    sd = pooled_sd(sds)
-    return {"n_seeds": n, "comparisons": len(sds), "sd_of_differences": sd, "alpha": ALPHA, "power": POWER,
-            "mde": minimal_detectable_difference(sd, n, len(sds)) if sd is not None else None}
+def detectable_difference(rows: list[dict], key: str, comparisons: int) -> dict:
+    """The smallest true difference to the baseline that the paired tests actually run would detect with
+    probability POWER (exact noncentral-t power, level ALPHA / ``comparisons``, the Holm family's size): the sd of
+    the per-seed differences pooled over those tests by degrees of freedom, each test at its own number of seeds
+    (``by_seeds``; ``n_seeds``/``mde`` are the fewest seeds' values, the largest difference). Absent, with the
+    reason, when no test ran or the pooled sd is not positive."""
+    tested = [(row["signal"], row[key]["vs_baseline"]) for row in rows
+              if row[key].get("vs_baseline", {}).get("p_value") is not None]
+    sd = pooled_sd([t["sd_of_differences"] for _, t in tested], [len(t["shared_seeds"]) - 1 for _, t in tested])
+    out = {"n_seeds": None, "tested": len(tested), "comparisons": comparisons, "sd_of_differences": sd,
+           "alpha": ALPHA, "power": POWER, "mde": None, "by_seeds": [], "reason": None}
+    if not tested:
+        out["reason"] = (f"no paired test ran (each needs >= {MIN_TEST_SEEDS} shared seeds with the baseline and "
+                         "differences that vary between seeds)")
+    elif sd is None or not math.isfinite(sd) or sd <= 0:
+        out["reason"] = "the pooled sd of the per-seed differences is 0 or undefined"
+    else:
+        for n in sorted({len(t["shared_seeds"]) for _, t in tested}):
+            out["by_seeds"].append({"n_seeds": n, "signals": [s for s, t in tested if len(t["shared_seeds"]) == n],
+                                    "mde": minimal_detectable_difference(sd, n, comparisons)})
+        out.update(n_seeds=out["by_seeds"][0]["n_seeds"], mde=out["by_seeds"][0]["mde"])
+    return out
 
 
 def reference_band(runs_by_signal: dict[str, list[Run]], rows: list[dict], metrics: dict[str, str],
                    controls: list[str]) -> dict[str, dict]:
-    """The controls' accuracies; flags (in place) every non-control signal whose mean accuracy over the seeds it
-    shares with ``random`` is not above random's mean on those seeds."""
+    """The controls' accuracies; tests every non-control signal against ``random`` (one-sided paired t-test over
+    their shared seeds, ``vs_random``; Holm-adjusted over all these tests, every accuracy, as one family) and
+    flags (in place) those not shown above it: adjusted p >= ALPHA, or no test possible."""
     band = {c: {key: describe(list(_seed_values(runs_by_signal[c], key).values())) for key in metrics}
             for c in controls if c in runs_by_signal and _seed_values(runs_by_signal[c], next(iter(metrics)))}
     if RANDOM_CONTROL not in band:
         return band
-    for row in rows:
-        if row["signal"] in controls:
-            continue
-        for key, label in metrics.items():
+    tested = [row for row in rows if row["signal"] not in controls]
+    for row in tested:
+        for key in metrics:
             random = _seed_values(runs_by_signal[RANDOM_CONTROL], key)
             values = _seed_values(runs_by_signal[row["signal"]], key)
-            shared = sorted(set(random) & set(values))
-            if shared and np.mean([values[s] for s in shared]) <= np.mean([random[s] for s in shared]):
+            row[key]["vs_random"] = paired_difference(values, random, RANDOM_CONTROL, one_sided=True)
+    adjust_for_multiple_comparisons(tested, metrics, test="vs_random")
+    for row in tested:
+        for key, label in metrics.items():
+            vs_random = row[key]["vs_random"]
+            if not vs_random["shared_seeds"]:
+                continue
+            where = "" if len(metrics) == 1 else f"{label}: "
+            if vs_random["p_value"] is None:
+                reason = "zero variance" if vs_random["note"] == ZERO_VARIANCE else (
+                    f"{len(vs_random['shared_seeds'])} shared seed(s)")
+                row["flags"].append(f"{UNTESTED_AGAINST_RANDOM} ({where}{reason})")
+            elif vs_random["p_value_holm"] >= ALPHA:
                 row["flags"].append(NOT_ABOVE_RANDOM if len(metrics) == 1 else f"{NOT_ABOVE_RANDOM} ({label})")
     return band
 
@@ -239,7 +267,7 @@ def adapter_check(runs: list[Run], rows: list[dict], key: str) -> dict:
     against the seed-to-seed spread of accuracy (sample std over seeds, pooled over signals)."""
     field = adapter_effect_field(key)
     values = [float(r.summary[field]) for r in runs if r.problem is None and r.summary.get(field) is not None]
-    spread = pooled_sd([row[key]["std"] for row in rows])
+    spread = pooled_sd([row[key]["std"] for row in rows], [row[key]["n"] - 1 for row in rows])
     summary = describe(values)
     return {"field": field, "n": len(values), "mean": summary["mean"], "std": summary["std"],
             "seed_spread": spread, "carry_little": adapters_carry_little(values, spread)}
@@ -265,11 +293,27 @@ def size_bias(signal: str, runs: list[Run]) -> dict | None:
     modules = list(valid[0].summary["final_ranks"])
     types = ordered_types(modules)
     rho = size_rank_spearman(sizes, ranks) if sizes else None
+    attainable = size_rank_attainable(sizes, ranks) if sizes else None
+    alignment = size_alignment(rho, attainable)
+    biased = alignment is not None and abs(alignment) >= SIZE_BIAS_SHARE
     return {"signal": signal, "runs": len(valid), "runs_with_shapes": sum(bool(r.summary.get(MODULE_SHAPES))
                                                                         for r in valid),
-            "spearman_size_rank": rho, "size_biased": rho is not None and rho >= SIZE_BIAS_RHO,
+            "spearman_size_rank": rho, "spearman_attainable": list(attainable) if attainable else None,
+            "size_alignment": alignment, "size_biased": biased,
+            "direction": None if not biased else SIZE_FOLLOWED if alignment > 0 else SIZE_OPPOSED,
+            "largest_types": _largest_types(valid),
             "budget_share": budget_shares({t: per_type.get(t, 0) for t in types}),
             "uniform_share": {t: sum(module_type(m) == t for m in modules) / len(modules) for t in types}}
+
+
+def _largest_types(runs: list[Run]) -> list[str]:
+    """The matrix types whose modules have the largest triplet size (in + out + 1), for the flag's wording."""
+    sizes = {}
+    for run in runs:
+        for name, (din, dout) in (run.summary.get(MODULE_SHAPES) or {}).items():
+            kind = module_type(name)
+            sizes[kind] = max(sizes.get(kind, 0), int(din) + int(dout) + 1)
+    return [t for t, size in sizes.items() if size == max(sizes.values())] if sizes else []
 
 
 # -- the report ------------------------------------------------------------------------------------------------
@@ -284,13 +328,13 @@ def build_report(output_root: str | Path, task: str, signals: list[str] | None =
     baseline_runs = runs_by_signal.get(baseline, [])
     valid = [r for r in runs if r.problem is None]
     rows = [signal_row(s, rs, baseline, baseline_runs, metrics) for s, rs in runs_by_signal.items()]
-    comparisons = adjust_for_multiple_comparisons(rows, metrics)
+    comparisons = adjust_for_multiple_comparisons(rows, metrics)  # one Holm family over every accuracy
     controls = registry.signal_names("control")
     band = reference_band(runs_by_signal, rows, metrics, controls)
     sizes = [b for b in (size_bias(s, rs) for s, rs in runs_by_signal.items()) if b is not None]
     for bias in sizes:
         if bias["size_biased"]:
-            next(r for r in rows if r["signal"] == bias["signal"])["flags"].append(SIZE_BIASED)
+            next(r for r in rows if r["signal"] == bias["signal"])["flags"].append(bias["direction"])
     return {
         "task": task,
         "output_root": str(output_root),
@@ -299,9 +343,9 @@ def build_report(output_root: str | Path, task: str, signals: list[str] | None =
         "test": TEST_NAME,
         "baseline": baseline,
         "signals": rows,
-        "multiple_comparisons": {key: {"method": "holm", "comparisons": m, "applied": m > 1}
-                                 for key, m in comparisons.items()},
-        "detectable_difference": {key: detectable_difference(runs_by_signal, baseline, key) for key in metrics},
+        "multiple_comparisons": {key: {"method": "holm", "comparisons": comparisons, "applied": comparisons > 1,
+                                       "family": list(metrics)} for key in metrics},
+        "detectable_difference": {key: detectable_difference(rows, key, comparisons) for key in metrics},
         "controls": controls,
         "reference_band": band,
         "adapter_effect": adapter_check(runs, rows, next(iter(metrics))),
@@ -380,7 +424,7 @@ def to_markdown(report: dict) -> str:
     lines += [table(header, rows)]
     lines += ["", "std: sample std (ddof=1) over seeds; 95% CI: mean ± t(0.975, n-1)·std/√n. Δ: mean of "
               f"(signal - {baseline}) over seeds both finished; test: {TEST_NAME}, only with >= {MIN_TEST_SEEDS} "
-              "shared seeds.", multiple_comparisons_note(report), ""]
+              "shared seeds whose differences vary.", multiple_comparisons_note(report), ""]
     lines += detectable_difference_lines(report) + reference_band_lines(report) + adapter_effect_lines(report)
     lines += size_bias_markdown(report)
     lines += similarity_markdown(report["similarity"]) + churn_markdown(report["churn"])
@@ -391,15 +435,13 @@ def to_markdown(report: dict) -> str:
 
 
 def multiple_comparisons_note(report: dict) -> str:
-    notes = []
-    for key, label in report["metrics"].items():
-        m = report["multiple_comparisons"][key]["comparisons"]
-        if m > 1:
-            notes.append(f"{label}: Holm correction applied over {m} comparisons against {report['baseline']} "
-                         "(the signals with a p-value)")
-        else:
-            notes.append(f"{label}: {m} comparison with a p-value, no multiple-comparison correction needed")
-    return "Multiple comparisons: " + "; ".join(notes) + "."
+    labels = list(report["metrics"].values())
+    m = report["multiple_comparisons"][next(iter(report["metrics"]))]["comparisons"]
+    where = labels[0] if len(labels) == 1 else f"{' and '.join(labels)} as one family"
+    if m > 1:
+        return (f"Multiple comparisons: {where}: Holm correction applied over {m} comparisons against "
+                f"{report['baseline']} (the signals with a p-value).")
+    return f"Multiple comparisons: {where}: {m} comparison with a p-value, no multiple-comparison correction needed."
 
 
 def detectable_difference_lines(report: dict) -> list[str]:
@@ -407,11 +449,15 @@ def detectable_difference_lines(report: dict) -> list[str]:
     for key, label in report["metrics"].items():
         d = report["detectable_difference"][key]
         if d["mde"] is None:
-            parts.append(f"{label}: not computable (needs >= 2 shared seeds)")
-        else:
-            parts.append(f"With {d['n_seeds']} seeds, a difference smaller than {d['mde']:.4f} ({label}) would likely "
-                         f"go undetected (paired t-test, α={d['alpha']}/{d['comparisons']}, power {d['power']}; sd of "
-                         f"per-seed differences {d['sd_of_differences']:.4f}, pooled over signals)")
+            parts.append(f"{label}: not computable ({d['reason']})")
+            continue
+        head, *others = d["by_seeds"]
+        text = (f"With {head['n_seeds']} seeds, a difference smaller than {head['mde']:.4f} ({label}) would likely "
+                f"go undetected (paired t-test, α={d['alpha']}/{d['comparisons']}, exact power {d['power']} from the "
+                f"noncentral t; sd of per-seed differences {d['sd_of_differences']:.4f}, pooled over the "
+                f"{d['tested']} test(s) run by degrees of freedom)")
+        parts.append(text + "".join(f"; with {o['n_seeds']} seeds ({', '.join(o['signals'])}): {o['mde']:.4f}"
+                                    for o in others))
     return ["**Smallest detectable difference:** " + "; ".join(parts)
             + ". 'No difference' does not mean 'no effect'.", ""]
 
@@ -422,8 +468,10 @@ def reference_band_lines(report: dict) -> list[str]:
         return [f"Reference band: no finished control runs ({', '.join(report['controls'])}).", ""]
     parts = [f"{control} {label} {_mean_std_cell(entry[key], sign='')} ({entry[key]['n']} seed(s))"
              for control, entry in band.items() for key, label in report["metrics"].items()]
-    note = (f" Signals whose mean accuracy on the seeds shared with {RANDOM_CONTROL} is not above it are flagged "
-            f"'{NOT_ABOVE_RANDOM}'." if RANDOM_CONTROL in band else f" No {RANDOM_CONTROL} runs: nothing flagged.")
+    note = (f" Every other signal is tested against {RANDOM_CONTROL} on their shared seeds ({RANDOM_TEST_NAME}, "
+            f"Holm-adjusted over these tests); adjusted p >= {ALPHA} is flagged '{NOT_ABOVE_RANDOM}', and fewer than "
+            f"{MIN_TEST_SEEDS} shared seeds or zero variance '{UNTESTED_AGAINST_RANDOM}'."
+            if RANDOM_CONTROL in band else f" No {RANDOM_CONTROL} runs: nothing flagged.")
     return ["Reference band (controls): " + "; ".join(parts) + "." + note, ""]
 
 
@@ -444,21 +492,39 @@ def size_bias_markdown(report: dict) -> list[str]:
     if not biases:
         return lines + ["No finished runs.", ""]
     types = list(dict.fromkeys(t for b in biases for t in b["budget_share"]))
-    header = ["signal", "seeds", "Spearman ρ(size, final rank)"] + [f"{t} share (uniform)" for t in types]
+    header = ["signal", "seeds", "Spearman ρ(size, final rank)", "ρ / attainable"]
+    header += [f"{t} share (uniform)" for t in types]
     rows = []
     for b in biases:
         rho = ("no module shapes in the summaries" if not b["runs_with_shapes"]
                else _f(b["spearman_size_rank"], ".3f", "n/a (constant sizes or ranks)"))
-        rows.append([b["signal"], b["runs"], rho] + [
+        rows.append([b["signal"], b["runs"], rho, _f(b["size_alignment"], "+.2f")] + [
             f"{b['budget_share'][t]:.3f} ({b['uniform_share'][t]:.3f})" if t in b["budget_share"] else "—"
             for t in types])
     lines += [table(header, rows), ""]
-    flagged = [f"{b['signal']} (ρ={b['spearman_size_rank']:.3f})" for b in biases if b["size_biased"]]
-    if flagged:
-        lines += [f"**{SIZE_BIASED}** (ρ >= {SIZE_BIAS_RHO}): {', '.join(flagged)}.", ""]
+    for direction in (SIZE_FOLLOWED, SIZE_OPPOSED):
+        flagged = [_size_flag_reading(b) for b in biases if b["direction"] == direction]
+        if flagged:
+            lines += [f"**{direction}** (|ρ| >= {SIZE_BIAS_SHARE} of the attainable ρ): {'; '.join(flagged)}.", ""]
+    if any(b["spearman_attainable"] for b in biases):
+        lines += ["ρ / attainable: ρ over the largest |ρ| that the same sizes and ranks allow in its direction "
+                  "(+1: ranks ordered exactly by size, -1: exactly against it); with two triplet sizes ρ itself "
+                  "cannot reach ±1.", ""]
     if not any(b["runs_with_shapes"] for b in biases):
         lines += ["Size-rank correlation: no module shapes in the summaries (runs older than module_shapes).", ""]
     return lines
+
+
+def _size_flag_reading(bias: dict) -> str:
+    """The flag read per matrix type: the share of the final budget the largest matrices got against uniform."""
+    text = f"{bias['signal']} (ρ={bias['spearman_size_rank']:.3f}, {bias['size_alignment']:+.2f} of the attainable"
+    largest = [t for t in bias["largest_types"] if t in bias["budget_share"]]
+    if not largest:
+        return text + ")"
+    share = sum(bias["budget_share"][t] for t in largest)
+    uniform = sum(bias["uniform_share"][t] for t in largest)
+    return text + f"; the largest matrices, {', '.join(largest)}, hold {share:.3f} of the final budget, {uniform:.3f} " \
+                  "under uniform)"
 
 
 def similarity_markdown(similarity: list[dict]) -> list[str]:
@@ -516,7 +582,22 @@ def to_csv(report: dict) -> str:
     return buffer.getvalue()
 
 
-FORMATTERS = {"markdown": to_markdown, "csv": to_csv, "json": lambda report: json.dumps(report, indent=2)}
+def _finite(value):
+    """JSON has no NaN/Inf: a non-finite number (an undefined statistic) is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def to_json(report: dict) -> str:
+    return json.dumps(_finite(report), indent=2, allow_nan=False)
+
+
+FORMATTERS = {"markdown": to_markdown, "csv": to_csv, "json": to_json}
 
 
 def report_main(argv: list[str]) -> int:

@@ -306,7 +306,16 @@ class Run:
             return "no valid final_summary.json (unfinished, killed or corrupt run)"
         required = [a.field for a in accuracies(self.task)] + list(REQUIRED_FIELDS)
         absent = [f for f in required if self.summary.get(f) is None]  # NaN is written as null: just as unusable
-        return f"final_summary.json has no value for {', '.join(absent)}" if absent else None
+        if absent:
+            return f"final_summary.json has no value for {', '.join(absent)}"
+        # json reads a literal NaN/Infinity (another writer's file): such a metric would turn every mean into nan.
+        for a in accuracies(self.task):
+            for field in (a.field, a.adapter_effect_field, a.without_adapters_field):
+                value = self.summary.get(field)
+                if isinstance(value, float) and not math.isfinite(value):
+                    kind = "NaN" if math.isnan(value) else "infinite"
+                    return f"unfinished: metric is {kind} ({field} is {value} in final_summary.json)"
+        return None
 
     @property
     def final_ranks(self) -> dict[str, int]:
