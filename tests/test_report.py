@@ -12,8 +12,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from scipy import stats
+from scipy import optimize, stats
+from test_report_stats import power_by_integration
 
+from adalora_ablation.analysis.report import ZERO_VARIANCE
 from adalora_ablation.cli import main
 from adalora_ablation.run.folder import append_jsonl, write_summary
 from adalora_ablation.train import train
@@ -269,17 +271,22 @@ def by_size(name):  # the planted size-driven allocation: the FFN matrices get e
     return INIT_R if sum(MODULE_SHAPES[name]) > 1000 else 0
 
 
-def craft(root, accuracies, task="rte", effects=None, allocate=None, shapes=True):
-    """Run folders as train writes them: final_summary.json and one rank_pattern.jsonl record per run.
-    ``effects``: signal -> per-seed adapter effects (absent: an older run without the field)."""
-    effects, allocate = effects or {}, allocate or {}
+def craft(root, accuracies, task="rte", effects=None, allocate=None, shapes=True, mismatched=None):
+    """Run folders as train writes them: final_summary.json and one rank_pattern.jsonl record per run; seed i + 1
+    holds the i-th value, and a None value is a seed without a run. ``effects``: signal -> per-seed adapter effects
+    (absent: an older run without the field); ``mismatched``: signal -> per-seed MNLI mismatched accuracies."""
+    effects, allocate, mismatched = effects or {}, allocate or {}, mismatched or {}
     for signal, values in accuracies.items():
         for seed, accuracy in enumerate(values, start=1):
+            if accuracy is None:
+                continue
             run_dir = root / task / signal / str(seed)
             run_dir.mkdir(parents=True)
             ranks = {m: allocate.get(signal, by_layer)(m) for m in MODULE_SHAPES}
             summary = {"eval_accuracy": accuracy, "total_rank": sum(ranks.values()),
                        "target_budget": sum(ranks.values()), "budget_check_passed": True, "final_ranks": ranks}
+            if signal in mismatched:
+                summary["eval_accuracy_mm"] = mismatched[signal][seed - 1]
             if shapes:
                 summary["module_shapes"] = {m: list(s) for m, s in MODULE_SHAPES.items()}
             if signal in effects:
@@ -310,7 +317,8 @@ def test_holm_adjusts_the_paired_tests_over_the_signals(tmp_path, capsys):
     assert sorted(expected.values()) != sorted(raw), "the correction must change something to be tested"
 
     result = report(capsys, root, task="rte")
-    assert result["multiple_comparisons"]["eval_accuracy"] == {"method": "holm", "comparisons": 3, "applied": True}
+    assert result["multiple_comparisons"]["eval_accuracy"] == {"method": "holm", "comparisons": 3, "applied": True,
+                                                               "family": ["eval_accuracy"]}
     markdown = report(capsys, root, task="rte", fmt="markdown")
     rows = {r["signal"]: r for r in csv.DictReader(io.StringIO(report(capsys, root, task="rte", fmt="csv")))}
     for signal, p_raw in zip(others, raw):
@@ -328,39 +336,163 @@ def test_one_comparison_is_not_corrected(tmp_path, capsys):
     assert "Holm-adjusted" not in markdown and "no multiple-comparison correction needed" in markdown
 
 
-def test_smallest_detectable_difference(tmp_path, capsys):
-    root = craft(tmp_path, ACCURACIES)
-    base = np.array(ACCURACIES["baseline_adalora"])
-    sds = [np.std(np.array(ACCURACIES[s]) - base, ddof=1) for s in ACCURACIES if s != "baseline_adalora"]
-    sd = np.sqrt(np.mean(np.square(sds)))
-    n, m = 3, 3
-    expected = (stats.t.ppf(1 - 0.05 / m / 2, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / np.sqrt(n)
+def exact_mde(sd, n, comparisons):
+    """The difference at which the paired t-test has power 0.8, solved on the power integrated over the chi-square
+    (test_report_stats.power_by_integration), not on the noncentral t the report uses."""
+    return optimize.brentq(lambda d: power_by_integration(d, sd, n, 0.05 / comparisons) - 0.8, 1e-9, 100 * sd)
 
-    entry = report(capsys, root, task="rte")["detectable_difference"]["eval_accuracy"]
-    assert entry["mde"] == pytest.approx(expected) and entry["n_seeds"] == 3 and entry["comparisons"] == 3
+
+def test_smallest_detectable_difference_over_the_tests_actually_run(tmp_path, capsys):
+    # importance_only shares 4 seeds with the baseline, plasticity_only 3 (tested), combo 2 (no test).
+    accuracies = {"baseline_adalora": (0.70, 0.72, 0.71, 0.69), "importance_only": (0.72, 0.75, 0.73, 0.70),
+                  "plasticity_only": (0.69, 0.73, 0.70, None), "combo": (0.80, 0.79, None, None)}
+    root = craft(tmp_path / "runs", accuracies)
+    base = np.array(accuracies["baseline_adalora"])
+    diffs = {"importance_only": np.array(accuracies["importance_only"]) - base,
+             "plasticity_only": np.array(accuracies["plasticity_only"][:3]) - base[:3]}
+    squares = sum(float(np.sum((d - d.mean()) ** 2)) for d in diffs.values())  # pooled by degrees of freedom
+    sd = np.sqrt(squares / sum(len(d) - 1 for d in diffs.values()))
+
+    result = report(capsys, root, task="rte")
+    entry = result["detectable_difference"]["eval_accuracy"]
+    assert result["multiple_comparisons"]["eval_accuracy"]["comparisons"] == 2
+    assert entry["tested"] == 2 and entry["comparisons"] == 2
+    assert entry["sd_of_differences"] == pytest.approx(sd)
+    assert [(b["n_seeds"], b["signals"]) for b in entry["by_seeds"]] == [(3, ["plasticity_only"]),
+                                                                         (4, ["importance_only"])]
+    for b in entry["by_seeds"]:
+        assert b["mde"] == pytest.approx(exact_mde(sd, b["n_seeds"], 2), rel=1e-6)
+    assert (entry["n_seeds"], entry["mde"]) == (3, entry["by_seeds"][0]["mde"])
     markdown = report(capsys, root, task="rte", fmt="markdown")
-    assert f"With 3 seeds, a difference smaller than {expected:.4f} (accuracy) would likely go undetected" in markdown
+    line = next(line for line in markdown.splitlines() if line.startswith("**Smallest detectable difference"))
+    assert f"With 3 seeds, a difference smaller than {exact_mde(sd, 3, 2):.4f} (accuracy) would likely" in line
+    assert f"α=0.05/2" in line and f"with 4 seeds (importance_only): {exact_mde(sd, 4, 2):.4f}" in line
     assert "'No difference' does not mean 'no effect'" in markdown
 
-    one_seed = craft(tmp_path / "one", {s: v[:1] for s, v in ACCURACIES.items()})
-    assert "accuracy: not computable (needs >= 2 shared seeds)" in report(capsys, one_seed, task="rte", fmt="markdown")
+    # A signal without a test (combo, 2 seeds) changes nothing: neither n nor the number of comparisons.
+    without_combo = craft(tmp_path / "without", {s: v for s, v in accuracies.items() if s != "combo"})
+    assert report(capsys, without_combo, task="rte")["detectable_difference"] == result["detectable_difference"]
 
 
-def test_signals_not_above_random_are_flagged(tmp_path, capsys):
-    controls = {"random": (0.705, 0.73, 0.715), "uniform": (0.71, 0.71, 0.72)}
-    root = craft(tmp_path, {**ACCURACIES, **controls})
+@pytest.mark.parametrize("case", ["two seeds", "constant shifts"])
+def test_no_detectable_difference_without_a_test(tmp_path, capsys, case):
+    base = (0.70, 0.72, 0.71)
+    if case == "two seeds":  # every cell says "no test possible": so does the line
+        accuracies = {s: v[:2] for s, v in ACCURACIES.items()}
+    else:  # differences with sd 0 on every signal: nothing to scale a detectable difference by
+        accuracies = {"baseline_adalora": base, "importance_only": tuple(b + 0.02 for b in base),
+                      "combo": tuple(b - 0.01 for b in base)}
+    root = craft(tmp_path, accuracies)
+    entry = report(capsys, root, task="rte")["detectable_difference"]["eval_accuracy"]
+    assert entry["mde"] is None and entry["by_seeds"] == [] and entry["tested"] == 0
+    markdown = report(capsys, root, task="rte", fmt="markdown")
+    assert "accuracy: not computable (no paired test ran" in markdown
+    assert "would likely go undetected" not in markdown
+
+
+def test_a_constant_shift_has_one_label_whatever_the_rounding(tmp_path, capsys):
+    rows = 277  # every seed: exactly 3 more of the 277 evaluation rows right than the baseline
+    exact, rounded = (10, 20, 30), (100, 150, 200)
+    assert np.ptp([(k + 3) / rows - k / rows for k in exact]) == 0
+    assert np.ptp([(k + 3) / rows - k / rows for k in rounded]) > 0, "float rounding must split this one by an ulp"
+    for ks in (exact, rounded):
+        root = craft(tmp_path / str(ks[0]), {"baseline_adalora": tuple(k / rows for k in ks),
+                                             "combo": tuple((k + 3) / rows for k in ks),
+                                             "random": tuple((k + 1) / rows for k in ks)})
+        diff = row_of(report(capsys, root, task="rte"), "combo")["eval_accuracy"]["vs_baseline"]
+        assert diff["note"] == ZERO_VARIANCE and diff["p_value"] is None and diff["mean_diff"] == pytest.approx(3 / 277)
+        markdown = report(capsys, root, task="rte", fmt="markdown")
+        assert f"+0.0108 over 3 seed(s); {ZERO_VARIANCE}" in markdown_row(markdown, "combo")
+        assert "not tested against random (zero variance)" in markdown_row(markdown, "combo")
+        table = {r["signal"]: r for r in csv.DictReader(io.StringIO(report(capsys, root, task="rte", fmt="csv")))}
+        assert table["combo"]["eval_accuracy_test"] == ZERO_VARIANCE and table["combo"]["eval_accuracy_p_value"] == ""
+
+
+def strict_json(text):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_nan_metric_makes_the_run_unfinished(tmp_path, capsys):
+    root = craft(tmp_path, ACCURACIES, effects={s: (0.05, 0.06, 0.055) for s in ACCURACIES})
+    for signal, seed, field, value in (("combo", 2, "eval_accuracy", "NaN"),
+                                       ("importance_only", 1, "adapter_effect", "Infinity")):
+        path = root / "rte" / signal / str(seed) / "final_summary.json"
+        path.write_text(path.read_text().replace(f'"{field}": {json.loads(path.read_text())[field]}',
+                                                 f'"{field}": {value}'))
+        assert value in path.read_text()  # a literal, as another writer's json.dumps leaves it
+
+    assert main(["report", "--task", "rte", "--output-root", str(root), "--format", "json"]) == 0
+    result = strict_json(capsys.readouterr().out)
+    problems = {(p["signal"], p["seed"]): p["problem"] for p in result["missing_or_partial"]}
+    assert problems[("combo", 2)].startswith("unfinished: metric is NaN (eval_accuracy")
+    assert problems[("importance_only", 1)].startswith("unfinished: metric is infinite (adapter_effect")
+    combo = row_of(result, "combo")["eval_accuracy"]
+    assert combo["n"] == 2 and combo["mean"] == pytest.approx(np.mean([0.80, 0.83]))
+    # Only finished runs are tested; the Holm-adjusted p-values are those of the tests that could run.
+    base = ACCURACIES["baseline_adalora"]
+    raw = {"importance_only": None,  # seeds 2, 3 only: too few for a test
+           "plasticity_only": stats.ttest_rel(ACCURACIES["plasticity_only"], base).pvalue,
+           "combo": None}
+    assert row_of(result, "plasticity_only")["eval_accuracy"]["vs_baseline"]["p_value_holm"] == pytest.approx(
+        raw["plasticity_only"])
+    assert result["multiple_comparisons"]["eval_accuracy"]["comparisons"] == 1
+    markdown = report(capsys, root, task="rte", fmt="markdown")
+    assert "- combo / seed 2: unfinished: metric is NaN" in markdown and "nan" not in markdown_row(markdown, "combo")
+
+
+def test_signals_not_above_random_by_a_one_sided_paired_test(tmp_path, capsys):
+    random = (0.70, 0.72, 0.74)
+    shifted = lambda deltas: tuple(r + d for r, d in zip(random, deltas))  # noqa: E731
+    accuracies = {
+        "baseline_adalora": shifted((0.05, 0.07, 0.06)),
+        "importance_only": shifted((0.03, -0.03, -0.00009)),  # mean 0.71997: below random's 0.72 ...
+        "plasticity_only": shifted((0.03, -0.03, 0.00009)),  # ... 0.72003: above it; neither is shown above it
+        "combo": shifted((0.08, 0.09, 0.10)),
+        "sensitivity_only": shifted((0.05, 0.06, 0.07))[:2],  # two seeds: no test
+        "random": random, "uniform": (0.71, 0.71, 0.72)}
+    root = craft(tmp_path, accuracies)
+    tested = ["baseline_adalora", "importance_only", "plasticity_only", "combo"]
+    raw = [stats.ttest_rel(accuracies[s], random, alternative="greater").pvalue for s in tested]
+    adjusted = dict(zip(tested, independent_holm(raw)))
+    assert np.mean(accuracies["importance_only"]) < np.mean(random) < np.mean(accuracies["plasticity_only"])
+
     result = report(capsys, root, task="rte")
-    random_mean = np.mean(controls["random"])
-    for signal, values in ACCURACIES.items():
-        below = np.mean(values) <= random_mean
-        assert (row_of(result, signal)["flags"] == ["not above random"]) == below, signal
-    assert row_of(result, "plasticity_only")["flags"] == ["not above random"]  # the planted one
-    assert row_of(result, "combo")["flags"] == []
+    for signal in tested:
+        vs_random = row_of(result, signal)["eval_accuracy"]["vs_random"]
+        assert vs_random["p_value_holm"] == pytest.approx(adjusted[signal])
+        assert ("not above random" in row_of(result, signal)["flags"]) == (adjusted[signal] >= 0.05), signal
+    assert row_of(result, "importance_only")["flags"] == row_of(result, "plasticity_only")["flags"] == [
+        "not above random"]
+    assert row_of(result, "combo")["flags"] == [] and row_of(result, "baseline_adalora")["flags"] == []
+    assert row_of(result, "sensitivity_only")["flags"] == ["not tested against random (2 shared seed(s))"]
     assert row_of(result, "random")["flags"] == [] and row_of(result, "uniform")["flags"] == []
     markdown = report(capsys, root, task="rte", fmt="markdown")
     assert markdown_row(markdown, "plasticity_only").endswith("| not above random |")
-    _, mean, std, _, _ = expected_stats(controls["random"])
+    _, mean, std, _, _ = expected_stats(random)
     assert f"random accuracy {mean:.4f} ± {std:.4f} (3 seed(s))" in markdown
+    assert "one-sided: signal > random), Holm-adjusted over these tests" in markdown
+
+
+def test_mnli_matched_and_mismatched_are_one_holm_family(tmp_path, capsys):
+    mismatched = {s: tuple(v - 0.01 * (i + 1) * (k + 1) for i, v in enumerate(values))
+                  for k, (s, values) in enumerate(ACCURACIES.items())}
+    root = craft(tmp_path, ACCURACIES, task="mnli", mismatched=mismatched)
+    others = [s for s in ACCURACIES if s != "baseline_adalora"]
+    raw = [stats.ttest_rel(source[s], source["baseline_adalora"]).pvalue
+           for source in (ACCURACIES, mismatched) for s in others]
+    expected = independent_holm(raw)
+    result = report(capsys, root, task="mnli")
+    got = [row_of(result, s)[key]["vs_baseline"]["p_value_holm"] for key in ("eval_accuracy", "eval_accuracy_mm")
+           for s in others]
+    assert got == pytest.approx(expected)
+    assert result["multiple_comparisons"]["eval_accuracy_mm"] == {
+        "method": "holm", "comparisons": 6, "applied": True, "family": ["eval_accuracy", "eval_accuracy_mm"]}
+    assert result["detectable_difference"]["eval_accuracy_mm"]["comparisons"] == 6
+    markdown = report(capsys, root, task="mnli", fmt="markdown")
+    assert ("Multiple comparisons: matched acc and mismatched acc as one family: Holm correction applied over 6 "
+            "comparisons") in markdown and "α=0.05/6" in markdown
 
 
 def test_adapter_effect_column_and_flag(tmp_path, capsys):
@@ -402,11 +534,48 @@ def test_size_bias_recovers_a_planted_size_driven_allocation(tmp_path, capsys):
     assert result["plasticity_only"]["budget_share"]["FFN-in"] == pytest.approx(0.5)
 
     markdown = report(capsys, root, task="rte", fmt="markdown")
-    flag = next(line for line in markdown.splitlines() if line.startswith("**allocation mostly explained"))
-    assert "plasticity_only (ρ=1.000)" in flag and "combo" not in flag
-    assert markdown_row(markdown, "plasticity_only").endswith("| allocation mostly explained by matrix size |")
-    assert "| plasticity_only | 3 | 1.000 | 0.000 (0.167) |" in markdown
+    flag = next(line for line in markdown.splitlines() if line.startswith("**allocation follows matrix size"))
+    assert "plasticity_only (ρ=1.000, +1.00 of the attainable; the largest matrices, FFN-in, FFN-out, hold 1.000 " \
+           "of the final budget, 0.333 under uniform)" in flag and "combo" not in flag
+    assert markdown_row(markdown, "plasticity_only").endswith("| allocation follows matrix size |")
+    assert "| plasticity_only | 3 | 1.000 | +1.00 | 0.000 (0.167) |" in markdown
 
     no_shapes = craft(tmp_path / "old", ACCURACIES, allocate={"plasticity_only": by_size}, shapes=False)
     markdown = report(capsys, no_shapes, task="rte", fmt="markdown")
-    assert "no module shapes in the summaries" in markdown and "mostly explained" not in markdown
+    assert "no module shapes in the summaries" in markdown and "matrix size**" not in markdown
+
+
+def against_size(name):  # every attention matrix above every FFN matrix, ranks varying with the layer
+    layer = int(name.split(".")[1])
+    return 6 + 4 * layer if sum(MODULE_SHAPES[name]) < 1000 else layer
+
+
+def along_size(name):  # the mirror image: every FFN matrix above every attention matrix
+    return INIT_R - against_size(name)
+
+
+def test_size_bias_is_flagged_in_either_direction_against_the_attainable_rho(tmp_path, capsys):
+    root = craft(tmp_path, ACCURACIES, allocate={"plasticity_only": along_size, "combo": against_size})
+    result = {b["signal"]: b for b in report(capsys, root, task="rte")["size_bias"]}
+    sizes = [MODULE_SHAPES[m][0] + MODULE_SHAPES[m][1] + 1 for m in MODULE_SHAPES] * 3
+    for signal, allocate, direction in (("plasticity_only", along_size, "allocation follows matrix size"),
+                                        ("combo", against_size, "allocation goes against matrix size")):
+        ranks = [allocate(m) for m in MODULE_SHAPES] * 3
+        rho = stats.spearmanr(sizes, ranks).statistic
+        assert 0.7 < abs(rho) < 0.9, "two sizes: even a fully size-ordered allocation stays well below |rho| = 1"
+        # The most extreme rho these ranks allow: sorted along (or against) the sizes.
+        order = np.argsort(sizes, kind="stable")
+        arranged = np.empty(len(ranks))
+        arranged[order] = sorted(ranks, reverse=bool(rho < 0))
+        bound = abs(stats.spearmanr(sizes, arranged).statistic)
+        entry = result[signal]
+        assert entry["spearman_size_rank"] == pytest.approx(rho)
+        assert entry["size_alignment"] == pytest.approx(rho / bound) and abs(rho / bound) == pytest.approx(1.0)
+        assert entry["size_biased"] and entry["direction"] == direction
+    assert not result["importance_only"]["size_biased"] and result["importance_only"]["direction"] is None
+    markdown = report(capsys, root, task="rte", fmt="markdown")
+    assert markdown_row(markdown, "combo").endswith("| allocation goes against matrix size |")
+    opposed = next(line for line in markdown.splitlines() if line.startswith("**allocation goes against"))
+    share = result["combo"]["budget_share"]["FFN-in"] + result["combo"]["budget_share"]["FFN-out"]
+    assert f"combo (ρ={result['combo']['spearman_size_rank']:.3f}, -1.00 of the attainable; the largest matrices, " \
+           f"FFN-in, FFN-out, hold {share:.3f} of the final budget, 0.333 under uniform)" in opposed
