@@ -366,7 +366,7 @@ def test_smallest_detectable_difference_over_the_tests_actually_run(tmp_path, ca
     markdown = report(capsys, root, task="rte", fmt="markdown")
     line = next(line for line in markdown.splitlines() if line.startswith("**Smallest detectable difference"))
     assert f"With 3 seeds, a difference smaller than {exact_mde(sd, 3, 2):.4f} (accuracy) would likely" in line
-    assert f"α=0.05/2" in line and f"with 4 seeds (importance_only): {exact_mde(sd, 4, 2):.4f}" in line
+    assert "α=0.05/2" in line and f"with 4 seeds (importance_only): {exact_mde(sd, 4, 2):.4f}" in line
     assert "'No difference' does not mean 'no effect'" in markdown
 
     # A signal without a test (combo, 2 seeds) changes nothing: neither n nor the number of comparisons.

@@ -523,8 +523,8 @@ def _size_flag_reading(bias: dict) -> str:
         return text + ")"
     share = sum(bias["budget_share"][t] for t in largest)
     uniform = sum(bias["uniform_share"][t] for t in largest)
-    return text + f"; the largest matrices, {', '.join(largest)}, hold {share:.3f} of the final budget, {uniform:.3f} " \
-                  "under uniform)"
+    return (text + f"; the largest matrices, {', '.join(largest)}, hold {share:.3f} of the final budget, "
+            f"{uniform:.3f} under uniform)")
 
 
 def similarity_markdown(similarity: list[dict]) -> list[str]:
