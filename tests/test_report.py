@@ -339,7 +339,8 @@ def test_one_comparison_is_not_corrected(tmp_path, capsys):
 def exact_mde(sd, n, comparisons):
     """The difference at which the paired t-test has power 0.8, solved on the power integrated over the chi-square
     (test_report_stats.power_by_integration), not on the noncentral t the report uses."""
-    return optimize.brentq(lambda d: power_by_integration(d, sd, n, 0.05 / comparisons) - 0.8, 1e-9, 100 * sd)
+    return optimize.brentq(lambda d: power_by_integration(d, sd, n, 0.05 / comparisons) - 0.8, sd, 20 * sd,
+                           xtol=1e-12)
 
 
 def test_smallest_detectable_difference_over_the_tests_actually_run(tmp_path, capsys):
@@ -360,13 +361,14 @@ def test_smallest_detectable_difference_over_the_tests_actually_run(tmp_path, ca
     assert entry["sd_of_differences"] == pytest.approx(sd)
     assert [(b["n_seeds"], b["signals"]) for b in entry["by_seeds"]] == [(3, ["plasticity_only"]),
                                                                          (4, ["importance_only"])]
+    expected = {n: exact_mde(sd, n, 2) for n in (3, 4)}
     for b in entry["by_seeds"]:
-        assert b["mde"] == pytest.approx(exact_mde(sd, b["n_seeds"], 2), rel=1e-6)
+        assert b["mde"] == pytest.approx(expected[b["n_seeds"]], rel=1e-6)
     assert (entry["n_seeds"], entry["mde"]) == (3, entry["by_seeds"][0]["mde"])
     markdown = report(capsys, root, task="rte", fmt="markdown")
     line = next(line for line in markdown.splitlines() if line.startswith("**Smallest detectable difference"))
-    assert f"With 3 seeds, a difference smaller than {exact_mde(sd, 3, 2):.4f} (accuracy) would likely" in line
-    assert "α=0.05/2" in line and f"with 4 seeds (importance_only): {exact_mde(sd, 4, 2):.4f}" in line
+    assert f"With 3 seeds, a difference smaller than {expected[3]:.4f} (accuracy) would likely" in line
+    assert "α=0.05/2" in line and f"with 4 seeds (importance_only): {expected[4]:.4f}" in line
     assert "'No difference' does not mean 'no effect'" in markdown
 
     # A signal without a test (combo, 2 seeds) changes nothing: neither n nor the number of comparisons.
