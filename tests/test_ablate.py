@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from adalora_ablation.run.folder import read_summary
 
 TRAIN = ["--max-steps", "40", "--tinit", "5", "--tfinal", "10", "--deltaT", "5", "--save-strategy", "no",
@@ -14,6 +16,7 @@ def ablate(*args):
                           text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_grid_runs_skips_and_reports_failures(tmp_path):
     root = str(tmp_path)
     # A run folder that is a file cannot be written: that one run fails, the others must still run.
@@ -44,6 +47,7 @@ def test_grid_runs_skips_and_reports_failures(tmp_path):
     assert "## Report: synthetic" in second.stdout
 
 
+@pytest.mark.slow
 def test_uniform_control_keeps_equal_ranks(tmp_path):
     result = ablate("--task", "synthetic", "--signals", "uniform", "--seeds", "2", "--output-root", str(tmp_path),
                     "--max-steps", "60", "--tinit", "5", "--tfinal", "10", "--deltaT", "5", "--target-r", "3",

@@ -1,5 +1,6 @@
 """The adapter switch: LoRA updates off, trained head kept, everything restored exactly."""
 
+import pytest
 import torch
 
 from adalora_ablation.adalora.adapter_effect import adapters_switched_off
@@ -47,6 +48,7 @@ def test_switch_removes_exactly_the_lora_update_keeps_the_trained_head_and_resto
     assert not torch.allclose(switched_off, untrained_head)
 
 
+@pytest.mark.slow
 def test_a_run_records_its_adapter_effect_and_starved_adapters_show_none(tmp_path):
     from adalora_ablation.analysis.report import build_report, to_markdown
     from adalora_ablation.train import train

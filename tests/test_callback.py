@@ -23,6 +23,7 @@ def our_logs(caplog):
     logger.removeHandler(caplog.handler)
 
 
+@pytest.mark.slow
 def test_allocations_reach_tensorboard_and_stay_out_of_metrics_jsonl(tmp_path, our_logs):
     train([*TINY, "--output-root", str(tmp_path), "--report-to", "tensorboard"])
     run_dir = tmp_path / "synthetic" / "importance_only" / "42"
@@ -53,6 +54,7 @@ def test_allocations_reach_tensorboard_and_stay_out_of_metrics_jsonl(tmp_path, o
 
 
 
+@pytest.mark.slow
 def test_without_a_report_integration_the_console_shows_no_raw_allocation_dicts(tmp_path, our_logs, capsys):
     """--report-to none: the Trainer has nowhere to send the allocation scalars, so they are not logged to it (it
     would print them as raw dicts); the readable [AdaLoRA Update] lines and the Trainer's loss lines stay."""

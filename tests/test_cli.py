@@ -68,6 +68,7 @@ def assert_one_line_error(result, fragment):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path):
     out = tmp_path / "out"
     cases = [
@@ -88,6 +89,7 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_finished_run_is_refused_without_overwrite(tmp_path):
     run_dir = tmp_path / "synthetic" / "combo" / "42"
     run_dir.mkdir(parents=True)
@@ -97,6 +99,7 @@ def test_finished_run_is_refused_without_overwrite(tmp_path):
     assert (run_dir / "final_summary.json").read_text() == '{"signal": "combo"}'
 
 
+@pytest.mark.slow
 def test_help_lists_the_flags():
     result = cli("train", "--help")
     assert result.returncode == 0
@@ -105,6 +108,7 @@ def test_help_lists_the_flags():
         assert flag in result.stdout
 
 
+@pytest.mark.slow
 def test_run_scripts_pass_signal_seed_and_extra_args(tmp_path):
     import pathlib
 
@@ -117,6 +121,7 @@ def test_run_scripts_pass_signal_seed_and_extra_args(tmp_path):
     assert usage.returncode == 2 and "SIGNAL SEED" in usage.stderr
 
 
+@pytest.mark.slow
 def test_help_and_readme_show_every_signals_role_and_description(capsys):
     from pathlib import Path
 

@@ -4,7 +4,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_demo_runs_offline_and_tabulates_its_signals(tmp_path):
     signals = ("baseline_adalora", "combo")  # the two ends: PEFT's own score and the combined one
     result = subprocess.run([sys.executable, "-m", "adalora_ablation", "demo", "--output-root", str(tmp_path),

@@ -15,6 +15,7 @@ TINY = ["--task", "synthetic", "--tinit", "10", "--tfinal", "20", "--deltaT", "1
         "--eval-strategy", "no", "--logging-steps", "10"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_two_ddp_processes_apply_identical_masks_and_write_once(tmp_path):
     cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", "29533", "-m", "adalora_ablation", "--", "train",
@@ -36,6 +37,7 @@ def test_two_ddp_processes_apply_identical_masks_and_write_once(tmp_path):
     assert result.stdout.count("[run] synthetic/combo/42") == 1
 
 
+@pytest.mark.slow
 def test_bf16_end_to_end(tmp_path):
     summary = train([*TINY, "--signal", "importance_only", "--output-root", str(tmp_path), "--max-steps", "60",
                      "--bf16", "True"])
@@ -58,6 +60,7 @@ def install_cpu_grad_scaler(trainer):
     optimizer._optimizer_patched_step_method = patch_optimizer_step(optimizer, optimizer.optimizer.step)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_grad_norm", ["1.0", "0"])  # with clipping the Trainer unscales; without it we do
 def test_fp16_skipped_steps_update_no_ema_and_no_mask(tmp_path, monkeypatch, max_grad_norm):
     injected = {30}  # an allocation step (tinit 10, deltaT 10): its allocation must not happen

@@ -85,6 +85,7 @@ json.dump({"eval_accuracy": 0.5}, open(os.path.join(run_dir, "final_summary.json
 """
 
 
+@pytest.mark.slow
 def test_gpus_run_concurrently_each_on_its_own_gpu(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(launchers, "train_command",
                         lambda run, root, extra: [sys.executable, "-c", FAKE_TRAIN, str(run.run_dir)])
@@ -106,6 +107,7 @@ def test_gpus_run_concurrently_each_on_its_own_gpu(tmp_path, monkeypatch, capsys
     assert all(a["gpu"] != b["gpu"] for a, b in overlapping), "two runs shared a GPU"
 
 
+@pytest.mark.slow
 def test_gpus_with_real_tiny_runs(tmp_path):  # the runner itself gives each run its share of the threads
     result = ablate("--task", "synthetic", "--signals", "importance_only", "uniform", "--seeds", "1",
                     "--output-root", str(tmp_path), "--gpus", "0,1", *TRAIN)
@@ -116,6 +118,7 @@ def test_gpus_with_real_tiny_runs(tmp_path):  # the runner itself gives each run
     assert "[synthetic/uniform/1] [run] synthetic/uniform/1: accuracy" in result.stderr  # prefixed run output
 
 
+@pytest.mark.slow
 def test_submitit_local_records_jobs_skips_finished_and_resubmits_failed(tmp_path, capsys, one_thread):
     pytest.importorskip("submitit")
     root = str(tmp_path)
@@ -162,6 +165,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the job's process through /proc")
 def test_preempted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, one_thread):
     pytest.importorskip("submitit")
@@ -196,6 +200,7 @@ def test_preempted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, one
     assert set(train_logs) - set(range(5, 121, 5)) <= {stopped_at}  # whose loss line was written before stopping
 
 
+@pytest.mark.slow
 def test_several_gpus_per_run_train_as_one_distributed_run(tmp_path, one_thread):
     """--gpus-per-run 2: the job runs two tasks, each given its torch.distributed rank (on CPU: gloo)."""
     pytest.importorskip("submitit")
@@ -206,6 +211,7 @@ def test_several_gpus_per_run_train_as_one_distributed_run(tmp_path, one_thread)
     assert consistency["world_size"] == 2 and consistency["identical"]
 
 
+@pytest.mark.slow
 def test_running_job_is_left_alone(tmp_path, capsys):
     pytest.importorskip("submitit")
     grid = ["--task", "synthetic", "--signals", "importance_only", "--seeds", "1", "--output-root", str(tmp_path)]
@@ -256,6 +262,7 @@ def fake_slurm(tmp_path, monkeypatch):
     return bin_dir
 
 
+@pytest.mark.slow
 def test_slurm_submits_a_job_array_and_resubmits_only_what_ended(tmp_path, fake_slurm, capsys):
     root = tmp_path / "out"
     grid = ["--task", "synthetic", "--signals", "importance_only", "random", "--seeds", "1", "--output-root", str(root)]

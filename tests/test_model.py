@@ -175,6 +175,7 @@ def deberta_v3_folder(tmp_path_factory, glue_dir):
     return folder
 
 
+@pytest.mark.slow
 def test_deberta_v3_hub_folder_loads_its_sentencepiece_tokenizer_and_weights(deberta_v3_folder, glue_dir):
     model, tok = load_model_and_tokenizer(str(deberta_v3_folder), RTE)
     assert type(tok).__name__ in ("DebertaV2Tokenizer", "DebertaV2TokenizerFast")
@@ -194,6 +195,7 @@ def test_deberta_v3_hub_folder_loads_its_sentencepiece_tokenizer_and_weights(deb
     check_six_per_layer(detect_target_modules(model), layers=2)
 
 
+@pytest.mark.slow
 def test_deberta_v3_hub_folder_trains_end_to_end_through_the_cli(deberta_v3_folder, glue_dir, tmp_path):
     """A fresh process, offline: RTE from a hub snapshot, the way a user with their own copies runs it."""
     rte = TASKS["rte"]
@@ -220,6 +222,7 @@ def test_deberta_v3_hub_folder_trains_end_to_end_through_the_cli(deberta_v3_fold
     assert exported(*pair)["input_ids"] == original(*pair)["input_ids"]
 
 
+@pytest.mark.slow
 def test_deberta_v3_hub_folder_trains_mnli_from_the_glue_download_layout(deberta_v3_folder, glue_dir, tmp_path,
                                                                      caplog):
     mnli = TASKS["mnli"]
@@ -239,6 +242,7 @@ def test_deberta_v3_hub_folder_trains_mnli_from_the_glue_download_layout(deberta
                "without a gold label" in m for m in messages), messages
 
 
+@pytest.mark.slow
 def test_without_protobuf_the_error_names_it_not_tiktoken_or_offline(deberta_v3_folder, tmp_path):
     """What a fresh install lacking protobuf met: transformers falls back to a tiktoken reader and fails."""
     block_protobuf = ("import sys; sys.modules['google.protobuf'] = None; from adalora_ablation.cli import main; "
@@ -257,6 +261,7 @@ def test_without_protobuf_the_error_names_it_not_tiktoken_or_offline(deberta_v3_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_folder_without_spm_model_is_refused_instead_of_training_on_unk(deberta_v3_folder, tmp_path):
     folder = tmp_path / "no-spm"
     shutil.copytree(deberta_v3_folder, folder)
@@ -278,6 +283,7 @@ def test_a_tokenizer_that_knows_no_word_is_refused():
         check_tokenizer(specials_only, "some/model")
 
 
+@pytest.mark.slow
 def test_folder_without_weights_names_the_file_and_no_offline_hint(deberta_v3_folder, tmp_path):
     folder = tmp_path / "no-weights"
     shutil.copytree(deberta_v3_folder, folder)

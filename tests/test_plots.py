@@ -83,6 +83,7 @@ def test_module_type(name, kind):
     assert module_type(name) == kind
 
 
+@pytest.mark.slow
 def test_rank_evolution_panels_budget_and_phases(runs):
     folder = run_dir(runs)
     summary = json.loads((folder / "final_summary.json").read_text())
@@ -109,6 +110,7 @@ def test_rank_evolution_panels_budget_and_phases(runs):
     assert {"warm-up phase", "reduction phase", "final phase"} <= set(ax_total.get_legend_handles_labels()[1])
 
 
+@pytest.mark.slow
 def test_signal_heatmap_rows_columns_and_values(runs):
     folder = run_dir(runs)
     scores = read_lines(folder / "signal_scores.jsonl")
@@ -124,6 +126,7 @@ def test_signal_heatmap_rows_columns_and_values(runs):
     assert len(fig.axes) == 2  # heatmap + colour bar
 
 
+@pytest.mark.slow
 def test_final_rank_heatmap_matches_summary(runs):
     folder = run_dir(runs)
     final = json.loads((folder / "final_summary.json").read_text())["final_ranks"]
@@ -136,6 +139,7 @@ def test_final_rank_heatmap_matches_summary(runs):
     assert sorted(int(t.get_text()) for t in ax.texts) == sorted(final.values())
 
 
+@pytest.mark.slow
 def test_72_modules_of_12_layers_are_readable(runs):
     folder = run_dir(runs, root="bert")
     run = load_run(folder)
@@ -156,6 +160,7 @@ def test_72_modules_of_12_layers_are_readable(runs):
     assert [t.get_text() for t in heat.get_xticklabels()] == list(MODULE_TYPES)
 
 
+@pytest.mark.slow
 def test_comparison_panels_share_one_colour_scale(runs):
     signals = ("baseline_adalora", "combo")
     logs = {s: load_run(run_dir(runs, s)) for s in signals}
@@ -174,6 +179,7 @@ def test_comparison_panels_share_one_colour_scale(runs):
     assert list(per_layer) == [sum(r for m, r in final.items() if m.startswith(f"layer.{i}.")) for i in (0, 1)]
 
 
+@pytest.mark.slow
 def test_unfinished_run_is_plotted_from_its_logs(runs, tmp_path):
     folder = tmp_path / "synthetic" / "combo" / str(SEED)
     shutil.copytree(run_dir(runs), folder)
@@ -189,6 +195,7 @@ def test_unfinished_run_is_plotted_from_its_logs(runs, tmp_path):
     assert sorted(int(t.get_text()) for t in final.texts) == sorted(allocations[-1]["ranks"].values())
 
 
+@pytest.mark.slow
 def test_plot_command_writes_the_three_figures(runs, tmp_path):
     root = tmp_path / "out"
     shutil.copytree(runs / "deberta", root)
@@ -199,6 +206,7 @@ def test_plot_command_writes_the_three_figures(runs, tmp_path):
         assert_png(folder / name)
 
 
+@pytest.mark.slow
 def test_plot_module_compare_reports_a_missing_signal(runs, tmp_path):
     root = tmp_path / "out"
     shutil.copytree(runs / "deberta", root)
@@ -213,6 +221,7 @@ def test_plot_module_compare_reports_a_missing_signal(runs, tmp_path):
     assert_png(figure, min_w=1200, min_h=1000)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, expected", [
     (["--task", "synthetic", "--seed", str(SEED)], "needs --signal"),
     (["--task", "synthetic", "--signals", "combo"], "--signals is for --compare"),

@@ -188,6 +188,7 @@ def test_sensitivity_snr_scores_zero_without_any_gradient():
     assert torch.equal(signal.scores(), torch.zeros(layout.num_modules, layout.r))  # 0 / eps, not NaN
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signal, extra", [(s, []) for s in NEW_SIGNALS] + [("combo", ["--plasticity-norm", "rms"])])
 def test_trains_end_to_end_with_the_exact_budget(tmp_path, signal, extra):
     summary = train(["--task", "synthetic", "--signal", signal, "--output-root", str(tmp_path), "--max-steps", "24",

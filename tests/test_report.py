@@ -81,6 +81,7 @@ def markdown_row(text, signal):
     return next(line for line in text.splitlines() if line.startswith(f"| {signal} |"))
 
 
+@pytest.mark.slow
 def test_accuracy_mean_std_ci_match_the_summaries(root, capsys):
     result = report(capsys, root)
     markdown = report(capsys, root, fmt="markdown")
@@ -99,6 +100,7 @@ def test_accuracy_mean_std_ci_match_the_summaries(root, capsys):
         assert f"pass {n}/{n}" in markdown_row(markdown, signal)
 
 
+@pytest.mark.slow
 def test_paired_t_test_against_the_baseline(root, capsys):
     base = summaries(root, "baseline_adalora")
     combo = summaries(root, "combo")
@@ -116,6 +118,7 @@ def test_paired_t_test_against_the_baseline(root, capsys):
     assert f"{np.mean(diffs):+.4f} over 3 seed(s); paired t-test p={expected.pvalue:.3g}" in row
 
 
+@pytest.mark.slow
 def test_fewer_than_three_shared_seeds_give_no_p_value(root, capsys):
     result = row_of(report(capsys, root), "importance_only")["eval_accuracy"]["vs_baseline"]
     assert result["p_value"] is None and result["shared_seeds"] == [1, 2]
@@ -123,6 +126,7 @@ def test_fewer_than_three_shared_seeds_give_no_p_value(root, capsys):
     assert "no test possible: 2 shared seed(s)" in row and "p=" not in row
 
 
+@pytest.mark.slow
 def test_allocation_similarity_matches_an_independent_computation(root, capsys):
     def final_kept(signal, seed):
         last = json.loads((root / "synthetic" / signal / str(seed) / "rank_pattern.jsonl").read_text().splitlines()[-1])
@@ -146,6 +150,7 @@ def test_allocation_similarity_matches_an_independent_computation(root, capsys):
         assert pair["jaccard"] == pytest.approx(np.mean(jaccards))
 
 
+@pytest.mark.slow
 def test_rank_churn_counts_revived_triplets(root, capsys):
     churn = {(c["signal"], c["seed"]): c for c in report(capsys, root)["churn"]}
     assert set(churn) == {(signal, seed) for signal, seeds in SEEDS.items() for seed in seeds}
@@ -167,6 +172,7 @@ def test_rank_churn_counts_revived_triplets(root, capsys):
     assert f"| combo | 1 | {c['allocations']} | {c['revived_triplets']} / {c['triplets']} |" in markdown
 
 
+@pytest.mark.slow
 def test_missing_and_unfinished_runs_are_reported(copy, capsys):
     (copy / "synthetic" / "combo" / "2" / "final_summary.json").unlink()
     (copy / "synthetic" / "baseline_adalora" / "3" / "final_summary.json").write_text("{ torn")
@@ -196,12 +202,14 @@ def test_missing_and_unfinished_runs_are_reported(copy, capsys):
     assert "seed 4: no run folder" in table["importance_only"]["missing_or_unfinished"]
 
 
+@pytest.mark.slow
 def test_requested_signal_without_runs_is_a_row_with_zero_seeds(root, capsys):
     markdown = report(capsys, root, "--signals", "baseline_adalora", "plasticity_only", fmt="markdown")
     assert markdown_row(markdown, "plasticity_only").startswith("| plasticity_only | 0 | — |")
     assert "plasticity_only / seed 1: no run folder" in markdown
 
 
+@pytest.mark.slow
 def test_mnli_matched_and_mismatched_are_reported_separately(root, tmp_path, capsys):
     """MNLI needs GLUE data, so this reuses the trained runs with a mismatched accuracy added to each summary."""
     mnli = tmp_path / "runs" / "mnli"
@@ -221,6 +229,7 @@ def test_mnli_matched_and_mismatched_are_reported_separately(root, tmp_path, cap
     assert "matched acc mean ± std [95% CI]" in header and "mismatched acc mean ± std [95% CI]" in header
 
 
+@pytest.mark.slow
 def test_csv_from_the_module_entry_point(root):
     command = [sys.executable, "-m", "adalora_ablation", "report", "--task", "synthetic", "--output-root", str(root),
                "--format", "csv"]
@@ -233,6 +242,7 @@ def test_csv_from_the_module_entry_point(root):
     assert rows[1]["eval_accuracy_p_value"] == "" and "no test possible" in rows[1]["eval_accuracy_test"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, expected", [
     (["--task", "mnli"], "no runs for task 'mnli' under"),
     (["--task", "synthetic", "--format", "xml"], "invalid choice"),
@@ -308,6 +318,7 @@ def independent_holm(p_values):
     return adjusted
 
 
+@pytest.mark.slow
 def test_holm_adjusts_the_paired_tests_over_the_signals(tmp_path, capsys):
     root = craft(tmp_path, ACCURACIES)
     base = ACCURACIES["baseline_adalora"]
@@ -330,6 +341,7 @@ def test_holm_adjusts_the_paired_tests_over_the_signals(tmp_path, capsys):
     assert "Holm correction applied over 3 comparisons" in markdown
 
 
+@pytest.mark.slow
 def test_one_comparison_is_not_corrected(tmp_path, capsys):
     root = craft(tmp_path, {s: ACCURACIES[s] for s in ("baseline_adalora", "combo")})
     markdown = report(capsys, root, task="rte", fmt="markdown")
@@ -343,6 +355,7 @@ def exact_mde(sd, n, comparisons):
                            xtol=1e-12)
 
 
+@pytest.mark.slow
 def test_smallest_detectable_difference_over_the_tests_actually_run(tmp_path, capsys):
     # importance_only shares 4 seeds with the baseline, plasticity_only 3 (tested), combo 2 (no test).
     accuracies = {"baseline_adalora": (0.70, 0.72, 0.71, 0.69), "importance_only": (0.72, 0.75, 0.73, 0.70),
@@ -376,6 +389,7 @@ def test_smallest_detectable_difference_over_the_tests_actually_run(tmp_path, ca
     assert report(capsys, without_combo, task="rte")["detectable_difference"] == result["detectable_difference"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["two seeds", "constant shifts"])
 def test_no_detectable_difference_without_a_test(tmp_path, capsys, case):
     base = (0.70, 0.72, 0.71)
@@ -392,6 +406,7 @@ def test_no_detectable_difference_without_a_test(tmp_path, capsys, case):
     assert "would likely go undetected" not in markdown
 
 
+@pytest.mark.slow
 def test_a_constant_shift_has_one_label_whatever_the_rounding(tmp_path, capsys):
     rows = 277  # every seed: exactly 3 more of the 277 evaluation rows right than the baseline
     exact, rounded = (10, 20, 30), (100, 150, 200)
@@ -416,6 +431,7 @@ def strict_json(text):
     return json.loads(text, parse_constant=refuse)
 
 
+@pytest.mark.slow
 def test_a_nan_metric_makes_the_run_unfinished(tmp_path, capsys):
     root = craft(tmp_path, ACCURACIES, effects={s: (0.05, 0.06, 0.055) for s in ACCURACIES})
     for signal, seed, field, value in (("combo", 2, "eval_accuracy", "NaN"),
@@ -444,6 +460,7 @@ def test_a_nan_metric_makes_the_run_unfinished(tmp_path, capsys):
     assert "- combo / seed 2: unfinished: metric is NaN" in markdown and "nan" not in markdown_row(markdown, "combo")
 
 
+@pytest.mark.slow
 def test_signals_not_above_random_by_a_one_sided_paired_test(tmp_path, capsys):
     random = (0.70, 0.72, 0.74)
     shifted = lambda deltas: tuple(r + d for r, d in zip(random, deltas))  # noqa: E731
@@ -477,6 +494,7 @@ def test_signals_not_above_random_by_a_one_sided_paired_test(tmp_path, capsys):
     assert "one-sided: signal > random), Holm-adjusted over these tests" in markdown
 
 
+@pytest.mark.slow
 def test_mnli_matched_and_mismatched_are_one_holm_family(tmp_path, capsys):
     mismatched = {s: tuple(v - 0.01 * (i + 1) * (k + 1) for i, v in enumerate(values))
                   for k, (s, values) in enumerate(ACCURACIES.items())}
@@ -497,6 +515,7 @@ def test_mnli_matched_and_mismatched_are_one_holm_family(tmp_path, capsys):
             "comparisons") in markdown and "α=0.05/6" in markdown
 
 
+@pytest.mark.slow
 def test_adapter_effect_column_and_flag(tmp_path, capsys):
     near_zero = {s: (0.001, -0.002, 0.0005) for s in ACCURACIES}
     flat = craft(tmp_path / "flat", ACCURACIES, effects=near_zero)
@@ -519,6 +538,7 @@ def test_adapter_effect_column_and_flag(tmp_path, capsys):
         capsys, older, task="rte", fmt="markdown")
 
 
+@pytest.mark.slow
 def test_size_bias_recovers_a_planted_size_driven_allocation(tmp_path, capsys):
     root = craft(tmp_path, ACCURACIES, allocate={"plasticity_only": by_size})
     result = {b["signal"]: b for b in report(capsys, root, task="rte")["size_bias"]}
@@ -556,6 +576,7 @@ def along_size(name):  # the mirror image: every FFN matrix above every attentio
     return INIT_R - against_size(name)
 
 
+@pytest.mark.slow
 def test_size_bias_is_flagged_in_either_direction_against_the_attainable_rho(tmp_path, capsys):
     root = craft(tmp_path, ACCURACIES, allocate={"plasticity_only": along_size, "combo": against_size})
     result = {b["signal"]: b for b in report(capsys, root, task="rte")["size_bias"]}

@@ -80,6 +80,7 @@ def wait_for(condition, proc, seconds=240):
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signal_name", ["combo", "random"])
 def test_killed_then_resumed_run_equals_uninterrupted_run(tmp_path, signal_name, straight_runs):
     proc = subprocess.Popen(train_command("--signal", signal_name, "--output-root", str(tmp_path)),
@@ -105,6 +106,7 @@ def test_killed_then_resumed_run_equals_uninterrupted_run(tmp_path, signal_name,
     assert steps == sorted(set(steps)) == list(range(10, 241, 10))  # no duplicated or missing log line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGUSR1])
 def test_a_signal_checkpoints_the_current_step_and_the_resumed_run_equals_an_uninterrupted_one(
         tmp_path, straight_runs, stop_signal):
@@ -162,6 +164,7 @@ class RunsCode:
         return (open, (self.path, "w"))
 
 
+@pytest.mark.slow
 def test_resume_never_unpickles_code_and_falls_back_to_an_older_checkpoint(interrupted_run, tmp_path):
     marker = tmp_path / "pwned"
     newest = interrupted_run / "checkpoint-80"
@@ -187,6 +190,7 @@ def test_resume_never_unpickles_code_and_falls_back_to_an_older_checkpoint(inter
     assert summary_of(interrupted_run)["resumed_from"] == "checkpoint-40"
 
 
+@pytest.mark.slow
 def test_resume_under_other_settings_says_so_once(interrupted_run, tmp_path):
     path = interrupted_run / "checkpoint-80" / "adalora_allocator.pt"
     state = torch.load(path, weights_only=True)
@@ -202,6 +206,7 @@ def test_resume_under_other_settings_says_so_once(interrupted_run, tmp_path):
                         "in the last bits from an uninterrupted run"]
 
 
+@pytest.mark.slow
 def test_final_adapter_is_pruned_and_reloads_with_the_same_accuracy(tmp_path):
     summary = train([*ARGS, "--signal", "importance_only", "--output-root", str(tmp_path), "--save-strategy", "no"])
     adapter_dir = run_folder(tmp_path, "importance_only") / "final_adapter"
@@ -231,6 +236,7 @@ def test_resume_without_checkpoint_starts_fresh_and_truncation_drops_torn_lines(
     assert lines(path) == ['{"step": 1}', '{"step": 2}']
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_is_skipped_for_the_newest_that_verifies(interrupted_run, tmp_path):
     damaged = interrupted_run / "checkpoint-80" / "adalora_allocator.pt"
     damaged.write_bytes(damaged.read_bytes()[:100])  # a half-copied file
@@ -243,6 +249,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_newest_that_verifies(int
     verify_manifest(interrupted_run / "checkpoint-80")  # ... and checkpoint-80 written anew
 
 
+@pytest.mark.slow
 def test_a_run_whose_checkpoints_all_fail_starts_over(interrupted_run, tmp_path):
     for checkpoint in ("checkpoint-40", "checkpoint-80"):
         (interrupted_run / checkpoint / "scheduler.pt").write_bytes(b"damaged")
@@ -255,6 +262,7 @@ def test_a_run_whose_checkpoints_all_fail_starts_over(interrupted_run, tmp_path)
     assert steps == sorted(set(steps))  # the old logs went with the old run
 
 
+@pytest.mark.slow
 def test_a_failed_checkpoint_write_stops_the_run_in_one_line_and_the_last_verified_one_stays_resumable(
         interrupted_run, tmp_path):
     shutil.rmtree(interrupted_run / "checkpoint-80")
@@ -276,6 +284,7 @@ def test_a_failed_checkpoint_write_stops_the_run_in_one_line_and_the_last_verifi
     assert summary_of(interrupted_run)["resumed_from"] == "checkpoint-40"
 
 
+@pytest.mark.slow
 def test_a_checkpoint_resumes_only_under_the_signal_settings_that_wrote_it(interrupted_run, tmp_path):
     result = run_train(*SHORT, "--output-root", str(tmp_path), "--resume", "True", "--ema-decay", "0.8", check=False)
     error = [line for line in result.stderr.splitlines() if line.startswith("adalora-ablation: error:")]

@@ -58,6 +58,7 @@ def minilm_rte_run(tmp_path_factory, minilm_path, glue_dir):
     return root / "rte" / "combo" / "7", summary
 
 
+@pytest.mark.slow
 def test_minilm_rte_run_writes_every_output_with_its_schema(minilm_rte_run):
     run_dir, summary = minilm_rte_run
     total = math.ceil(math.ceil(192 / 8) / 2) * 2  # 12 optimizer steps per epoch (2 micro-batches each), 2 epochs
@@ -94,6 +95,7 @@ def test_minilm_rte_run_writes_every_output_with_its_schema(minilm_rte_run):
     assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-24"]
 
 
+@pytest.mark.slow
 def test_tiny_mnli_reports_matched_and_mismatched(tmp_path, glue_dir):
     summary = train(["--task", "mnli", "--signal", "importance_only", "--model", "tiny-deberta", "--data-dir",
                      str(glue_dir), "--output-root", str(tmp_path), "--max-train-samples", "64",
