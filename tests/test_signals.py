@@ -188,6 +188,33 @@ def test_rms_plasticity_is_size_fair_where_the_l2_norm_favours_the_larger_matrix
     torch.testing.assert_close(large / small, torch.full((3,), math.sqrt(71 / 10)))
 
 
+def test_plasticity_rms_is_the_l2_plasticity_per_element_under_checkpoint_names_of_before():
+    """plasticity_rms derives from plasticity_only (one formula): on random gradients its EMA is
+    EMA(sqrt(sum g^2 / n)) exactly as it was computed before, and its state keeps the buffer names that earlier
+    checkpoints hold, so that they still resume (combo's parts too)."""
+    model, seeds = TwoModules(), [5, 6, 7]
+    layout = LoraLayout(model)
+    config = SignalConfig(ema_decay=0.8)
+    rms = build_signal("plasticity_rms", layout, config)
+    step_all(rms, model, layout, seeds)
+    sizes = torch.tensor([din + dout + 1 for din, dout in zip(layout.in_features, layout.out_features)],
+                         dtype=torch.float32).view(-1, 1)
+    expected = torch.zeros(layout.num_modules, layout.r)
+    for seed in seeds:
+        model.set_grads(seed)
+        g = layout.flat_grads()
+        expected = 0.8 * expected + (1 - 0.8) * layout.triplet_sums(g * g).div(sizes).sqrt()
+    torch.testing.assert_close(rms.scores(), expected)
+    assert set(rms.state_dict()) == {"exp_avg_rms"}
+    assert set(build_signal("plasticity_only", layout, config).state_dict()) == {"exp_avg_norm"}
+    combo = build_signal("combo", layout, SignalConfig(plasticity_norm="rms"))
+    assert set(combo.state_dict()) == {"importance.exp_avg_ipt", "plasticity.exp_avg_rms"}
+    restored = build_signal("plasticity_rms", layout, config)
+    restored.load_state_dict({"exp_avg_rms": expected.view(-1).clone()})
+    torch.testing.assert_close(restored.scores(), expected)
+
+
+
 def test_rank_normalization_averages_ties_and_constant_scores_normalize_to_zero():
     x = torch.tensor([3.0, 1.0, 3.0, 2.0])
     torch.testing.assert_close(normalize(x, "rank"), torch.tensor([(2.5) / 3, 0.0, 2.5 / 3, 1 / 3]))
