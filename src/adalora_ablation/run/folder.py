@@ -111,6 +111,9 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file 0600; give it the mode any new file gets (0666 less the umask), so that results
+        # on a shared output root are as readable as the files the Trainer writes
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -121,6 +124,21 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         if isinstance(exc, OSError):
             raise write_error(path, exc) from None
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read from /proc where it can be (os.umask can only be read by setting it, which for a
+    moment would change it for every thread of the process)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_error(path: Path, exc: BaseException) -> RunFileError:
@@ -142,7 +160,7 @@ def append_jsonl(path: Path, record: dict) -> None:
     """Append one record as one line with a single O_APPEND write: a killed process leaves whole lines only."""
     data = (json.dumps(_clean(record)) + "\n").encode("utf-8")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # less the umask, as open() does
         try:
             written = os.write(fd, data)
             if written != len(data):  # only on a full disk; never leave half a record behind

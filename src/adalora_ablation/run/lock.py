@@ -204,7 +204,7 @@ class RunLock:
         """Create the lock naming ``owner``; False if one exists. A lock that cannot be written whole (full disk,
         quota) is removed again and reported as LockHeld: a half-written lock would block the next start."""
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # less the umask
         except FileExistsError:
             return False
         except OSError as exc:
