@@ -35,6 +35,7 @@ SUMMARY = "final_summary.json"
 FINAL_ADAPTER = "final_adapter"  # the pruned adapter for inference (PEFT format)
 ALLOCATOR_STATE = "adalora_allocator.pt"  # inside every checkpoint-N
 MANIFEST = "manifest.json"  # inside every checkpoint-N, written last: name, size and sha256 of every other file
+STAGING = ".partial"  # <run>/.partial/checkpoint-N: a checkpoint being written; renamed into place once verified
 DDP_CONSISTENCY = "ddp_consistency.json"  # multi-process runs: every rank's mask digests
 COMPARE_DIR = "compare"  # <output-root>/<task>/compare/ holds comparison figures, not runs
 GRID_DIR = "grid"  # <output-root>/grid/ holds the grid's job record and job logs
@@ -204,7 +205,16 @@ def rewind_logs(run_dir: Path, step: int) -> None:
                 later.unlink()
     truncate_jsonl(run_dir / RANK_PATTERN, lambda r: r["step"] < step)
     truncate_jsonl(run_dir / SIGNAL_SCORES, lambda r: r["step"] < step)
-    truncate_jsonl(run_dir / METRICS, lambda r: r["step"] <= step and "train_runtime" not in r)
+    shutil.rmtree(run_dir / STAGING, ignore_errors=True)  # a checkpoint whose writing was cut off
+    # Everything from the end-of-training line on (the final evaluation included) belongs to the finish, which the
+    # resumed run writes again.
+    finished = [False]
+
+    def before_the_finish(record: dict) -> bool:
+        finished[0] = finished[0] or "train_runtime" in record
+        return record["step"] <= step and not finished[0]
+
+    truncate_jsonl(run_dir / METRICS, before_the_finish)
 
 
 # -- reading -----------------------------------------------------------------------------------------------------
