@@ -146,3 +146,25 @@ def _lines(path):
         return path.read_text().splitlines()
     except OSError:
         return []
+
+
+def test_a_signal_while_the_model_and_data_load_exits_75_with_nothing_written(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "adalora_ablation", "train", *ARGS, "--output-root", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        for line in proc.stdout:
+            if "[data]" in line:  # the data is loaded; the model is being wrapped
+                proc.send_signal(signal.SIGTERM)
+                break
+        out = proc.communicate(timeout=300)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 75, out[-2000:]
+    assert "adalora-ablation: stopped by SIGTERM before training started, with nothing to keep" in out
+    run_dir = run_dir_of(tmp_path)
+    assert not (run_dir / LOCK_FILE).exists()
+    assert not run_dir.exists() or not complete_checkpoints(run_dir)
