@@ -62,6 +62,7 @@ class RunFolder:
                 found = resumable_checkpoint(self.run_dir, self.log, restart=restart)
                 if found is not None:
                     self.checkpoint, self.resume_state = found
+                    self._check_identity(self.resume_state.get("identity"), str(self.checkpoint))
             if self.checkpoint is not None:
                 if self.is_main:
                     rewind_logs(self.run_dir, checkpoint_step(self.checkpoint))
@@ -73,6 +74,14 @@ class RunFolder:
             self.close()
             raise
         return self
+
+    def _check_identity(self, recorded: dict | None, where: str) -> None:
+        """A run continues only under the settings fingerprint that wrote what it continues (when both are known)."""
+        if self.identity is None or recorded is None or recorded == self.identity:
+            return
+        changed = sorted(k for k in set(recorded) | set(self.identity) if recorded.get(k) != self.identity.get(k))
+        raise UsageError(f"{where} was written with other settings ({', '.join(changed)}); resume with the same "
+                         f"settings, or use another --output-root for this variant")
 
     def __enter__(self) -> RunFolder:
         return self
