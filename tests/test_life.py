@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -149,9 +151,6 @@ def _lines(path):
 
 
 def test_a_signal_while_the_model_and_data_load_exits_75_with_nothing_written(tmp_path):
-    import subprocess
-    import sys
-
     proc = subprocess.Popen([sys.executable, "-m", "adalora_ablation", "train", *ARGS, "--output-root", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})

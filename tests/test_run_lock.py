@@ -13,7 +13,7 @@ import torch
 from adalora_ablation.run.folder import latest_complete_checkpoint
 from adalora_ablation.run import lock as run_lock
 from adalora_ablation.run.lock import (
-    LOCK_FILE, STALE_S, LockHeld, LockLost, LockOwner, RunLock, held_elsewhere, read_owner,
+    LOCK_FILE, STALE_S, LockHeld, LockOwner, RunLock, held_elsewhere, read_owner,
 )
 
 HOLDER = """
