@@ -199,12 +199,13 @@ def _train(argv: list[str], stopper: StopOnSignal) -> dict:
             for a in fields:
                 effect[a.without_adapters_field] = without[a.without_adapters_field]
                 effect[a.adapter_effect_field] = eval_metrics[a.metric] - without[a.without_adapters_field]
-            run.stop_if_signalled(training_args, keep_final_step)
+        # The last moment to stop: writing the final adapter and the summary takes seconds, and PEFT's pruned save
+        # rewrites the adapter config, after which no training checkpoint should be written.
+        run.stop_if_signalled(training_args, keep_final_step)
         if is_main:  # the pruned adapter for inference, apart from the (full-shape) training checkpoints
             run.check_lock()
             peft_model.save_pretrained(run_dir / FINAL_ADAPTER)
             tokenizer.save_pretrained(run_dir / FINAL_ADAPTER)
-        run.stop_if_signalled(training_args, keep_final_step)
 
         summary = {
             "task": task.name,

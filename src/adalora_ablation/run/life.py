@@ -10,8 +10,8 @@
 
 The stop contract (README, "Pre-emption and resume"): a stop signal at any moment ends the run with exit 75 and,
 where there is training state worth keeping, a complete checkpoint of the step it arrived in; before training starts
-nothing is kept (the run starts or resumes as before). After the summary is written the run is finished and a
-signal changes nothing.
+nothing is kept (the run starts or resumes as before). Once the final adapter is being written the run finishes
+(seconds) and a signal changes nothing.
 """
 
 from __future__ import annotations
