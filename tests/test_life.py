@@ -167,3 +167,30 @@ def test_a_signal_while_the_model_and_data_load_exits_75_with_nothing_written(tm
     run_dir = run_dir_of(tmp_path)
     assert not (run_dir / LOCK_FILE).exists()
     assert not run_dir.exists() or not complete_checkpoints(run_dir)
+
+
+def test_save_total_limit_never_leaves_the_run_without_a_verified_checkpoint(tmp_path):
+    """Older checkpoints go only after the new one is complete: watched every millisecond, the run always has one."""
+    run_dir = run_dir_of(tmp_path)
+    seen, empty = [], []
+
+    def watch(stop):
+        while not stop.is_set():
+            names = [c.name for c in complete_checkpoints(run_dir)] if run_dir.exists() else []
+            if seen and not names and not complete_checkpoints(run_dir):  # twice: a listing can race a rename
+                empty.append(time.time())
+            if names:
+                seen.append(names[-1])
+            time.sleep(0.001)
+
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch, args=(stop,), daemon=True)
+    watcher.start()
+    try:
+        train([*ARGS, "--output-root", str(tmp_path), "--max-steps", "40", "--tfinal", "10", "--save-strategy",
+               "steps", "--save-steps", "5", "--save-total-limit", "1", "--eval-strategy", "no"])
+    finally:
+        stop.set()
+        watcher.join()
+    assert [c.name for c in complete_checkpoints(run_dir)] == ["checkpoint-40"]
+    assert len(set(seen)) >= 6 and not empty  # it watched the rotations, and none left the run without one
