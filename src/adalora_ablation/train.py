@@ -150,11 +150,11 @@ def _train(argv: list[str], stopper: StopOnSignal) -> dict:
     run = RunFolder(run_dir, stopper, logger.warning if is_main else logger.debug, is_main)
     run.stop_if_signalled(training_args)  # came in while loading: nothing is held or written yet
     with run.open(resume=run_args.resume, overwrite=run_args.overwrite,
-                  restart=run_args.resume_fallback == "restart"):
+                  restart=run_args.resume_fallback == "restart",
+                  accept=lambda state, found: check_same_signal(state, run_args.signal, signal_config, found)):
         callback = AdaLoraCallback(peft_model, allocator, run_dir, write_files=is_main)
         checkpoint = run.checkpoint
         if checkpoint is not None:
-            check_same_signal(run.resume_state, run_args.signal, signal_config, checkpoint)
             logger.info(f"[run] resuming {run_dir} from {checkpoint.name}")
             callback.pending_resume = run.resume_state
         trainer = AdaLoraTrainer(

@@ -48,7 +48,10 @@ class RunFolder:
         self.finished = False
 
     # -- open ----------------------------------------------------------------------------------------------------
-    def open(self, resume: bool, overwrite: bool, restart: bool = True, identity: dict | None = None) -> RunFolder:
+    def open(self, resume: bool, overwrite: bool, restart: bool = True, identity: dict | None = None,
+             accept=None) -> RunFolder:
+        """``accept(resume_state, checkpoint)`` raises UsageError when the checkpoint found may not be continued
+        (other settings); it is called before anything in the folder changes."""
         self.identity = identity
         if self.is_main:
             try:
@@ -63,6 +66,8 @@ class RunFolder:
                 if found is not None:
                     self.checkpoint, self.resume_state = found
                     self._check_identity(self.resume_state.get("identity"), str(self.checkpoint))
+                    if accept is not None:
+                        accept(self.resume_state, self.checkpoint)
             if self.checkpoint is not None:
                 if self.is_main:
                     rewind_logs(self.run_dir, checkpoint_step(self.checkpoint))
