@@ -314,3 +314,44 @@ def test_refused_submission_is_one_line_error(tmp_path, fake_slurm, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "submitting the jobs failed: sbatch: error: invalid partition" in err.splitlines()[-1]
     assert not (tmp_path / "grid" / "jobs.json").exists()
+
+
+class RunsCode:
+    """An object whose unpickling runs code: it would create the file at ``path``."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_status_reads_no_pickle_from_the_output_root(tmp_path, capsys):
+    """A result file planted in the job folder would run code if unpickled; --status reads the job's log instead."""
+    import pickle
+
+    grid = ["--task", "synthetic", "--signals", "importance_only", "random", "--seeds", "1", "--output-root",
+            str(tmp_path)]
+    folder = tmp_path / "grid" / "submitit" / "x"
+    folder.mkdir(parents=True)
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    book = {}
+    for signal_name, job_id in (("importance_only", ended.pid), ("random", ended.pid + 100000)):
+        book[f"synthetic/{signal_name}/1"] = {
+            "task": "synthetic", "signal": signal_name, "seed": 1, "job_id": str(job_id), "launcher": "submitit-local",
+            "submitted_at": "2026-01-01T00:00:00+00:00", "log_folder": str(folder)}
+        marker = tmp_path / f"pwned-{signal_name}"
+        (folder / f"{job_id}_0_result.pkl").write_bytes(pickle.dumps(("error", RunsCode(marker))))
+    (tmp_path / "grid" / "jobs.json").write_text(json.dumps({"runs": book}))
+    (folder / f"{ended.pid}_0_log.err").write_text(
+        "submitit ERROR (2026-01-01 00:00:00,000) - Submitted job triggered an exception\n"
+        "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+        "adalora_ablation.errors.UsageError: /data/glu holds no RTE files\n")
+
+    assert ablate_main([*grid, "--status"]) == 0
+    out = capsys.readouterr().out
+    assert not list(tmp_path.glob("pwned-*")), "--status unpickled a file from the output root"
+    assert (f"| synthetic | importance_only | 1 | FAILED | job {ended.pid} (submitit-local), "
+            f"adalora_ablation.errors.UsageError: /data/glu holds no RTE files |") in out
+    assert f"| synthetic | random | 1 | INTERRUPTED | job {ended.pid + 100000} (submitit-local) |" in out

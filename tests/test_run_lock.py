@@ -11,7 +11,10 @@ import pytest
 import torch
 
 from adalora_ablation.run.folder import latest_complete_checkpoint
-from adalora_ablation.run.lock import LOCK_FILE, STALE_S, LockHeld, RunLock, held_elsewhere, read_owner
+from adalora_ablation.run import lock as run_lock
+from adalora_ablation.run.lock import (
+    LOCK_FILE, STALE_S, LockHeld, LockOwner, RunLock, held_elsewhere, read_owner,
+)
 
 HOLDER = """
 import sys, time
@@ -22,10 +25,15 @@ with RunLock(sys.argv[1]):
 """
 
 
-def write_lock(run_dir, host, pid, age=0.0):
+def write_lock(run_dir, host, pid, age=0.0, **identity):
+    """A lock as another process would have written it; by default on this kernel, in this PID namespace."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
-    path.write_text(json.dumps({"host": host, "pid": pid, "started": time.time() - age, "token": "t"}))
+    me = LockOwner.of_this_process()
+    boot_id = me.boot_id if host == me.host else f"the kernel of {host}"
+    record = {"host": host, "pid": pid, "started": time.time() - age, "token": "t", "boot_id": boot_id,
+              "pid_ns": me.pid_ns, "pid_start": "", **identity}
+    path.write_text(json.dumps(record))
     os.utime(path, (time.time() - age, time.time() - age))
     return path
 
@@ -84,6 +92,132 @@ def test_heartbeat_renews_the_lock(tmp_path, monkeypatch):
         os.utime(path, (time.time() - 100, time.time() - 100))
         time.sleep(0.3)
         assert read_owner(path)[1] < 5
+
+
+def test_pids_are_compared_only_within_one_kernel_and_pid_namespace(tmp_path):
+    dead = finished_pid()
+    write_lock(tmp_path, os.uname().nodename, dead, pid_ns="pid:[1]")  # same host name, another container
+    with pytest.raises(LockHeld, match=f"in use by process {dead} on "):
+        RunLock(tmp_path).acquire()
+    write_lock(tmp_path, os.uname().nodename, dead, boot_id="another-machine")
+    with pytest.raises(LockHeld):
+        RunLock(tmp_path).acquire()
+    write_lock(tmp_path, os.uname().nodename, os.getpid())  # our PID, not our lock: a dead predecessor's
+    messages = []
+    with RunLock(tmp_path, log=messages.append):
+        assert "this process has its PID now" in messages[0]
+    write_lock(tmp_path, os.uname().nodename, os.getppid(), pid_start="1")  # the PID runs, but started later
+    with RunLock(tmp_path, log=messages.append):
+        assert "its PID belongs to a later process" in messages[-1]
+
+
+UNSHARE = ["unshare", "--pid", "--fork", "--map-root-user"]
+
+
+def test_a_run_in_another_pid_namespace_is_neither_taken_over_nor_blocks_its_requeue_forever(tmp_path):
+    if subprocess.run([*UNSHARE, "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare --pid is not permitted here")
+    holder = subprocess.Popen([*UNSHARE, sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        owner = read_owner(tmp_path / LOCK_FILE)[0]
+        assert owner.pid == 1 and owner.pid_ns != LockOwner.of_this_process().pid_ns  # PID 1 in its container
+        with pytest.raises(LockHeld, match="in use by process 1 on "):
+            RunLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with pytest.raises(LockHeld):  # killed: its PID cannot be checked from here, so its heartbeat decides
+        RunLock(tmp_path).acquire()
+    os.utime(tmp_path / LOCK_FILE, (time.time() - STALE_S - 5, time.time() - STALE_S - 5))
+    with RunLock(tmp_path, log=lambda *a: None):
+        pass
+
+
+def test_a_client_clock_ahead_of_the_filesystems_does_not_make_a_live_lock_stale(tmp_path, monkeypatch):
+    write_lock(tmp_path, "other-node", 12345, age=10)
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 2 * STALE_S)  # this client's clock runs ahead
+    with pytest.raises(LockHeld, match="process 12345 on other-node"):
+        RunLock(tmp_path).acquire()
+    assert held_elsewhere(tmp_path).pid == 12345
+
+
+def test_a_lock_that_cannot_be_written_is_one_line_and_leaves_no_file(tmp_path):
+    script = ("import resource, signal, sys\n"
+              "from adalora_ablation.run.lock import LockHeld, RunLock\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (10, 10))  # as a full disk: the lock's record fails\n"
+              "try:\n    RunLock(sys.argv[1]).acquire()\nexcept LockHeld as exc:\n    print(exc)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.strip() == f"cannot write the lock {tmp_path / LOCK_FILE} (File too large); free space " \
+                                    f"or choose another --output-root"
+    assert not (tmp_path / LOCK_FILE).exists()
+    with RunLock(tmp_path):  # the next start is not blocked
+        pass
+
+
+RACER = """
+import sys, time
+from adalora_ablation.run.lock import LockHeld, RunLock
+try:
+    with RunLock(sys.argv[1], log=lambda *a: None):
+        print("held", flush=True)
+        time.sleep(3)
+except LockHeld as exc:
+    print("refused", exc, flush=True)
+"""
+
+
+def test_of_three_processes_racing_for_one_stale_lock_exactly_one_wins(tmp_path):
+    write_lock(tmp_path, "other-node", 12345, age=STALE_S + 5)
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+              for _ in range(3)]
+    outcomes = [racer.communicate(timeout=60)[0].split()[0] for racer in racers]
+    assert sorted(outcomes) == ["held", "refused", "refused"]
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+SUSPENDED = """
+import sys, time
+from adalora_ablation.run import lock
+from adalora_ablation.run.lock import LockLost, RunLock
+lock.HEARTBEAT_S, lock.STALE_S = 0.1, 1.0
+with RunLock(sys.argv[1]) as held:
+    print("held", flush=True)
+    try:
+        while True:
+            held.check()
+            with open(sys.argv[2], "a") as f:
+                f.write("x\\n")
+            time.sleep(0.02)
+    except LockLost as exc:
+        print("lost:", exc, flush=True)
+"""
+
+
+def test_an_owner_suspended_longer_than_the_takeover_age_notices_and_stops_writing(tmp_path, monkeypatch):
+    log = tmp_path / "writes.txt"
+    holder = subprocess.Popen([sys.executable, "-c", SUSPENDED, str(tmp_path), str(log)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        holder.send_signal(signal.SIGSTOP)
+        time.sleep(1.5)  # longer than its STALE_S: its heartbeat stopped with it
+        monkeypatch.setattr(run_lock, "STALE_S", 1.0)
+        taker = RunLock(tmp_path, log=lambda *a: None).acquire()
+        writes = len(log.read_text().splitlines())
+        holder.send_signal(signal.SIGCONT)
+        out, _ = holder.communicate(timeout=30)
+        assert "lost: the lock " in out and "was taken over" in out
+        assert len(log.read_text().splitlines()) <= writes + 1  # at most the write it was suspended in
+        assert read_owner(tmp_path / LOCK_FILE)[0] == taker.owner  # it left the new owner's lock alone
+        taker.release()
+    finally:
+        holder.kill()
 
 
 # Long enough to outlive the checks below on any machine; the test stops it with SIGTERM (a checkpoint, exit 75).

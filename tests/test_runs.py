@@ -3,13 +3,14 @@ runs, log rewinding."""
 
 import json
 import os
+import stat
 
 import pytest
 
 from adalora_ablation.run import folder as runs
 from adalora_ablation.run.folder import (
     Run, accuracies, accuracy_fields, append_jsonl, atomic_write, discover, latest_complete_checkpoint, read_jsonl,
-    rewind_logs, run_dir_for, write_json_atomic,
+    rewind_logs, run_dir_for, write_json_atomic, write_summary,
 )
 
 
@@ -42,6 +43,21 @@ def test_atomic_write_leaves_the_old_file_and_no_temp_file_on_failure(tmp_path):
         atomic_write(path, fail)
     assert json.loads(path.read_text()) == {"a": 1, "bad": None}
     assert os.listdir(tmp_path) == ["state.json"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_results_get_the_mode_the_umask_gives_new_files(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        write_summary(tmp_path, {"a": 1})
+        append_jsonl(tmp_path / runs.METRICS, {"step": 1})
+        append_jsonl(tmp_path / runs.METRICS, {"step": 2})
+        rewind_logs(tmp_path, 1)  # rewritten atomically, like the summary
+    finally:
+        os.umask(previous)
+    assert read_jsonl(tmp_path / runs.METRICS) == [{"step": 1}]
+    for name in (runs.SUMMARY, runs.METRICS):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
 
 
 def test_rewind_keeps_what_a_checkpoint_had_seen(tmp_path):

@@ -20,12 +20,20 @@ REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "temporary failure; the user is invited t
 
 
 class RunInterrupted(Exception):
-    """Training stopped on a signal after writing checkpoint-<step>; the command exits with REQUEUE_EXIT_CODE."""
+    """The run stopped on a signal; the command exits with REQUEUE_EXIT_CODE. With a step: after writing
+    checkpoint-<step>; without one: before training had anything worth keeping."""
 
-    def __init__(self, signal_name: str, step: int, checkpoint: str):
+    def __init__(self, signal_name: str, step: int | None, checkpoint: str | None):
         self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
-        super().__init__(f"stopped by {signal_name} after step {step}; {checkpoint} written; run the same command "
-                         f"with --resume True to continue from it")
+        if checkpoint is None:
+            message = (f"stopped by {signal_name} before training started, with nothing to keep; run the same "
+                       f"command to start it again")
+        else:
+            message = (f"stopped by {signal_name} after step {step}; {checkpoint} written; run the same command "
+                       f"with --resume True to continue from it")
+        super().__init__(message)
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line naming the fix (a UsageError) instead of usage + error.
 

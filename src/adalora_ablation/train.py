@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
 import platform
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -33,12 +31,12 @@ from .adalora.model import (
     load_model_and_tokenizer,
     wrap_with_adalora,
 )
+from .run.life import CheckLock, RunFolder
 from .run.preemption import STOP_SIGNALS, StopOnSignal
-from .run.resume import AdaLoraTrainer, resumable_checkpoint
-from .run.lock import LOCK_FILE, LockHeld, RunLock
+from .run.resume import AdaLoraTrainer
 from .run.folder import (
-    DDP_CONSISTENCY, FINAL_ADAPTER, accuracies, accuracy_fields, checkpoint_step, read_summary, rewind_logs,
-    run_dir_for, write_json_atomic, write_summary,
+    DDP_CONSISTENCY, FINAL_ADAPTER, accuracies, accuracy_fields, checkpoint_step, read_summary, run_dir_for,
+    write_json_atomic,
 )
 from .adalora.schedule import schedule_warnings
 from .signals import SignalConfig
@@ -91,7 +89,16 @@ def library_versions() -> dict[str, str]:
 
 def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
     """Run one training job from command-line style arguments; returns the final summary. On one of
-    ``stop_signals`` it writes a checkpoint after the current step and raises RunInterrupted."""
+    ``stop_signals``, at any moment until the summary is written, it stops in a defined way and raises
+    RunInterrupted: after writing a checkpoint of the step it is in when there is training state worth keeping."""
+    stopper = StopOnSignal(stop_signals).install()  # from the start: no signal kills the run between its phases
+    try:
+        return _train(argv, stopper)
+    finally:
+        stopper.restore()
+
+
+def _train(argv: list[str], stopper: StopOnSignal) -> dict:
     started = time.time()
     run_args, model_args, data_args, ada_args, training_args = parse_train_args(argv)
     use_process_log_level(training_args)
@@ -140,27 +147,16 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
     is_main = training_args.process_index == 0
     # One writer per run folder, for the life of this process: a second `train` on the same folder (a requeued job
     # whose predecessor still runs, the same grid started twice) stops here instead of mixing its logs in.
-    with contextlib.ExitStack() as held:
-        if is_main:
-            held.enter_context(hold_run_folder(run_dir))
-            if read_summary(run_dir) is not None and not run_args.overwrite:  # finished while we were loading
-                raise UsageError(f"{run_dir} already holds a finished run; pass --overwrite to replace it")
-        stopper = StopOnSignal(stop_signals)
+    run = RunFolder(run_dir, stopper, logger.warning if is_main else logger.debug, is_main)
+    run.stop_if_signalled(training_args)  # came in while loading: nothing is held or written yet
+    with run.open(resume=run_args.resume, overwrite=run_args.overwrite,
+                  restart=run_args.resume_fallback == "restart",
+                  accept=lambda state, found: check_same_signal(state, run_args.signal, signal_config, found)):
         callback = AdaLoraCallback(peft_model, allocator, run_dir, write_files=is_main)
-        found = None
-        if run_args.resume and read_summary(run_dir) is None:
-            found = resumable_checkpoint(run_dir, logger.warning, restart=run_args.resume_fallback == "restart")
-        checkpoint = found[0] if found else None
+        checkpoint = run.checkpoint
         if checkpoint is not None:
-            check_same_signal(found[1], run_args.signal, signal_config, checkpoint)
             logger.info(f"[run] resuming {run_dir} from {checkpoint.name}")
-            callback.pending_resume = found[1]
-            if is_main:
-                rewind_logs(run_dir, checkpoint_step(checkpoint))
-        elif is_main and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
-            # an unfinished run without a checkpoint, or --overwrite: start clean (the lock stays: it is ours)
-            logger.info(f"[run] replacing the previous contents of {run_dir}")
-            clear_run_folder(run_dir)
+            callback.pending_resume = run.resume_state
         trainer = AdaLoraTrainer(
             model=peft_model,
             args=training_args,
@@ -168,21 +164,33 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
             eval_dataset=eval_sets[""] if "" in eval_sets else eval_sets,
             data_collator=DataCollatorWithPadding(tokenizer),
             compute_metrics=compute_accuracy,
-            callbacks=[callback, stopper],
+            callbacks=[callback, stopper, CheckLock(run)],
             adalora_callback=callback,
         )
         callback.trainer = trainer
-        stopper.install()
-        try:
-            train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        finally:
-            stopper.restore()
-        if stopper.stopped_at is not None:
-            step = stopper.stopped_at
-            raise RunInterrupted(signal.Signals(stopper.received).name, step, f"checkpoint-{step}")
+        run.stop_if_signalled(training_args)  # before training: the folder is as the last run left it
+
+        def keep_final_step() -> tuple[int, str]:  # a signal after the last step: its checkpoint is worth keeping
+            trainer._save_checkpoint(trainer.model, trial=None)
+            return trainer.state.global_step, f"checkpoint-{trainer.state.global_step}"
+
+        if checkpoint is not None and checkpoint_step(checkpoint) >= total_step:
+            # Resumed at the last step: nothing to train (the Trainer would take one step past max_steps)
+            trainer.load_without_training(checkpoint)
+            callback.on_train_begin(training_args, trainer.state, trainer.control)  # the allocator's state
+            loss_this_process = 0.0
+        else:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            if stopper.stopped_at is not None:
+                step = stopper.stopped_at
+                raise RunInterrupted(signal.Signals(stopper.received).name, step, f"checkpoint-{step}")
+            loss_this_process = trainer._total_loss_scalar
+        run.stop_if_signalled(training_args, keep_final_step)
+        loss_sum = callback.train_loss_sum(loss_this_process)
         if training_args.world_size > 1:
             check_ranks_agree(callback.mask_digests, run_dir if is_main else None)
         eval_metrics = trainer.evaluate()
+        run.stop_if_signalled(training_args, keep_final_step)
         effect = {}
         if run_args.adapter_effect:  # do the adapters carry part of what was learned? (a void comparison if not)
             fields = accuracies(task.name)
@@ -191,7 +199,11 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
             for a in fields:
                 effect[a.without_adapters_field] = without[a.without_adapters_field]
                 effect[a.adapter_effect_field] = eval_metrics[a.metric] - without[a.without_adapters_field]
+        # The last moment to stop: writing the final adapter and the summary takes seconds, and PEFT's pruned save
+        # rewrites the adapter config, after which no training checkpoint should be written.
+        run.stop_if_signalled(training_args, keep_final_step)
         if is_main:  # the pruned adapter for inference, apart from the (full-shape) training checkpoints
+            run.check_lock()
             peft_model.save_pretrained(run_dir / FINAL_ADAPTER)
             tokenizer.save_pretrained(run_dir / FINAL_ADAPTER)
 
@@ -204,7 +216,8 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
             **accuracy_fields(task.name, eval_metrics),
             **effect,
             "eval_metrics": eval_metrics,
-            "train_loss": train_result.training_loss,
+            # the Trainer's train_loss covers only the steps of its own process; this is the whole run's
+            "train_loss": None if loss_sum is None else loss_sum / max(trainer.state.global_step, 1),
             "total_step": total_step,
             "total_rank": sum(callback.ranks),
             "target_budget": allocator.target_bgt,
@@ -229,8 +242,7 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
             "versions": library_versions(),
             "wall_time_s": round(time.time() - started, 2),
         }
-        if is_main:
-            write_summary(run_dir, summary)
+        run.write_summary(summary)
         logger.info(f"[run] {task.name}/{run_args.signal}/{seed}: accuracy {summary['eval_accuracy']:.4f}, "
                     f"total rank {summary['total_rank']} (budget {summary['target_budget']}) -> {run_dir}")
         return summary
@@ -245,29 +257,6 @@ def check_same_signal(state: dict, signal: str, config: SignalConfig, checkpoint
     if changed:
         raise UsageError(f"{checkpoint} was written with {', '.join(changed)}; resume with the same settings, or "
                          f"use another --output-root for this variant")
-
-
-@contextlib.contextmanager
-def hold_run_folder(run_dir: Path):
-    """The run folder's lock (created with the folder), held until the block ends; a live owner is a UsageError."""
-    try:
-        lock = RunLock(run_dir, logger.warning).acquire()
-    except LockHeld as exc:
-        raise UsageError(str(exc)) from None
-    try:
-        yield lock
-    finally:
-        lock.release()
-
-
-def clear_run_folder(run_dir: Path) -> None:
-    for path in Path(run_dir).iterdir():
-        if path.name == LOCK_FILE:
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
 
 
 def train_main(argv: list[str]) -> int:

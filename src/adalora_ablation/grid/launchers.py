@@ -199,40 +199,63 @@ def read_jobs(output_root) -> dict[str, dict]:
 
 def job_states(records: list[dict]) -> list[tuple[str, str]]:
     """(state, detail) for each job record: the cluster's state (Slurm: sacct, asked once for all jobs; local: is
-    the job's process alive), with the job's own error line when it raised."""
+    the job's process alive, and how its log ends), with the job's own error line when it raised.
+
+    Nothing here unpickles: submitit's result file of a job is a pickle in the output root, and on a shared scratch
+    folder anyone who can write there could plant one whose code would run in the next ``--status``. A job's outcome
+    is read from its stderr log as text instead (the run folder itself says whether the run finished)."""
     if not records:
         return []
-    submitit = require_submitit()
     slurm = [r for r in records if r["launcher"] == "slurm"]
     if slurm:
+        submitit = require_submitit()
         for record in slurm:  # constructing the job registers it with the shared sacct watcher
             submitit.SlurmJob(folder=record["log_folder"], job_id=record["job_id"])
         submitit.SlurmJob.watcher.update()
     states = []
     for record in records:
-        outcome = _job_outcome(submitit, record)
+        log = _log_tail(record)
+        failed = JOB_RAISED in log
         if record["launcher"] == "slurm":
             state = submitit.SlurmJob.watcher.get_state(record["job_id"], mode="cache").split()[0]  # "CANCELLED by 0"
         else:
-            state = _local_state(record, outcome)
-        error = outcome[1].strip().splitlines()[-1] if outcome and outcome[0] == "error" else ""
-        states.append((state, error))
+            state = _local_state(record, log)
+        states.append((state, _last_line(log) if failed else ""))
     return states
 
 
-def _job_outcome(submitit, record) -> tuple[str, str] | None:
-    """('success'|'error', result or traceback) from the job's result file, or None while it has none."""
-    path = submitit.core.utils.JobPaths(record["log_folder"], record["job_id"], task_id=0).result_pickle
-    return submitit.core.utils.pickle_load(path) if path.exists() else None
+# What submitit's job process writes to its stderr log (submitit/core/submission.py) when the job raised, and after
+# it returned; the exception's own traceback follows the first, so the log's last line is the error.
+JOB_RAISED = "Submitted job triggered an exception"
+JOB_SUCCEEDED = "Job completed successfully"
 
 
-def _local_state(record, outcome) -> str:
-    if outcome is not None:
-        return "COMPLETED" if outcome[0] == "success" else "FAILED"
+def job_log(record) -> Path:
+    """The job's stderr log (submitit's JobPaths.stderr for task 0), where its error line is."""
+    return Path(record["log_folder"]) / f"{record['job_id']}_0_log.err"
+
+
+def _log_tail(record, size: int = 1 << 16) -> str:
+    try:
+        with open(job_log(record), "rb") as f:
+            f.seek(max(f.seek(0, os.SEEK_END) - size, 0))
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _local_state(record, log: str) -> str:
     try:  # a local job's id is its controller's process id
         os.kill(int(record["job_id"]), 0)
     except ProcessLookupError:
-        return "INTERRUPTED"  # ended without a result: killed
+        if JOB_RAISED in log:
+            return "FAILED"
+        return "COMPLETED" if JOB_SUCCEEDED in log else "INTERRUPTED"  # ended without either: killed
     except PermissionError:
         pass
     return "RUNNING"

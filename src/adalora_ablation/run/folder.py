@@ -35,6 +35,7 @@ SUMMARY = "final_summary.json"
 FINAL_ADAPTER = "final_adapter"  # the pruned adapter for inference (PEFT format)
 ALLOCATOR_STATE = "adalora_allocator.pt"  # inside every checkpoint-N
 MANIFEST = "manifest.json"  # inside every checkpoint-N, written last: name, size and sha256 of every other file
+STAGING = ".partial"  # <run>/.partial/checkpoint-N: a checkpoint being written; renamed into place once verified
 DDP_CONSISTENCY = "ddp_consistency.json"  # multi-process runs: every rank's mask digests
 COMPARE_DIR = "compare"  # <output-root>/<task>/compare/ holds comparison figures, not runs
 GRID_DIR = "grid"  # <output-root>/grid/ holds the grid's job record and job logs
@@ -111,6 +112,9 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file 0600; give it the mode any new file gets (0666 less the umask), so that results
+        # on a shared output root are as readable as the files the Trainer writes
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -121,6 +125,21 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         if isinstance(exc, OSError):
             raise write_error(path, exc) from None
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read from /proc where it can be (os.umask can only be read by setting it, which for a
+    moment would change it for every thread of the process)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_error(path: Path, exc: BaseException) -> RunFileError:
@@ -142,7 +161,7 @@ def append_jsonl(path: Path, record: dict) -> None:
     """Append one record as one line with a single O_APPEND write: a killed process leaves whole lines only."""
     data = (json.dumps(_clean(record)) + "\n").encode("utf-8")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # less the umask, as open() does
         try:
             written = os.write(fd, data)
             if written != len(data):  # only on a full disk; never leave half a record behind
@@ -186,7 +205,16 @@ def rewind_logs(run_dir: Path, step: int) -> None:
                 later.unlink()
     truncate_jsonl(run_dir / RANK_PATTERN, lambda r: r["step"] < step)
     truncate_jsonl(run_dir / SIGNAL_SCORES, lambda r: r["step"] < step)
-    truncate_jsonl(run_dir / METRICS, lambda r: r["step"] <= step and "train_runtime" not in r)
+    shutil.rmtree(run_dir / STAGING, ignore_errors=True)  # a checkpoint whose writing was cut off
+    # Everything from the end-of-training line on (the final evaluation included) belongs to the finish, which the
+    # resumed run writes again.
+    finished = [False]
+
+    def before_the_finish(record: dict) -> bool:
+        finished[0] = finished[0] or "train_runtime" in record
+        return record["step"] <= step and not finished[0]
+
+    truncate_jsonl(run_dir / METRICS, before_the_finish)
 
 
 # -- reading -----------------------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Checkpoint on signal: a pre-empted or timed-out job loses at most the optimizer step it is in.
 
 Slurm signals a job before its time limit (``--signal=USR1@90``; submitit: USR2) and on pre-emption (SIGTERM). On
-any of these signals the run finishes its current optimizer step (the AdaLoRA update included), writes a complete
-checkpoint at that step and stops; ``train`` then raises ``RunInterrupted`` and the command exits with
-``errors.REQUEUE_EXIT_CODE``, which the launchers read as "requeue, it will resume from that checkpoint".
+any of these signals during training the run finishes its current optimizer step (the AdaLoRA update included),
+writes a complete checkpoint at that step and stops; ``train`` then raises ``RunInterrupted`` and the command exits
+with ``errors.REQUEUE_EXIT_CODE``, which the launchers read as "requeue, it will resume from that checkpoint". The
+handler is installed for the whole of ``train``; ``run.life.RunFolder`` acts on a signal that comes in outside the
+training loop.
 """
 
 from __future__ import annotations
@@ -44,9 +46,11 @@ class StopOnSignal(TrainerCallback):
             signal.signal(sig, handler)
         self._previous.clear()
 
-    def _agreed(self, args) -> bool:
+    def agreed(self, args=None) -> bool:
+        """Whether a stop signal came in, agreed by every process of a multi-process run (``args``: the Trainer's
+        arguments; every process must call this at the same point)."""
         flag = self.received is not None
-        if args.world_size > 1:
+        if args is not None and args.world_size > 1:
             import torch.distributed as dist
 
             t = torch.tensor([int(flag)], device=args.device)
@@ -57,8 +61,16 @@ class StopOnSignal(TrainerCallback):
         return flag
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.stopped_at is None and self._agreed(args):
+        if self.stopped_at is None and self.agreed(args):
             self.stopped_at = state.global_step
             control.should_save = True
             control.should_training_stop = True
             control.should_log = True  # the loss since the last log line would otherwise be lost with the process
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        # Breaking out of the epoch on our stop ends it early, and the Trainer's flow callback (called before this
+        # one) turns evaluation and saving back on for --eval/--save-strategy epoch: a full evaluation and a second
+        # write of the checkpoint of this step, inside the grace period before SIGKILL. The checkpoint is written.
+        if self.stopped_at is not None:
+            control.should_evaluate = False
+            control.should_save = False

@@ -8,14 +8,21 @@ optimizer state and the allocator's EMAs would be gone. Our checkpoints therefor
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 from pathlib import Path
 
 import torch
-from transformers import Trainer
-from transformers.trainer_pt_utils import safe_globals
+from transformers import Trainer, TrainerState
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_pt_utils import nested_gather, safe_globals
+from transformers.trainer_utils import rotate_checkpoints
 
 from ..errors import RunFileError, UsageError
-from .folder import ALLOCATOR_STATE, atomic_write, complete_checkpoints, verify_manifest, write_manifest
+from .folder import (
+    ALLOCATOR_STATE, MANIFEST, STAGING, atomic_write, complete_checkpoints, verify_manifest, write_manifest,
+)
 
 # Files of a checkpoint that torch.load reads on resume (ours and the Trainer's). All are loaded with
 # weights_only=True: a checkpoint folder may come from someone else (a shared directory, a downloaded run), and a
@@ -95,29 +102,72 @@ def settings_difference(saved: dict | None, now: dict) -> str | None:
 
 
 class AdaLoraTrainer(Trainer):
-    """A Trainer whose checkpoints keep full-shape adapters and the allocator's state."""
+    """A Trainer whose checkpoints keep full-shape adapters and the allocator's state, appear whole or not at all,
+    and are never rewritten in place.
+
+    A checkpoint is written under ``<run>/.partial/checkpoint-N``, completed with our allocator state and manifest,
+    verified, and only then renamed to ``<run>/checkpoint-N``; older checkpoints are rotated away
+    (``--save-total-limit``) only after that, so a kill at any moment leaves the last verified checkpoint in place."""
 
     def __init__(self, *args, adalora_callback, **kwargs):
         super().__init__(*args, **kwargs)
         self.adalora_callback = adalora_callback
+        self._staging = False
+
+    def _get_output_dir(self, trial) -> str:
+        if self._staging:
+            return str(Path(self.args.output_dir) / STAGING)
+        return super()._get_output_dir(trial)
+
+    def _barrier(self) -> None:
+        if self.args.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def _save_checkpoint(self, model, trial):
+        run_dir = Path(self.args.output_dir)
+        name = f"checkpoint-{self.state.global_step}"
+        if (run_dir / name / MANIFEST).is_file():
+            return  # this step's checkpoint is complete already: never rewrite one in place
+        staged = run_dir / STAGING / name
         peft_config = self.model.peft_config[self.model.base_model.trainable_adapter_name]
         rank_pattern = peft_config.rank_pattern
-        peft_config.rank_pattern = None  # save every triplet: the checkpoint must continue training, not infer
-        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        # The loss summed over every step so far (all processes' mean, as the Trainer logs it), so that a resumed
+        # run's train_loss is the whole run's; a collective, so every process computes it.
+        pending = nested_gather(self._tr_loss, self.args.parallel_mode).mean().item()
+        loss_sum = self.adalora_callback.train_loss_sum(self._total_loss_scalar + pending)
         try:
+            if self.args.should_save and staged.exists():
+                shutil.rmtree(staged)  # left by a process killed while writing it
+            self._barrier()
+            peft_config.rank_pattern = None  # save every triplet: the checkpoint must continue training, not infer
+            self._staging = True
             try:
                 super()._save_checkpoint(model, trial)
             finally:
+                self._staging = False
                 peft_config.rank_pattern = rank_pattern  # restored before the allocator state records it
+            self._barrier()  # every process's RNG state is in the staged folder
             if self.args.should_save:
-                state = self.adalora_callback.resume_state()
-                atomic_write(folder / ALLOCATOR_STATE, lambda f: torch.save(state, f))
-                write_manifest(folder)  # last: a checkpoint without it is incomplete
+                state = {**self.adalora_callback.resume_state(), "train_loss_sum": loss_sum}
+                atomic_write(staged / ALLOCATOR_STATE, lambda f: torch.save(state, f))
+                write_manifest(staged)  # a checkpoint without it is incomplete
+                verify_manifest(staged)  # what is on disk is what the manifest says, before it counts
+                os.rename(staged, run_dir / name)
+                with contextlib.suppress(OSError):
+                    staged.parent.rmdir()  # empty now
+                rotate_checkpoints(str(run_dir), self.args.save_total_limit, use_mtime=False)
         except RunFileError:
             raise
         except Exception as exc:  # OSError, or a serializer's own error type wrapping one (safetensors)
-            raise RunFileError(f"cannot write checkpoint {folder} ({_error_line(exc)}); the run stopped, and its "
-                               f"last verified checkpoint stays resumable: free space, then run the same command "
-                               f"with --resume True") from None
+            raise RunFileError(f"cannot write checkpoint {run_dir / name} ({_error_line(exc)}); the run stopped, "
+                               f"and its last verified checkpoint stays resumable: free space, then run the same "
+                               f"command with --resume True") from None
+
+    def load_without_training(self, checkpoint: Path) -> None:
+        """Continue from a checkpoint of the last step: load its weights and the Trainer's state, train nothing.
+        (The Trainer's own resume would take one step past max_steps before it checks, when the last step is not
+        on an epoch boundary.)"""
+        self._load_from_checkpoint(str(checkpoint))
+        self.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
