@@ -35,6 +35,12 @@ class RunArguments:
     output_root: str = field(
         default="outputs", metadata={"help": "Runs go to <output-root>/<task>/<signal>/<seed>/ (the output_dir)."}
     )
+    variant: str = field(
+        default="",
+        metadata={"help": "A point of an ablate --sweep, e.g. target_r=2 or combo_lambda=0.5,target_r=2: the run goes "
+                          "to <output-root>/<task>/<signal>/<variant>/<seed>/, and each NAME must equal the run's "
+                          "own setting (pass the flags too: --target-r 2 --variant target_r=2)."},
+    )
     overwrite: bool = field(default=False, metadata={"help": "Replace a run folder that already holds a finished run."})
     resume: bool = field(
         default=False,

@@ -36,6 +36,9 @@ from .adalora.model import (
 from .run.preemption import STOP_SIGNALS, StopOnSignal
 from .run.resume import AdaLoraTrainer, resumable_checkpoint
 from .run.lock import LOCK_FILE, LockHeld, RunLock
+from .run.identity import (
+    IDENTITY_FILE, difference, identity, parse_variant, read_identity, summary_settings, variant_mismatch, variant_name,
+)
 from .run.folder import (
     DDP_CONSISTENCY, FINAL_ADAPTER, accuracies, accuracy_fields, checkpoint_step, read_summary, rewind_logs,
     run_dir_for, write_json_atomic, write_summary,
@@ -98,10 +101,9 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
     check_peft_version()
     task = TASKS[run_args.task]
     seed = training_args.seed
-    run_dir = run_dir_for(run_args.output_root, task.name, run_args.signal, seed)
-    if read_summary(run_dir) is not None and not run_args.overwrite:
-        raise UsageError(f"{run_dir} already holds a finished run; pass --overwrite to replace it "
-                         f"or choose another --output-root")
+    asked = identity(run_config(run_args, model_args, data_args, ada_args, training_args))
+    run_dir = run_dir_for(run_args.output_root, task.name, run_args.signal, seed, checked_variant(run_args, asked))
+    refuse_finished_run(run_dir, asked, run_args.overwrite)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"{run_dir} exists but is not a folder; move it away or choose another --output-root")
     training_args.output_dir = str(run_dir)
@@ -143,8 +145,7 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
     with contextlib.ExitStack() as held:
         if is_main:
             held.enter_context(hold_run_folder(run_dir))
-            if read_summary(run_dir) is not None and not run_args.overwrite:  # finished while we were loading
-                raise UsageError(f"{run_dir} already holds a finished run; pass --overwrite to replace it")
+            refuse_finished_run(run_dir, asked, run_args.overwrite)  # finished while we were loading
         stopper = StopOnSignal(stop_signals)
         callback = AdaLoraCallback(peft_model, allocator, run_dir, write_files=is_main)
         found = None
@@ -152,7 +153,7 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
             found = resumable_checkpoint(run_dir, logger.warning, restart=run_args.resume_fallback == "restart")
         checkpoint = found[0] if found else None
         if checkpoint is not None:
-            check_same_signal(found[1], run_args.signal, signal_config, checkpoint)
+            refuse_other_checkpoint(checkpoint, run_dir, asked, found[1], run_args.signal, signal_config)
             logger.info(f"[run] resuming {run_dir} from {checkpoint.name}")
             callback.pending_resume = found[1]
             if is_main:
@@ -161,6 +162,8 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
             # an unfinished run without a checkpoint, or --overwrite: start clean (the lock stays: it is ours)
             logger.info(f"[run] replacing the previous contents of {run_dir}")
             clear_run_folder(run_dir)
+        if is_main:  # what this folder's run is; every checkpoint copies it (run/resume.py)
+            write_json_atomic(run_dir / IDENTITY_FILE, asked)
         trainer = AdaLoraTrainer(
             model=peft_model,
             args=training_args,
@@ -200,6 +203,9 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
             "synthetic": task.synthetic,
             "signal": run_args.signal,
             "seed": seed,
+            "variant": run_args.variant,
+            "fingerprint": asked["fingerprint"],
+            "settings": asked["settings"],
             "model": model_args.model,
             **accuracy_fields(task.name, eval_metrics),
             **effect,
@@ -221,11 +227,7 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
             "module_shapes": {name: [din, dout] for name, din, dout in
                               zip(allocator.layout.names, allocator.layout.in_features, allocator.layout.out_features)},
             "modules_to_save": modules_to_save,
-            "config": {
-                "run": dataclasses.asdict(run_args), "model": dataclasses.asdict(model_args),
-                "data": dataclasses.asdict(data_args), "adalora": dataclasses.asdict(ada_args),
-                "training": training_args.to_dict(),
-            },
+            "config": run_config(run_args, model_args, data_args, ada_args, training_args),
             "versions": library_versions(),
             "wall_time_s": round(time.time() - started, 2),
         }
@@ -234,6 +236,58 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
         logger.info(f"[run] {task.name}/{run_args.signal}/{seed}: accuracy {summary['eval_accuracy']:.4f}, "
                     f"total rank {summary['total_rank']} (budget {summary['target_budget']}) -> {run_dir}")
         return summary
+
+
+def run_config(run_args, model_args, data_args, ada_args, training_args) -> dict:
+    """Every resolved setting, by group, as the summary records it (run/identity.py picks those that decide the
+    result from it)."""
+    return {"run": dataclasses.asdict(run_args), "model": dataclasses.asdict(model_args),
+            "data": dataclasses.asdict(data_args), "adalora": dataclasses.asdict(ada_args),
+            "training": training_args.to_dict()}
+
+
+def checked_variant(run_args, asked: dict) -> str:
+    """The run's --variant in its folder form, after checking that it names this run's own settings."""
+    if not run_args.variant:
+        return ""
+    try:
+        values = parse_variant(run_args.variant)
+    except ValueError as exc:
+        raise UsageError(f"--variant {run_args.variant!r}: {exc}; write it as NAME=VALUE[,NAME=VALUE...], "
+                         f"e.g. target_r=2") from None
+    problem = variant_mismatch(values, asked["settings"])
+    if problem:
+        raise UsageError(f"--variant {run_args.variant}: {problem}")
+    return variant_name(values)
+
+
+def refuse_finished_run(run_dir: Path, asked: dict, overwrite: bool) -> None:
+    """A finished run in the folder is never redone silently, and never taken as this run if its settings differ."""
+    summary = read_summary(run_dir)
+    if summary is None or overwrite:
+        return
+    recorded = summary_settings(summary)
+    other = difference(recorded, asked["settings"]) if recorded is not None else None
+    if other:
+        raise UsageError(f"{run_dir} holds a finished run with other settings ({other}); run this one with "
+                         f"another --output-root or as a sweep variant (--variant), or pass --overwrite to replace it")
+    raise UsageError(f"{run_dir} already holds a finished run; pass --overwrite to replace it "
+                     f"or choose another --output-root")
+
+
+def refuse_other_checkpoint(checkpoint: Path, run_dir: Path, asked: dict, state: dict, signal: str,
+                            config: SignalConfig) -> None:
+    """A checkpoint continues only the run whose settings wrote it. Its recorded settings are the checkpoint's own
+    run_settings.json (or the folder's); a checkpoint written before they were recorded is checked by the signal
+    settings its allocator state holds."""
+    recorded = read_identity(checkpoint) or read_identity(run_dir)
+    if recorded is None:
+        check_same_signal(state, signal, config, checkpoint)
+        return
+    other = difference(recorded["settings"], asked["settings"], where="in the checkpoint")
+    if other:
+        raise UsageError(f"{checkpoint} was written with other settings ({other}); resume with the same settings, "
+                         f"or run this one with another --output-root or as a sweep variant (--variant)")
 
 
 def check_same_signal(state: dict, signal: str, config: SignalConfig, checkpoint: Path) -> None:

@@ -15,6 +15,7 @@ from transformers import Trainer
 from transformers.trainer_pt_utils import safe_globals
 
 from ..errors import RunFileError, UsageError
+from .identity import IDENTITY_FILE
 from .folder import ALLOCATOR_STATE, atomic_write, complete_checkpoints, verify_manifest, write_manifest
 
 # Files of a checkpoint that torch.load reads on resume (ours and the Trainer's). All are loaded with
@@ -114,6 +115,9 @@ class AdaLoraTrainer(Trainer):
             if self.args.should_save:
                 state = self.adalora_callback.resume_state()
                 atomic_write(folder / ALLOCATOR_STATE, lambda f: torch.save(state, f))
+                settings = Path(self.args.output_dir) / IDENTITY_FILE  # the settings this checkpoint continues
+                if settings.is_file():
+                    atomic_write(folder / IDENTITY_FILE, lambda f: f.write(settings.read_bytes()))
                 write_manifest(folder)  # last: a checkpoint without it is incomplete
         except RunFileError:
             raise
