@@ -21,7 +21,7 @@ from transformers import DataCollatorWithPadding, set_seed
 
 from .adalora.adapter_effect import accuracy_without_adapters
 from .adalora.allocator import install_allocator
-from .args import help_text, parse_train_args
+from .args import help_text, parse_train_args, run_config
 from .adalora.callback import AdaLoraCallback
 from .data.loading import load_tokenized
 from .errors import RunInterrupted, UsageError
@@ -236,14 +236,6 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
         logger.info(f"[run] {task.name}/{run_args.signal}/{seed}: accuracy {summary['eval_accuracy']:.4f}, "
                     f"total rank {summary['total_rank']} (budget {summary['target_budget']}) -> {run_dir}")
         return summary
-
-
-def run_config(run_args, model_args, data_args, ada_args, training_args) -> dict:
-    """Every resolved setting, by group, as the summary records it (run/identity.py picks those that decide the
-    result from it)."""
-    return {"run": dataclasses.asdict(run_args), "model": dataclasses.asdict(model_args),
-            "data": dataclasses.asdict(data_args), "adalora": dataclasses.asdict(ada_args),
-            "training": training_args.to_dict()}
 
 
 def checked_variant(run_args, asked: dict) -> str:
