@@ -32,7 +32,7 @@ from .launchers import (
     submit_grid,
 )
 from ..analysis.markdown import table
-from ..analysis.report import build_report, to_markdown
+from ..analysis.variants import build_reports, reports_markdown, write_budget_curve
 from ..run.lock import held_elsewhere
 from ..run.folder import latest_complete_checkpoint, read_summary, run_dir_for
 from ..data.tasks import TASK_NAMES
@@ -73,7 +73,11 @@ def status_table(runs: list[GridRun]) -> str:
 def print_reports(tasks, output_root: str) -> None:
     for task in tasks:
         try:
-            print(f"\n## Report: {task}\n\n{to_markdown(build_report(output_root, task))}")
+            reports = build_reports(output_root, task)  # one per sweep variant
+            print(f"\n## Report: {task}\n\n{reports_markdown(reports)}")
+            curve = write_budget_curve(reports)
+            if curve is not None:
+                print(f"\nBudget curve: {curve}")
         except Exception as exc:  # a report problem must not hide the grid's own result
             print(f"\n(no report for {task}: {exc})")
 

@@ -64,15 +64,21 @@ def identity(config: dict) -> dict:
     return {"fingerprint": fingerprint(settings), "settings": settings}
 
 
+def differing(a: dict, b: dict, ignore=()) -> list[str]:
+    """The settings two runs hold with different values. A setting only one side knows (a field that another
+    transformers version adds) is not compared."""
+    return [name for name in sorted(a) if name in b and name not in ignore and a[name] != b[name]]
+
+
 def difference(recorded: dict, asked: dict, where: str = "in the folder") -> str | None:
-    """One line naming every setting that differs (``target_r: 4 in the folder, 2 asked``), or None if none does.
-    A setting only one side knows (a field that another transformers version adds) is not compared."""
-    changed = [f"{name}: {_show(recorded[name])} {where}, {_show(asked[name])} asked"
-               for name in sorted(recorded) if name in asked and recorded[name] != asked[name]]
+    """One line naming every setting that differs (``target_r: 4 in the folder, 2 asked``), or None if none does."""
+    changed = [f"{name}: {show(recorded[name])} {where}, {show(asked[name])} asked"
+               for name in differing(recorded, asked)]
     return "; ".join(changed) or None
 
 
-def _show(value) -> str:
+def show(value) -> str:
+    """A setting's value as messages and folder names write it."""
     return json.dumps(value) if isinstance(value, (dict, list)) or value is None else str(value)
 
 
@@ -111,6 +117,17 @@ def canonical_value(text: str) -> str:
     return repr(int(number)) if number.is_integer() and abs(number) < 1e15 else repr(number)
 
 
+def variant_sort_key(name: str) -> list:
+    """Variants in the order of their values, numbers numerically (target_r=2 before target_r=12)."""
+    key = []
+    for setting, value in parse_variant(name).items() if name else []:
+        try:
+            key.append((setting, 0, float(value), ""))
+        except ValueError:
+            key.append((setting, 1, 0.0, value))
+    return key
+
+
 def variant_name(values: dict[str, str]) -> str:
     """``target_r=2`` or ``combo_lambda=0.5,target_r=2``: sorted by name, so the order of the flags does not matter."""
     return ",".join(f"{name}={canonical_value(values[name])}" for name in sorted(values))
@@ -136,7 +153,7 @@ def variant_mismatch(variant: dict[str, str], settings: dict) -> str | None:
     for name, value in sorted(variant.items()):
         if name not in settings:
             wrong.append(f"{name} is not a setting that decides a run's result")
-        elif canonical_value(value) != canonical_value(_show(settings[name])):
-            wrong.append(f"{name}={value} named, but the run's {name} is {_show(settings[name])} "
+        elif canonical_value(value) != canonical_value(show(settings[name])):
+            wrong.append(f"{name}={value} named, but the run's {name} is {show(settings[name])} "
                          f"(add --{name.replace('_', '-')} {value})")
     return "; ".join(wrong) or None
