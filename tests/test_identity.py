@@ -94,3 +94,31 @@ def test_variant_folders_are_found_beside_todays_and_keep_their_variant(tmp_path
     again = Run.from_dir(swept)
     assert (again.task, again.signal, again.variant, again.seed) == ("rte", "combo", "target_r=2", 1)
     assert Run.from_dir(plain).variant == ""
+
+
+@pytest.mark.slow  # resolves train's settings, which loads transformers
+def test_a_run_in_progress_with_other_settings_is_never_taken_as_the_grids(tmp_path):
+    from adalora_ablation.args import parse_train_args, run_config
+    from adalora_ablation.grid.ablate import GridRun
+    from adalora_ablation.grid.sweeps import mark_other_settings
+    from adalora_ablation.run.folder import write_json_atomic
+    from adalora_ablation.run.identity import IDENTITY_FILE
+    from adalora_ablation.run.lock import RunLock
+
+    def argv(target_r):
+        return ["--task", "synthetic", "--signal", "combo", "--seed", "1", "--output-root", str(tmp_path),
+                "--target-r", str(target_r)]
+
+    folder = run_dir_for(tmp_path, "synthetic", "combo", 1)
+    lock = RunLock(folder, print).acquire()  # a live owner, as another train process would be
+    try:
+        write_json_atomic(folder / IDENTITY_FILE, identity(run_config(*parse_train_args(argv(4)))))
+        for target_r, expected in [(4, None), (2, "target_r: 4 in the run in progress, 2 asked")]:
+            run = GridRun("synthetic", "combo", 1, folder)
+            rest = mark_other_settings([run], lambda r, t=target_r: argv(t))
+            assert (run.detail if run.status == "other settings" else None) == expected
+            assert rest == ([] if expected else [run])
+    finally:
+        lock.release()
+    run = GridRun("synthetic", "combo", 1, folder)  # nobody holds it and it has no checkpoint: it starts over
+    assert mark_other_settings([run], lambda r: argv(2)) == [run]

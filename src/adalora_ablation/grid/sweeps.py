@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..run.folder import latest_complete_checkpoint, read_summary
+from ..run.lock import held_elsewhere
 from ..run.identity import canonical_value, difference, read_identity, summary_settings, variant_name
 
 # What a sweep cannot vary: the grid's own axes, and what says where a run goes or how it resumes.
@@ -103,8 +104,8 @@ def asked_settings(train_argv: list[str]) -> dict:
 
 
 def recorded_settings(run_dir: Path) -> tuple[dict, str] | None:
-    """The settings a folder's finished run, or else its newest checkpoint, was made with, and where they were
-    found; None if neither is there or neither records them (a checkpoint written before settings were recorded:
+    """The settings a folder's finished run, or else its newest checkpoint, or else the run another process is
+    making in it, was made with, and where they were found; None if there is none or it records none (a checkpoint written before settings were recorded:
     train itself still compares its signal settings)."""
     summary = read_summary(run_dir)
     if summary is not None:
@@ -112,7 +113,10 @@ def recorded_settings(run_dir: Path) -> tuple[dict, str] | None:
         return (settings, "in the folder") if settings is not None else None
     checkpoint = latest_complete_checkpoint(run_dir)
     if checkpoint is None:
-        return None
+        # A run that another live process holds (its lock) is made with the folder's settings, written once that
+        # process has loaded its model; a folder nobody holds, without a checkpoint, starts over anyway.
+        found = read_identity(run_dir) if held_elsewhere(run_dir) is not None else None
+        return (found["settings"], "in the run in progress") if found else None
     found = read_identity(checkpoint) or read_identity(run_dir)
     return (found["settings"], "in the checkpoint") if found else None
 
