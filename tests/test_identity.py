@@ -43,7 +43,8 @@ def test_settings_keep_what_decides_the_result_and_drop_where_and_what_a_run_wri
 
 def test_the_difference_is_one_line_naming_each_setting():
     folder, asked = result_settings(config()), result_settings(config(target_r=2, plasticity_norm="rms"))
-    assert difference(folder, asked) == "plasticity_norm: l2 in the folder, rms asked; target_r: 4 in the folder, 2 asked"
+    assert difference(folder, asked) == ("plasticity_norm: l2 in the folder, rms asked; "
+                                         "target_r: 4 in the folder, 2 asked")
     assert difference(folder, result_settings(config())) is None
     older = {k: v for k, v in folder.items() if k != "a_field_a_newer_transformers_adds"}
     assert difference(older, result_settings(config(a_field_a_newer_transformers_adds=9))) is None  # not compared

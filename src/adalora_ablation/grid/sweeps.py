@@ -105,8 +105,8 @@ def asked_settings(train_argv: list[str]) -> dict:
 
 def recorded_settings(run_dir: Path) -> tuple[dict, str] | None:
     """The settings a folder's finished run, or else its newest checkpoint, or else the run another process is
-    making in it, was made with, and where they were found; None if there is none or it records none (a checkpoint written before settings were recorded:
-    train itself still compares its signal settings)."""
+    making in it, was made with, and where they were found; None if there is none or it records none (a checkpoint
+    written before settings were recorded: train itself still compares its signal settings)."""
     summary = read_summary(run_dir)
     if summary is not None:
         settings = summary_settings(summary)
