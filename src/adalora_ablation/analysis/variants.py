@@ -122,7 +122,10 @@ def plot_budget_curve(points: list[dict], metric_label: str) -> Figure:
     """Accuracy against the budget (triplets kept; trainable parameters for an init_r sweep, whose budget in
     triplets does not move), one line per signal with its 95% interval, the controls dashed."""
     by_params = points[0]["setting"] == "init_r" or any(p["budget"] is None for p in points)
-    x_of = (lambda p: p["trainable_parameters"]) if by_params else (lambda p: p["budget"])
+
+    def x_of(p):
+        return p["trainable_parameters"] if by_params else p["budget"]
+
     controls = set(registry.signal_names("control"))
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()

@@ -57,9 +57,9 @@ class GridRun:
     train_flags: list[str] = field(default_factory=list)  # the flags that make the variant, --variant included
 
 
-def plan(tasks, signals, seeds, output_root, grid_variants=(Variant(),)) -> list[GridRun]:
+def plan(tasks, signals, seeds, output_root, grid_variants: list[Variant] | None = None) -> list[GridRun]:
     return [GridRun(t, s, n, run_dir_for(output_root, t, s, n, v.name), variant=v.name, train_flags=v.flags)
-            for t, s, v, n in itertools.product(tasks, signals, grid_variants, seeds)]
+            for t, s, v, n in itertools.product(tasks, signals, grid_variants or [Variant()], seeds)]
 
 
 def status_table(runs: list[GridRun]) -> str:
