@@ -36,7 +36,7 @@ from ..analysis.variants import build_reports, reports_markdown, write_budget_cu
 from ..run.lock import held_elsewhere
 from ..run.folder import latest_complete_checkpoint, read_summary, run_dir_for
 from ..data.tasks import TASK_NAMES
-from .sweeps import Variant, check_sweeps, check_sweeps_decide_results, mark_other_settings, parse_sweep, variants
+from .sweeps import Variant, check_sweeps, check_variants, mark_other_settings, parse_sweep, variants
 
 LAUNCHERS = ("local", *SUBMITIT_LAUNCHERS)
 # Flags that only mean something to a submitit launcher: with --launcher local they would be silently ignored
@@ -192,8 +192,8 @@ def ablate_main(argv: list[str]) -> int:
     if args.sweep:
         check_sweeps(args.sweep, extra)
     runs = plan(args.tasks, signals, args.seeds, args.output_root, variants(args.sweep))
-    if args.sweep:
-        check_sweeps_decide_results(args.sweep, train_argv(runs[0], args.output_root, extra))
+    if args.sweep:  # one train command per variant, checked before anything runs
+        check_variants(args.sweep, {r.variant: train_argv(r, args.output_root, extra) for r in runs})
 
     def argv_of(run):
         return train_argv(run, args.output_root, extra)

@@ -86,9 +86,15 @@ def variants(sweeps: list[tuple[str, list[str]]]) -> list[Variant]:
     return found
 
 
-def check_sweeps_decide_results(sweeps, first_run_argv: list[str]) -> None:
-    """A sweep over a setting that cannot change the result (logging, saving) would only repeat runs."""
-    settings = asked_settings(first_run_argv)
+def check_variants(sweeps, variant_argvs: dict[str, list[str]]) -> None:
+    """Before anything runs: every variant is a valid train command (``--init-r 4 --target-r 8`` is not), and a
+    sweep over a setting that cannot change the result (logging, saving) is refused: it would only repeat runs."""
+    settings = {}
+    for name, argv in variant_argvs.items():
+        try:
+            settings = asked_settings(argv)
+        except UsageError as exc:
+            raise UsageError(f"variant {name}: {exc}") from None
     idle = [name for name, _ in sweeps if name not in settings]
     if idle:
         raise UsageError(f"--sweep {idle[0]}: {_flag(idle[0])} does not change a run's result (it decides where or "
