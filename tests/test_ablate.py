@@ -58,3 +58,61 @@ def test_uniform_control_keeps_equal_ranks(tmp_path):
     for line in (tmp_path / "synthetic" / "uniform" / "2" / "rank_pattern.jsonl").read_text().splitlines():
         ranks = json.loads(line)["ranks"].values()
         assert max(ranks) - min(ranks) <= 1
+
+
+SWEEP_TRAIN = ["--max-steps", "30", "--tinit", "5", "--tfinal", "10", "--deltaT", "5", "--save-strategy", "no",
+               "--eval-strategy", "no", "--max-train-samples", "256", "--max-eval-samples", "128",
+               "--adapter-effect", "False"]
+
+
+@pytest.mark.slow
+def test_a_budget_sweep_gives_one_folder_per_variant_and_a_report_per_variant(tmp_path):
+    import json
+    import shutil
+
+    from adalora_ablation.analysis.variants import build_reports
+    from adalora_ablation.errors import UsageError
+
+    grid = ["--task", "synthetic", "--signals", "baseline_adalora", "combo", "--seeds", "1", "--output-root",
+            str(tmp_path), "--sweep", "target_r=2,4", *SWEEP_TRAIN]
+    result = ablate(*grid)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "4 finished, 0 skipped, 0 failed" in result.stdout
+    summaries = {}
+    for signal in ("baseline_adalora", "combo"):
+        for target_r in (2, 4):
+            summary = read_summary(tmp_path / "synthetic" / signal / f"target_r={target_r}" / "1")
+            assert summary["settings"]["target_r"] == target_r and summary["variant"] == f"target_r={target_r}"
+            assert summary["target_budget"] == target_r * len(summary["target_modules"])
+            assert summary["total_rank"] == summary["target_budget"]
+            summaries[signal, target_r] = summary
+    assert summaries["combo", 2]["fingerprint"] != summaries["combo", 4]["fingerprint"]
+    assert not (tmp_path / "synthetic" / "combo" / "1").exists()  # a swept run never lands in today's folder
+    assert (tmp_path / "synthetic" / "compare" / "budget_curve.png").stat().st_size > 0
+    assert "### Gap to baseline_adalora per budget (target_r sweep)" in result.stdout
+
+    # The report: one per variant, its paired difference against the baseline of the same variant only.
+    reports = build_reports(tmp_path, "synthetic")
+    assert [r["variant"] for r in reports] == ["target_r=2", "target_r=4"]
+    for report, target_r in zip(reports, (2, 4)):
+        rows = {row["signal"]: row for row in report["signals"]}
+        assert set(rows) == {"baseline_adalora", "combo"} and rows["combo"]["target_budget"] == [
+            summaries["combo", target_r]["target_budget"]]
+        gap = summaries["combo", target_r]["eval_accuracy"] - summaries["baseline_adalora", target_r]["eval_accuracy"]
+        assert rows["combo"]["eval_accuracy"]["vs_baseline"]["mean_diff"] == pytest.approx(gap)
+
+    # The case: today's folder holds the budget-2 run; a grid at the default budget (4) must not take it.
+    plain = tmp_path / "synthetic" / "combo" / "1"
+    shutil.copytree(tmp_path / "synthetic" / "combo" / "target_r=2" / "1", plain)
+    dry = ablate("--task", "synthetic", "--signals", "combo", "--seeds", "1", "--output-root", str(tmp_path),
+                 "--dry-run", *SWEEP_TRAIN)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert "| synthetic | combo | 1 | other settings | target_r: 2 in the folder, 4 asked |" in dry.stdout
+    assert "0 finished, 0 skipped, 0 failed, 1 other settings" in dry.stdout
+    assert json.loads((plain / "final_summary.json").read_text())["settings"]["target_r"] == 2  # untouched
+
+    # Runs with different settings in one report are an error naming them, never pooled.
+    shutil.copytree(tmp_path / "synthetic" / "baseline_adalora" / "target_r=4" / "1",
+                    tmp_path / "synthetic" / "baseline_adalora" / "1")
+    with pytest.raises(UsageError, match="target_r: 4 in synthetic/baseline_adalora/1, 2 in synthetic/combo/1"):
+        build_reports(tmp_path, "synthetic")

@@ -285,9 +285,44 @@ def test_a_failed_checkpoint_write_stops_the_run_in_one_line_and_the_last_verifi
 
 
 @pytest.mark.slow
-def test_a_checkpoint_resumes_only_under_the_signal_settings_that_wrote_it(interrupted_run, tmp_path):
+def test_a_checkpoint_resumes_only_under_the_settings_that_wrote_it(interrupted_run, tmp_path):
+    recorded = json.loads((interrupted_run / "checkpoint-80" / "run_settings.json").read_text())
+    assert recorded["settings"]["target_r"] == 4 and recorded["settings"]["max_steps"] == 80
+    result = run_train(*SHORT, "--output-root", str(tmp_path), "--resume", "True", "--target-r", "2", check=False)
+    error = [line for line in result.stderr.splitlines() if line.startswith("adalora-ablation: error:")]
+    assert result.returncode == 2 and len(error) == 1, result.stderr[-2000:]
+    assert "checkpoint-80 was written with other settings (target_r: 4 in the checkpoint, 2 asked)" in error[0]
+    assert latest_complete_checkpoint(interrupted_run).name == "checkpoint-80"  # nothing rewound or removed
+    assert not (interrupted_run / "final_summary.json").exists()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_from_before_recorded_settings_is_checked_by_its_signal_settings(interrupted_run, tmp_path):
+    for folder in (interrupted_run, *interrupted_run.glob("checkpoint-*")):
+        (folder / "run_settings.json").unlink()
+        if folder != interrupted_run:
+            write_manifest(folder)
     result = run_train(*SHORT, "--output-root", str(tmp_path), "--resume", "True", "--ema-decay", "0.8", check=False)
     error = [line for line in result.stderr.splitlines() if line.startswith("adalora-ablation: error:")]
     assert result.returncode == 2 and len(error) == 1, result.stderr[-2000:]
     assert "was written with --ema-decay 0.9 (now 0.8)" in error[0]
-    assert latest_complete_checkpoint(interrupted_run).name == "checkpoint-80"  # nothing rewound or removed
+
+
+def ablate_dry_run(root, *args):
+    """ablate --dry-run over the interrupted run's grid cell (synthetic/importance_only/3) with SHORT's settings."""
+    train_flags = [a for a in ARGS if a not in ("--task", "synthetic", "--seed", "3")] + SHORT[2:]
+    return subprocess.run([sys.executable, "-m", "adalora_ablation", "ablate", "--task", "synthetic", "--signals",
+                           "importance_only", "--seeds", "3", "--output-root", str(root), "--dry-run", *train_flags,
+                           *args], capture_output=True, text=True, env=ENV, timeout=300)
+
+
+@pytest.mark.slow
+def test_ablate_resumes_a_checkpoint_only_under_its_settings_and_a_one_value_sweep_is_no_sweep(interrupted_run,
+                                                                                                tmp_path):
+    same = ablate_dry_run(tmp_path, "--sweep", "target_r=4")  # one value: the plain flag, today's folder
+    assert same.returncode == 0, same.stderr[-2000:]
+    assert "| synthetic | importance_only | 3 | would resume | from checkpoint-80 |" in same.stdout
+    other = ablate_dry_run(tmp_path, "--sweep", "target_r=2")
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert ("| synthetic | importance_only | 3 | other settings | target_r: 4 in the checkpoint, 2 asked |"
+            in other.stdout)

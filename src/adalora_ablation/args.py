@@ -7,6 +7,7 @@ config file given as the only positional argument < flags on the command line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -34,6 +35,12 @@ class RunArguments:
     )
     output_root: str = field(
         default="outputs", metadata={"help": "Runs go to <output-root>/<task>/<signal>/<seed>/ (the output_dir)."}
+    )
+    variant: str = field(
+        default="",
+        metadata={"help": "A point of an ablate --sweep, e.g. target_r=2 or combo_lambda=0.5,target_r=2: the run goes "
+                          "to <output-root>/<task>/<signal>/<variant>/<seed>/, and each NAME must equal the run's "
+                          "own setting (pass the flags too: --target-r 2 --variant target_r=2)."},
     )
     overwrite: bool = field(default=False, metadata={"help": "Replace a run folder that already holds a finished run."})
     resume: bool = field(
@@ -201,6 +208,14 @@ def parse_train_args(argv: list[str]):
     run, model, data, adalora, training = parsed
     validate(run, adalora)
     return run, model, data, adalora, training
+
+
+def run_config(run_args, model_args, data_args, ada_args, training_args) -> dict:
+    """Every resolved setting, by group, as the summary records it (run/identity.py picks those that decide the
+    result from it)."""
+    return {"run": dataclasses.asdict(run_args), "model": dataclasses.asdict(model_args),
+            "data": dataclasses.asdict(data_args), "adalora": dataclasses.asdict(ada_args),
+            "training": training_args.to_dict()}
 
 
 def validate(run: RunArguments, adalora: AdaLoraArguments) -> None:

@@ -19,7 +19,7 @@ from transformers import DataCollatorWithPadding, set_seed
 
 from .adalora.adapter_effect import accuracy_without_adapters
 from .adalora.allocator import install_allocator
-from .args import help_text, parse_train_args
+from .args import help_text, parse_train_args, run_config
 from .adalora.callback import AdaLoraCallback
 from .data.loading import load_tokenized
 from .errors import RunInterrupted, UsageError
@@ -31,11 +31,12 @@ from .adalora.model import (
     load_model_and_tokenizer,
     wrap_with_adalora,
 )
-from .run.life import CheckLock, RunFolder
+from .run.life import CheckLock, RunFolder, refuse_finished_run
 from .run.preemption import STOP_SIGNALS, StopOnSignal
 from .run.resume import AdaLoraTrainer
+from .run.identity import identity, parse_variant, variant_mismatch, variant_name
 from .run.folder import (
-    DDP_CONSISTENCY, FINAL_ADAPTER, accuracies, accuracy_fields, checkpoint_step, read_summary, run_dir_for,
+    DDP_CONSISTENCY, FINAL_ADAPTER, accuracies, accuracy_fields, checkpoint_step, run_dir_for,
     write_json_atomic,
 )
 from .adalora.schedule import schedule_warnings
@@ -105,10 +106,9 @@ def _train(argv: list[str], stopper: StopOnSignal) -> dict:
     check_peft_version()
     task = TASKS[run_args.task]
     seed = training_args.seed
-    run_dir = run_dir_for(run_args.output_root, task.name, run_args.signal, seed)
-    if read_summary(run_dir) is not None and not run_args.overwrite:
-        raise UsageError(f"{run_dir} already holds a finished run; pass --overwrite to replace it "
-                         f"or choose another --output-root")
+    asked = identity(run_config(run_args, model_args, data_args, ada_args, training_args))
+    run_dir = run_dir_for(run_args.output_root, task.name, run_args.signal, seed, checked_variant(run_args, asked))
+    refuse_finished_run(run_dir, asked, run_args.overwrite)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"{run_dir} exists but is not a folder; move it away or choose another --output-root")
     training_args.output_dir = str(run_dir)
@@ -150,7 +150,7 @@ def _train(argv: list[str], stopper: StopOnSignal) -> dict:
     run = RunFolder(run_dir, stopper, logger.warning if is_main else logger.debug, is_main)
     run.stop_if_signalled(training_args)  # came in while loading: nothing is held or written yet
     with run.open(resume=run_args.resume, overwrite=run_args.overwrite,
-                  restart=run_args.resume_fallback == "restart",
+                  restart=run_args.resume_fallback == "restart", identity=asked,
                   accept=lambda state, found: check_same_signal(state, run_args.signal, signal_config, found)):
         callback = AdaLoraCallback(peft_model, allocator, run_dir, write_files=is_main)
         checkpoint = run.checkpoint
@@ -212,6 +212,9 @@ def _train(argv: list[str], stopper: StopOnSignal) -> dict:
             "synthetic": task.synthetic,
             "signal": run_args.signal,
             "seed": seed,
+            "variant": run_args.variant,
+            "fingerprint": asked["fingerprint"],
+            "settings": asked["settings"],
             "model": model_args.model,
             **accuracy_fields(task.name, eval_metrics),
             **effect,
@@ -234,11 +237,7 @@ def _train(argv: list[str], stopper: StopOnSignal) -> dict:
             "module_shapes": {name: [din, dout] for name, din, dout in
                               zip(allocator.layout.names, allocator.layout.in_features, allocator.layout.out_features)},
             "modules_to_save": modules_to_save,
-            "config": {
-                "run": dataclasses.asdict(run_args), "model": dataclasses.asdict(model_args),
-                "data": dataclasses.asdict(data_args), "adalora": dataclasses.asdict(ada_args),
-                "training": training_args.to_dict(),
-            },
+            "config": run_config(run_args, model_args, data_args, ada_args, training_args),
             "versions": library_versions(),
             "wall_time_s": round(time.time() - started, 2),
         }
@@ -246,6 +245,21 @@ def _train(argv: list[str], stopper: StopOnSignal) -> dict:
         logger.info(f"[run] {task.name}/{run_args.signal}/{seed}: accuracy {summary['eval_accuracy']:.4f}, "
                     f"total rank {summary['total_rank']} (budget {summary['target_budget']}) -> {run_dir}")
         return summary
+
+
+def checked_variant(run_args, asked: dict) -> str:
+    """The run's --variant in its folder form, after checking that it names this run's own settings."""
+    if not run_args.variant:
+        return ""
+    try:
+        values = parse_variant(run_args.variant)
+    except ValueError as exc:
+        raise UsageError(f"--variant {run_args.variant!r}: {exc}; write it as NAME=VALUE[,NAME=VALUE...], "
+                         f"e.g. target_r=2") from None
+    problem = variant_mismatch(values, asked["settings"])
+    if problem:
+        raise UsageError(f"--variant {run_args.variant}: {problem}")
+    return variant_name(values)
 
 
 def check_same_signal(state: dict, signal: str, config: SignalConfig, checkpoint: Path) -> None:

@@ -324,11 +324,11 @@ def draw_eval_curves(ax, runs: dict[str, Run]) -> None:
     ax.grid(alpha=0.3)
 
 
-def compare_runs(output_root: str, task: str, signals: list[str], seed: int) -> Path:
-    dirs = {s: run_dir_for(output_root, task, s, seed) for s in signals}
+def compare_runs(output_root: str, task: str, signals: list[str], seed: int, variant: str = "") -> Path:
+    dirs = {s: run_dir_for(output_root, task, s, seed, variant) for s in signals}
     present = {s: d for s, d in dirs.items() if d.is_dir()}
     if not present:
-        pattern = run_dir_for(output_root, task, "<signal>", seed)
+        pattern = run_dir_for(output_root, task, "<signal>", seed, variant)
         raise UsageError(f"none of {', '.join(signals)} has a run folder {pattern}; "
                          f"train them with 'adalora-ablation train --task {task} --signal SIGNAL --seed {seed}' "
                          "or fix --output-root / --seed")
@@ -338,7 +338,7 @@ def compare_runs(output_root: str, task: str, signals: list[str], seed: int) -> 
     fig = plot_comparison({s: load_run(d) for s, d in present.items()}, missing)
     out_dir = compare_dir(output_root, task)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return save(fig, out_dir / f"compare_seed{seed}.png")
+    return save(fig, out_dir / (f"compare_{variant}_seed{seed}.png" if variant else f"compare_seed{seed}.png"))
 
 
 # -- command line ----------------------------------------------------------------------------------------------
@@ -355,6 +355,8 @@ def plot_main(argv: list[str]) -> int:
     parser.add_argument("--signals", nargs="+", choices=names, metavar="SIGNAL",
                         help="with --compare (default: every signal with a run folder at --seed)")
     parser.add_argument("--seed", type=int, default=42, help="default 42 (the training default)")
+    parser.add_argument("--variant", default="", help="a sweep's variant, e.g. target_r=2 (runs in "
+                                                      "<task>/<signal>/<variant>/<seed>/); default: no sweep")
     parser.add_argument("--output-root", "--output_root", default="outputs",
                         help="runs are read from <output-root>/<task>/<signal>/<seed>/ (default outputs)")
     args = parser.parse_args(argv)
@@ -362,17 +364,19 @@ def plot_main(argv: list[str]) -> int:
         if args.signal:
             raise UsageError("--signal names one run; with --compare use --signals A B ...")
         signals = args.signals or ordered_signals(
-            {r.signal for r in discover(args.output_root, args.task) if r.seed == args.seed})
+            {r.signal for r in discover(args.output_root, args.task) if r.seed == args.seed
+             and r.variant == args.variant})
         if not signals:
-            raise UsageError(f"no runs with seed {args.seed} under {Path(args.output_root) / args.task}; pass "
-                             "--signals and --seed of existing runs, or fix --output-root")
-        paths = [compare_runs(args.output_root, args.task, signals, args.seed)]
+            where = f"variant {args.variant}" if args.variant else "outside a sweep (a sweep's runs: --variant)"
+            raise UsageError(f"no runs with seed {args.seed}, {where}, under {Path(args.output_root) / args.task}; "
+                             "pass --signals and --seed of existing runs, or fix --output-root")
+        paths = [compare_runs(args.output_root, args.task, signals, args.seed, args.variant)]
     else:
         if args.signals:
             raise UsageError("--signals is for --compare; one run needs --signal SIGNAL")
         if args.signal is None:
             raise UsageError("one run needs --signal SIGNAL (or use --compare --signals A B ...)")
-        paths = plot_run(run_dir_for(args.output_root, args.task, args.signal, args.seed))
+        paths = plot_run(run_dir_for(args.output_root, args.task, args.signal, args.seed, args.variant))
     for path in paths:
         print(path)
     return 0

@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import math
+import sys
 from itertools import combinations
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from .stats import (
     size_rank_spearman,
 )
 from ..run.folder import Run, accuracies, discover
+from ..run.identity import differing, show, summary_settings
 
 MIN_TEST_SEEDS = 3  # a paired t-test on fewer shared seeds has too few degrees of freedom to mean anything
 TEST_NAME = "paired t-test (scipy.stats.ttest_rel, two-sided)"
@@ -68,9 +70,10 @@ def accuracy_labels(task: str) -> dict[str, str]:
 
 # -- finding runs ------------------------------------------------------------------------------------------------
 def collect_runs(output_root: str | Path, task: str, signals: list[str] | None = None,
-                 seeds: list[int] | None = None) -> list[Run]:
-    """Every requested (signal, seed) run, found or not. Defaults: every signal and every seed found on disk, so a
-    seed that one signal has and another lacks shows up as missing for the latter."""
+                 seeds: list[int] | None = None, variant: str = "") -> list[Run]:
+    """Every requested (signal, seed) run of one variant (a sweep's point; "" outside a sweep), found or not.
+    Defaults: every signal and every seed found on disk, so a seed that one signal has and another lacks shows up
+    as missing for the latter."""
     found = discover(output_root, task)
     if not found:
         raise UsageError(
@@ -78,9 +81,31 @@ def collect_runs(output_root: str | Path, task: str, signals: list[str] | None =
             f"'adalora-ablation train --task {task} --signal SIGNAL --seed N --output-root {output_root}' "
             f"(or 'adalora-ablation demo' for task synthetic), or point --output-root at your runs"
         )
+    found = [r for r in found if r.variant == variant] or found  # (no run of the variant: all show as missing)
     signals = signals or registry.ordered_signals({r.signal for r in found})
     seeds = seeds or sorted({r.seed for r in found})
-    return [Run.at(output_root, task, signal, seed) for signal in signals for seed in seeds]
+    return [Run.at(output_root, task, signal, seed, variant) for signal in signals for seed in seeds]
+
+
+def refuse_mixed_settings(runs: list[Run]) -> None:
+    """Every finished run of one report must have the same settings apart from its signal and seed (a paired test
+    of two signals is only a comparison of signals if nothing else differs); otherwise one line naming the runs and
+    the settings. Runs whose summary records no settings are taken as they are."""
+    first = None
+    for run in runs:
+        settings = summary_settings(run.summary) if run.problem is None else None
+        if settings is None:
+            continue
+        if first is None:
+            first = (run, settings)
+            continue
+        names = differing(first[1], settings, ignore=("signal", "seed"))
+        if names:
+            what = "; ".join(f"{n}: {show(first[1][n])} in {first[0].name}, {show(settings[n])} in {run.name}"
+                             for n in names)
+            raise UsageError(f"runs with different settings would be pooled in one report ({what}); give each "
+                             f"setting its own --output-root, or sweep it (ablate --sweep NAME=V1,V2) so that each "
+                             f"value gets its own folder and its own report")
 
 
 # -- statistics ------------------------------------------------------------------------------------------------
@@ -318,8 +343,11 @@ def _largest_types(runs: list[Run]) -> list[str]:
 
 # -- the report ------------------------------------------------------------------------------------------------
 def build_report(output_root: str | Path, task: str, signals: list[str] | None = None,
-                 seeds: list[int] | None = None) -> dict:
-    runs = collect_runs(output_root, task, signals, seeds)
+                 seeds: list[int] | None = None, variant: str = "") -> dict:
+    """The report of one variant (analysis/variants.py builds one per variant): its rows, paired tests and Holm
+    correction never see another variant's runs, and runs with other settings in it are an error."""
+    runs = collect_runs(output_root, task, signals, seeds, variant)
+    refuse_mixed_settings(runs)
     runs_by_signal: dict[str, list[Run]] = {}
     for run in runs:
         runs_by_signal.setdefault(run.signal, []).append(run)
@@ -337,6 +365,7 @@ def build_report(output_root: str | Path, task: str, signals: list[str] | None =
             next(r for r in rows if r["signal"] == bias["signal"])["flags"].append(bias["direction"])
     return {
         "task": task,
+        "variant": variant,
         "output_root": str(output_root),
         "synthetic": any(r.summary.get("synthetic") for r in valid),
         "metrics": metrics,
@@ -612,8 +641,14 @@ def report_main(argv: list[str]) -> int:
     parser.add_argument("--format", choices=list(FORMATTERS), default="markdown",
                         help="markdown (default): all tables; csv: the per-signal table; json: everything")
     parser.add_argument("--output-root", "--output_root", default="outputs",
-                        help="runs are read from <output-root>/<task>/<signal>/<seed>/ (default outputs)")
+                        help="runs are read from <output-root>/<task>/<signal>/[<variant>/]<seed>/ (default "
+                             "outputs); each sweep variant gets its own report")
     args = parser.parse_args(argv)
-    report = build_report(args.output_root, args.task, args.signals, args.seeds)
-    print(FORMATTERS[args.format](report))
+    from .variants import FORMATS, build_reports, write_budget_curve  # (it builds on this module)
+
+    reports = build_reports(args.output_root, args.task, args.signals, args.seeds)  # one per sweep variant
+    print(FORMATS[args.format](reports))
+    curve = write_budget_curve(reports)
+    if curve is not None:
+        print(f"[report] budget curve: {curve}", file=sys.stderr)
     return 0

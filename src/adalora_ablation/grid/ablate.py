@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import signals as registry
@@ -27,14 +27,16 @@ from .launchers import (
     parse_slurm_time,
     require_submitit,
     run_on_gpus,
+    train_argv,
     run_one,
     submit_grid,
 )
 from ..analysis.markdown import table
-from ..analysis.report import build_report, to_markdown
+from ..analysis.variants import build_reports, reports_markdown, write_budget_curve
 from ..run.lock import held_elsewhere
 from ..run.folder import latest_complete_checkpoint, read_summary, run_dir_for
 from ..data.tasks import TASK_NAMES
+from .sweeps import Variant, check_sweeps, check_variants, mark_other_settings, parse_sweep, variants
 
 LAUNCHERS = ("local", *SUBMITIT_LAUNCHERS)
 # Flags that only mean something to a submitit launcher: with --launcher local they would be silently ignored
@@ -49,15 +51,21 @@ class GridRun:
     signal: str
     seed: int
     run_dir: Path
-    status: str = "pending"  # finished | skipped | failed | would run | would resume | a submitit job's state ...
+    status: str = "pending"  # finished | skipped | failed | other settings | would run | a submitit job's state ...
     detail: str = ""
+    variant: str = ""  # the settings a sweep varies (target_r=2); "" outside a sweep
+    train_flags: list[str] = field(default_factory=list)  # the flags that make the variant, --variant included
 
 
-def plan(tasks, signals, seeds, output_root) -> list[GridRun]:
-    return [GridRun(t, s, n, run_dir_for(output_root, t, s, n)) for t, s, n in itertools.product(tasks, signals, seeds)]
+def plan(tasks, signals, seeds, output_root, grid_variants: list[Variant] | None = None) -> list[GridRun]:
+    return [GridRun(t, s, n, run_dir_for(output_root, t, s, n, v.name), variant=v.name, train_flags=v.flags)
+            for t, s, v, n in itertools.product(tasks, signals, grid_variants or [Variant()], seeds)]
 
 
 def status_table(runs: list[GridRun]) -> str:
+    if any(r.variant for r in runs):  # the variant column only where a sweep made variants
+        return table(["task", "signal", "variant", "seed", "status", "detail"],
+                     [[r.task, r.signal, r.variant, r.seed, r.status, r.detail] for r in runs])
     return table(["task", "signal", "seed", "status", "detail"],
                  [[r.task, r.signal, r.seed, r.status, r.detail] for r in runs])
 
@@ -65,7 +73,11 @@ def status_table(runs: list[GridRun]) -> str:
 def print_reports(tasks, output_root: str) -> None:
     for task in tasks:
         try:
-            print(f"\n## Report: {task}\n\n{to_markdown(build_report(output_root, task))}")
+            reports = build_reports(output_root, task)  # one per sweep variant
+            print(f"\n## Report: {task}\n\n{reports_markdown(reports)}")
+            curve = write_budget_curve(reports)
+            if curve is not None:
+                print(f"\nBudget curve: {curve}")
         except Exception as exc:  # a report problem must not hide the grid's own result
             print(f"\n(no report for {task}: {exc})")
 
@@ -99,6 +111,10 @@ def build_parser(registry) -> OneLineArgumentParser:
                         choices=registry.group_names() + registry.signal_names(),
                         help=f"signals and named groups: {groups}, all (every signal); default: seed")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
+    parser.add_argument("--sweep", action="append", default=[], type=_checked(parse_sweep), metavar="NAME=V1,V2",
+                        help="a grid axis over any train setting, e.g. --sweep target_r=2,4,8 (repeatable: the grid "
+                             "is tasks x signals x seeds x every sweep's values); each run goes to "
+                             "<task>/<signal>/<NAME=V>/<seed>; a sweep of one value is the same as the plain flag")
     parser.add_argument("--with-controls", "--with_controls", action="store_true",
                         help=f"add the control signals {', '.join(registry.signal_names('control'))}")
     parser.add_argument("--output-root", "--output_root", default="outputs")
@@ -173,23 +189,33 @@ def ablate_main(argv: list[str]) -> int:
     check_launcher_flags(args)
     controls = registry.signal_names("control") if args.with_controls else []
     signals = registry.expand_signals(args.signals + controls)
-    runs = plan(args.tasks, signals, args.seeds, args.output_root)
+    if args.sweep:
+        check_sweeps(args.sweep, extra)
+    runs = plan(args.tasks, signals, args.seeds, args.output_root, variants(args.sweep))
+    if args.sweep:  # one train command per variant, checked before anything runs
+        check_variants(args.sweep, {r.variant: train_argv(r, args.output_root, extra) for r in runs})
+
+    def argv_of(run):
+        return train_argv(run, args.output_root, extra)
 
     if args.status:
         grid_status(runs, args.output_root)
+        mark_other_settings(runs, argv_of)
         print(status_table(runs))
         states = dict.fromkeys(r.status for r in runs)  # in order of first appearance
         print(f"\n{counts_line(runs, states)}")
         return 0
 
+    # A folder holding a run or checkpoint made with other settings is listed as such, never skipped or resumed.
+    same = mark_other_settings(runs, argv_of)
     if args.launcher == "local":
-        run_here(runs, args, extra)
+        run_here(same, args, extra)
     else:
-        submit_grid(runs, args.output_root, extra, submitit_options(args), args.dry_run)
+        submit_grid(same, args.output_root, extra, submitit_options(args), args.dry_run)
     # Runs that ended here (local, or the local executor, which waits for its jobs) are counted as finished or
     # failed; Slurm jobs and dry runs by what happened to them now (submitted, queued, would run, ...).
     ended_here = not args.dry_run and args.launcher != "slurm"
-    rare = [s for s in ("interrupted", "running elsewhere") if any(r.status == s for r in runs)]
+    rare = [s for s in ("interrupted", "running elsewhere", "other settings") if any(r.status == s for r in runs)]
     ended = ("finished", "skipped", "failed", *rare)
     statuses = ended if ended_here or args.launcher == "local" else dict.fromkeys(r.status for r in runs)
 

@@ -34,12 +34,12 @@ UNKNOWN_GRACE_S = 600
 
 
 def run_name(run) -> str:
-    return f"{run.task}/{run.signal}/{run.seed}"
+    return "/".join(str(p) for p in (run.task, run.signal, getattr(run, "variant", ""), run.seed) if p != "")
 
 
 def train_argv(run, output_root: str, extra: list[str]) -> list[str]:
     return ["--task", run.task, "--signal", run.signal, "--seed", str(run.seed), "--output-root", str(output_root),
-            "--resume", "True", *extra]
+            "--resume", "True", *extra, *getattr(run, "train_flags", [])]  # a sweep's variant: its flags last
 
 
 # ----------------------------------------------------------------------------------------------- on this machine

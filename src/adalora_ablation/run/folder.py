@@ -1,6 +1,7 @@
 """The run folder. Only this module knows its layout, its file names and the summary's schema.
 
-``<output-root>/<task>/<signal>/<seed>/`` (the Trainer's output_dir) holds ``metrics.jsonl``,
+``<output-root>/<task>/<signal>/<seed>/`` (the Trainer's output_dir; in a sweep ``<task>/<signal>/<variant>/<seed>/``,
+e.g. ``target_r=2``) holds ``run_settings.json`` (run/identity.py), ``metrics.jsonl``,
 ``rank_pattern.jsonl``, ``signal_scores.jsonl``, ``final_summary.json``, ``final_adapter/``, ``checkpoint-N/`` (each
 with ``adalora_allocator.pt``) and, for multi-process runs, ``ddp_consistency.json``. Beside the runs live
 ``<output-root>/<task>/compare/`` (comparison figures) and ``<output-root>/grid/`` (the grid's job record).
@@ -42,8 +43,11 @@ GRID_DIR = "grid"  # <output-root>/grid/ holds the grid's job record and job log
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
-def run_dir_for(output_root: str | Path, task: str, signal: str, seed: int) -> Path:
-    return Path(output_root) / task / signal / str(seed)
+def run_dir_for(output_root: str | Path, task: str, signal: str, seed: int, variant: str = "") -> Path:
+    """``<root>/<task>/<signal>/<seed>``; a run of a sweep's variant (the settings the sweep varies, e.g.
+    ``target_r=2``, run/identity.py) goes to ``<root>/<task>/<signal>/<variant>/<seed>``."""
+    signal_dir = Path(output_root) / task / signal
+    return (signal_dir / variant if variant else signal_dir) / str(seed)
 
 
 def compare_dir(output_root: str | Path, task: str) -> Path:
@@ -293,20 +297,23 @@ class Run:
     signal: str
     seed: int
     run_dir: Path
+    variant: str = ""  # the settings a sweep varies (``target_r=2``); "" outside a sweep
 
     @classmethod
-    def at(cls, output_root: str | Path, task: str, signal: str, seed: int) -> Run:
-        return cls(task, signal, seed, run_dir_for(output_root, task, signal, seed))
+    def at(cls, output_root: str | Path, task: str, signal: str, seed: int, variant: str = "") -> Run:
+        return cls(task, signal, seed, run_dir_for(output_root, task, signal, seed, variant), variant)
 
     @classmethod
     def from_dir(cls, folder: str | Path) -> Run:
         folder = Path(folder)
-        task, signal, seed = folder.parts[-3:]
-        return cls(task, signal, int(seed) if seed.isdigit() else seed, folder)
+        variant = folder.parent.name if _is_variant(folder.parent.name) else ""
+        task, signal = (folder.parts[-4:-2] if variant else folder.parts[-3:-1])
+        seed = folder.name
+        return cls(task, signal, int(seed) if seed.isdigit() else seed, folder, variant)
 
     @property
     def name(self) -> str:
-        return f"{self.task}/{self.signal}/{self.seed}"
+        return "/".join(str(p) for p in (self.task, self.signal, self.variant, self.seed) if p != "")
 
     @cached_property
     def summary(self) -> dict | None:
@@ -351,11 +358,26 @@ class Run:
         return self.summary["final_ranks"] if self.summary else self.allocations[-1]["ranks"]
 
 
+def _is_variant(name: str) -> bool:
+    return "=" in name
+
+
+def _seed_dirs(folder: Path) -> list[Path]:
+    return [d for d in sorted(folder.iterdir()) if d.is_dir() and d.name.isdigit()]
+
+
 def discover(output_root: str | Path, task: str) -> list[Run]:
-    """Every <output-root>/<task>/<signal>/<seed>/ folder (seed folders are integers, as train writes them)."""
+    """Every <output-root>/<task>/<signal>/[<variant>/]<seed>/ folder (seed folders are integers, as train writes
+    them; variant folders are NAME=VALUE[,NAME=VALUE...])."""
     task_dir = Path(output_root) / task
     if not task_dir.is_dir():
         return []
-    return [Run(task, signal_dir.name, int(seed_dir.name), seed_dir)
-            for signal_dir in sorted(task_dir.iterdir()) if signal_dir.is_dir() and signal_dir.name != COMPARE_DIR
-            for seed_dir in sorted(signal_dir.iterdir()) if seed_dir.is_dir() and seed_dir.name.isdigit()]
+    runs = []
+    for signal_dir in sorted(task_dir.iterdir()):
+        if not signal_dir.is_dir() or signal_dir.name == COMPARE_DIR:
+            continue
+        runs += [Run(task, signal_dir.name, int(d.name), d) for d in _seed_dirs(signal_dir)]
+        for variant_dir in sorted(signal_dir.iterdir()):
+            if variant_dir.is_dir() and _is_variant(variant_dir.name):
+                runs += [Run(task, signal_dir.name, int(d.name), d, variant_dir.name) for d in _seed_dirs(variant_dir)]
+    return runs

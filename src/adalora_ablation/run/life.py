@@ -23,7 +23,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from ..errors import RunFileError, RunInterrupted, UsageError
-from .folder import checkpoint_step, read_summary, rewind_logs, write_summary
+from .folder import checkpoint_step, read_summary, rewind_logs, write_json_atomic, write_summary
+from .identity import IDENTITY_FILE, difference, read_identity, summary_settings
 from .lock import LOCK_FILE, LockHeld, LockLost, RunLock
 from .preemption import StopOnSignal
 from .resume import resumable_checkpoint
@@ -33,8 +34,8 @@ class RunFolder:
     """One run folder, held by this process from ``open`` until the ``with`` block ends.
 
     ``checkpoint``/``resume_state`` say where training continues (None: from the start). ``identity`` is the run's
-    settings fingerprint, when the caller has one: kept here so that the finished-run, checkpoint and lock checks
-    can compare it with the folder's."""
+    settings and fingerprint (run/identity.py): a finished run or a checkpoint made with other settings is refused,
+    and the folder records it (run_settings.json, copied into every checkpoint)."""
 
     def __init__(self, run_dir: Path, stopper: StopOnSignal, log, is_main: bool = True):
         self.run_dir = Path(run_dir)
@@ -59,15 +60,12 @@ class RunFolder:
             except LockHeld as exc:
                 raise UsageError(str(exc)) from None
         try:
-            if read_summary(self.run_dir) is not None and not overwrite:  # finished while we were loading
-                raise UsageError(f"{self.run_dir} already holds a finished run; pass --overwrite to replace it")
+            refuse_finished_run(self.run_dir, identity, overwrite)  # it may have finished while we were loading
             if resume and read_summary(self.run_dir) is None:
                 found = resumable_checkpoint(self.run_dir, self.log, restart=restart)
                 if found is not None:
                     self.checkpoint, self.resume_state = found
-                    self._check_identity(self.resume_state.get("identity"), str(self.checkpoint))
-                    if accept is not None:
-                        accept(self.resume_state, self.checkpoint)
+                    self._refuse_other_checkpoint(accept)
             if self.checkpoint is not None:
                 if self.is_main:
                     rewind_logs(self.run_dir, checkpoint_step(self.checkpoint))
@@ -75,18 +73,25 @@ class RunFolder:
                 # an unfinished run without a checkpoint, or --overwrite: start clean (the lock stays: it is ours)
                 self.log(f"[run] replacing the previous contents of {self.run_dir}")
                 clear_run_folder(self.run_dir)
+            if self.is_main and identity is not None:  # what this folder's run is; every checkpoint copies it
+                write_json_atomic(self.run_dir / IDENTITY_FILE, identity)
         except BaseException:
             self.close()
             raise
         return self
 
-    def _check_identity(self, recorded: dict | None, where: str) -> None:
-        """A run continues only under the settings fingerprint that wrote what it continues (when both are known)."""
-        if self.identity is None or recorded is None or recorded == self.identity:
+    def _refuse_other_checkpoint(self, accept) -> None:
+        """A checkpoint continues only the run whose settings wrote it: its own run_settings.json (or the folder's).
+        A checkpoint written before settings were recorded is checked by ``accept`` (its signal settings)."""
+        recorded = read_identity(self.checkpoint) or read_identity(self.run_dir)
+        if recorded is None or self.identity is None:
+            if accept is not None:
+                accept(self.resume_state, self.checkpoint)
             return
-        changed = sorted(k for k in set(recorded) | set(self.identity) if recorded.get(k) != self.identity.get(k))
-        raise UsageError(f"{where} was written with other settings ({', '.join(changed)}); resume with the same "
-                         f"settings, or use another --output-root for this variant")
+        other = difference(recorded["settings"], self.identity["settings"], where="in the checkpoint")
+        if other:
+            raise UsageError(f"{self.checkpoint} was written with other settings ({other}); resume with the same "
+                             f"settings, or run this one with another --output-root or as a sweep variant (--variant)")
 
     def __enter__(self) -> RunFolder:
         return self
@@ -147,3 +152,17 @@ def clear_run_folder(run_dir: Path) -> None:
             shutil.rmtree(path)
         else:
             path.unlink()
+
+
+def refuse_finished_run(run_dir: Path, asked: dict | None, overwrite: bool) -> None:
+    """A finished run in the folder is never redone silently, and never taken as this run if its settings differ."""
+    summary = read_summary(run_dir)
+    if summary is None or overwrite:
+        return
+    recorded = summary_settings(summary)
+    other = difference(recorded, asked["settings"]) if recorded is not None and asked is not None else None
+    if other:
+        raise UsageError(f"{run_dir} holds a finished run with other settings ({other}); run this one with "
+                         f"another --output-root or as a sweep variant (--variant), or pass --overwrite to replace it")
+    raise UsageError(f"{run_dir} already holds a finished run; pass --overwrite to replace it "
+                     f"or choose another --output-root")

@@ -23,6 +23,7 @@ from ..errors import RunFileError, UsageError
 from .folder import (
     ALLOCATOR_STATE, MANIFEST, STAGING, atomic_write, complete_checkpoints, verify_manifest, write_manifest,
 )
+from .identity import IDENTITY_FILE
 
 # Files of a checkpoint that torch.load reads on resume (ours and the Trainer's). All are loaded with
 # weights_only=True: a checkpoint folder may come from someone else (a shared directory, a downloaded run), and a
@@ -152,6 +153,9 @@ class AdaLoraTrainer(Trainer):
             if self.args.should_save:
                 state = {**self.adalora_callback.resume_state(), "train_loss_sum": loss_sum}
                 atomic_write(staged / ALLOCATOR_STATE, lambda f: torch.save(state, f))
+                settings = run_dir / IDENTITY_FILE  # the settings this checkpoint continues (run/identity.py)
+                if settings.is_file():
+                    atomic_write(staged / IDENTITY_FILE, lambda f: f.write(settings.read_bytes()))
                 write_manifest(staged)  # a checkpoint without it is incomplete
                 verify_manifest(staged)  # what is on disk is what the manifest says, before it counts
                 os.rename(staged, run_dir / name)
