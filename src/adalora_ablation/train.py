@@ -37,8 +37,8 @@ from .run.preemption import STOP_SIGNALS, StopOnSignal
 from .run.resume import AdaLoraTrainer, resumable_checkpoint
 from .run.lock import LOCK_FILE, LockHeld, RunLock
 from .run.folder import (
-    DDP_CONSISTENCY, FINAL_ADAPTER, accuracies, accuracy_fields, checkpoint_step, read_summary, rewind_logs,
-    run_dir_for, write_json_atomic, write_summary,
+    DDP_CONSISTENCY, FINAL_ADAPTER, accuracies, accuracy_fields, checkpoint_step, read_shared_warmup, read_summary,
+    rewind_logs, run_dir_for, write_json_atomic, write_summary,
 )
 from .adalora.schedule import schedule_warnings
 from .signals import SignalConfig
@@ -89,16 +89,18 @@ def library_versions() -> dict[str, str]:
             "peft": peft.__version__, "datasets": datasets.__version__}
 
 
-def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
+def train(argv: list[str], stop_signals=STOP_SIGNALS, warmup=None) -> dict:
     """Run one training job from command-line style arguments; returns the final summary. On one of
-    ``stop_signals`` it writes a checkpoint after the current step and raises RunInterrupted."""
+    ``stop_signals`` it writes a checkpoint after the current step and raises RunInterrupted. ``warmup`` (a
+    grid.warmup_run.WarmupSession) makes it a shared warm-up instead: its own folder, every member's signal, and a
+    stop with a checkpoint at tinit (returns None)."""
     started = time.time()
     run_args, model_args, data_args, ada_args, training_args = parse_train_args(argv)
     use_process_log_level(training_args)
     check_peft_version()
     task = TASKS[run_args.task]
     seed = training_args.seed
-    run_dir = run_dir_for(run_args.output_root, task.name, run_args.signal, seed)
+    run_dir = warmup.folder if warmup else run_dir_for(run_args.output_root, task.name, run_args.signal, seed)
     if read_summary(run_dir) is not None and not run_args.overwrite:
         raise UsageError(f"{run_dir} already holds a finished run; pass --overwrite to replace it "
                          f"or choose another --output-root")
@@ -127,10 +129,9 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
 
     peft_model = wrap_with_adalora(model, target_modules, modules_to_save, ada_args, total_step)
     peft_model.to(training_args.device)  # first, so that the allocator's buffers live where the adapters train
-    signal_config = SignalConfig(beta1=ada_args.beta1, beta2=ada_args.beta2, ema_decay=ada_args.ema_decay,
-                                 combo_lambda=ada_args.combo_lambda, normalize_method=ada_args.normalize_method,
-                                 plasticity_norm=ada_args.plasticity_norm, seed=seed)
-    allocator = install_allocator(peft_model, run_args.signal, signal_config)
+    signal_config = signal_config_for(ada_args, seed)
+    allocator = (warmup.install_allocator(peft_model, signal_config) if warmup
+                 else install_allocator(peft_model, run_args.signal, signal_config))
     params = count_parameters(peft_model)
     logger.info(f"[model] {model_args.model}: {len(target_modules)} adapted modules, trained in full: "
                 f"{modules_to_save}; trainable parameters {params['trainable']:,} of {params['total']:,}")
@@ -152,7 +153,7 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
             found = resumable_checkpoint(run_dir, logger.warning, restart=run_args.resume_fallback == "restart")
         checkpoint = found[0] if found else None
         if checkpoint is not None:
-            check_same_signal(found[1], run_args.signal, signal_config, checkpoint)
+            check_same_signal(found[1], allocator.signal_name, signal_config, checkpoint)
             logger.info(f"[run] resuming {run_dir} from {checkpoint.name}")
             callback.pending_resume = found[1]
             if is_main:
@@ -168,7 +169,7 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
             eval_dataset=eval_sets[""] if "" in eval_sets else eval_sets,
             data_collator=DataCollatorWithPadding(tokenizer),
             compute_metrics=compute_accuracy,
-            callbacks=[callback, stopper],
+            callbacks=[callback, stopper, *(warmup.callbacks if warmup else [])],
             adalora_callback=callback,
         )
         callback.trainer = trainer
@@ -180,6 +181,8 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
         if stopper.stopped_at is not None:
             step = stopper.stopped_at
             raise RunInterrupted(signal.Signals(stopper.received).name, step, f"checkpoint-{step}")
+        if warmup:
+            return None
         if training_args.world_size > 1:
             check_ranks_agree(callback.mask_digests, run_dir if is_main else None)
         eval_metrics = trainer.evaluate()
@@ -215,6 +218,7 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
             "scaler_skipped_steps": callback.scaler_skipped_steps,
             "final_ranks": dict(zip(allocator.layout.names, callback.ranks)),
             "resumed_from": checkpoint.name if checkpoint else None,
+            "shared_warmup": read_shared_warmup(run_dir) if checkpoint else None,
             "trainable_parameters": params["trainable"],
             "total_parameters": params["total"],
             "target_modules": target_modules,
@@ -234,6 +238,12 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
         logger.info(f"[run] {task.name}/{run_args.signal}/{seed}: accuracy {summary['eval_accuracy']:.4f}, "
                     f"total rank {summary['total_rank']} (budget {summary['target_budget']}) -> {run_dir}")
         return summary
+
+
+def signal_config_for(ada_args, seed: int) -> SignalConfig:
+    return SignalConfig(beta1=ada_args.beta1, beta2=ada_args.beta2, ema_decay=ada_args.ema_decay,
+                        combo_lambda=ada_args.combo_lambda, normalize_method=ada_args.normalize_method,
+                        plasticity_norm=ada_args.plasticity_norm, seed=seed)
 
 
 def check_same_signal(state: dict, signal: str, config: SignalConfig, checkpoint: Path) -> None:
