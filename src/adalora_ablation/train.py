@@ -38,7 +38,7 @@ from .run.resume import AdaLoraTrainer, resumable_checkpoint
 from .run.lock import LOCK_FILE, LockHeld, RunLock
 from .run.folder import (
     DDP_CONSISTENCY, FINAL_ADAPTER, accuracies, accuracy_fields, checkpoint_step, read_shared_warmup, read_summary,
-    rewind_logs, run_dir_for, write_json_atomic, write_summary,
+    rewind_logs, run_dir_for, train_loss_over_run, write_json_atomic, write_summary,
 )
 from .adalora.schedule import schedule_warnings
 from .signals import SignalConfig
@@ -207,7 +207,10 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS, warmup=None) -> dict:
             **accuracy_fields(task.name, eval_metrics),
             **effect,
             "eval_metrics": eval_metrics,
-            "train_loss": train_result.training_loss,
+            # over the whole run: a resumed run's Trainer averages only the steps it trained itself
+            "train_loss": (train_loss_over_run(run_dir, checkpoint_step(checkpoint), train_result.training_loss,
+                                               train_result.global_step - checkpoint_step(checkpoint))
+                           if checkpoint else train_result.training_loss),
             "total_step": total_step,
             "total_rank": sum(callback.ranks),
             "target_budget": allocator.target_bgt,

@@ -48,51 +48,74 @@ def train_command(run, output_root: str, extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "adalora_ablation", "train", *train_argv(run, output_root, extra)]
 
 
-def run_one(run, output_root: str, extra: list[str], gpu: str | None = None, cpu_threads: int | None = None) -> None:
-    """Train one grid cell in its own process (on one GPU if given); keep the last line of its output as the
-    reason if it fails. Its output goes to stderr, each line prefixed with the run, so that runs sharing the
-    console stay apart and stdout keeps only the grid's own lines, table and report."""
+def warmup_command(folder: Path) -> list[str]:
+    return [sys.executable, "-m", "adalora_ablation", "warmup", str(folder)]
+
+
+def run_process(name: str, command: list[str], gpu: str | None, cpu_threads: int | None) -> tuple[int, str]:
+    """Run one grid process (on one GPU if given); returns its exit code and the last line of its output. Its
+    output goes to stderr, each line prefixed with its name, so that processes sharing the console stay apart and
+    stdout keeps only the grid's own lines, table and report."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # stdout and stderr share one pipe: keep their lines in order
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     if cpu_threads is not None:
         env.setdefault("OMP_NUM_THREADS", str(cpu_threads))
-    print(f"[grid] {run_name(run)}" + (f" on GPU {gpu}" if gpu is not None else ""), flush=True)
-    proc = subprocess.Popen(train_command(run, output_root, extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1, env=env)
+    print(f"[grid] {name}" + (f" on GPU {gpu}" if gpu is not None else ""), flush=True)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
     last_line = ""
     for line in proc.stdout:
-        sys.stderr.write(f"[{run_name(run)}] {line}")
+        sys.stderr.write(f"[{name}] {line}")
         if line.strip():
             last_line = line.strip()
     proc.wait()
+    return proc.returncode, last_line
+
+
+def run_one(run, output_root: str, extra: list[str], gpu: str | None = None, cpu_threads: int | None = None) -> None:
+    """Train one grid cell in its own process; keep the last line of its output as the reason if it fails."""
+    returncode, last_line = run_process(run_name(run), train_command(run, output_root, extra), gpu, cpu_threads)
     summary = read_summary(run.run_dir)
-    if proc.returncode == 0 and summary is not None:
+    if returncode == 0 and summary is not None:
         run.status, run.detail = "finished", f"accuracy {summary['eval_accuracy']:.4f}"
-    elif proc.returncode == REQUEUE_EXIT_CODE:
+    elif returncode == REQUEUE_EXIT_CODE:
         run.status, run.detail = "interrupted", last_line.replace("adalora-ablation: ", "")
     else:
-        run.status, run.detail = "failed", last_line or f"exit code {proc.returncode}"
+        run.status, run.detail = "failed", last_line or f"exit code {returncode}"
 
 
-def run_on_gpus(runs, output_root: str, extra: list[str], gpus: list[str]) -> None:
-    """At most one run per listed GPU at a time; a GPU is handed to the next run as soon as its run ends. Like
-    torchrun, split the CPU threads between the processes (unless OMP_NUM_THREADS is set): each torch would
-    otherwise start one thread per core, and oversubscribed cores slow every run down many times over."""
+def run_warmup_here(group, gpu: str | None = None, cpu_threads: int | None = None) -> None:
+    """Train a shared warm-up (grid/warmup.py) in its own process and seed its runs; sets group.failure."""
+    returncode, last_line = run_process(f"warm-up {group.name}", warmup_command(group.folder), gpu, cpu_threads)
+    group.failure = None if returncode == 0 else (last_line.replace("adalora-ablation: ", "")
+                                                  or f"exit code {returncode}")
+
+
+def on_gpus(items, work, gpus: list[str], runs_per_gpu: int = 1) -> None:
+    """``work(item, gpu, cpu_threads)`` for every item, at most ``runs_per_gpu`` at a time on each listed GPU; a
+    GPU slot is handed to the next item as soon as its item ends. Like torchrun, split the CPU threads between
+    all concurrent processes (unless OMP_NUM_THREADS is set): each torch would otherwise start one thread per
+    core, and oversubscribed cores slow every run down many times over."""
     free = queue.Queue()
-    for gpu in gpus:
-        free.put(gpu)
-    cpu_threads = max((os.cpu_count() or 1) // len(gpus), 1)
+    for _ in range(runs_per_gpu):
+        for gpu in gpus:  # round-robin: the first items spread over the GPUs before any GPU takes a second
+            free.put(gpu)
+    slots = len(gpus) * runs_per_gpu
+    cpu_threads = max((os.cpu_count() or 1) // slots, 1)
 
-    def work(run):
+    def one(item):
         gpu = free.get()
         try:
-            run_one(run, output_root, extra, gpu, cpu_threads)
+            work(item, gpu, cpu_threads)
         finally:
             free.put(gpu)
 
-    with ThreadPoolExecutor(max_workers=len(gpus)) as pool:
-        list(pool.map(work, runs))  # list(): re-raise anything a worker raised
+    with ThreadPoolExecutor(max_workers=slots) as pool:
+        list(pool.map(one, items))  # list(): re-raise anything a worker raised
+
+
+def run_on_gpus(runs, output_root: str, extra: list[str], gpus: list[str], runs_per_gpu: int = 1) -> None:
+    on_gpus(runs, lambda run, gpu, threads: run_one(run, output_root, extra, gpu, threads), gpus, runs_per_gpu)
 
 
 def parse_gpus(text: str) -> list[str]:

@@ -81,6 +81,7 @@ class WarmupGroup:
     tinit: int
     members: list = field(default_factory=list)  # GridRun, in grid order
     argvs: list = field(default_factory=list)  # each member's train flags
+    failure: str | None = None  # set when its process or job failed: the reason, one line
 
     @property
     def name(self) -> str:

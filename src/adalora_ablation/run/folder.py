@@ -206,6 +206,18 @@ def read_shared_warmup(run_dir: Path) -> dict | None:
         return None
 
 
+def train_loss_over_run(run_dir: Path, resumed_at: int, loss_after: float, steps_after: int) -> float:
+    """The mean training loss of a run resumed at step ``resumed_at``, over every step it trained: the Trainer's own
+    train_loss covers only the ``steps_after`` steps of this process, so the steps before come from metrics.jsonl,
+    whose loss lines each hold the mean since the line before (a warm-up or a signal logs one at its checkpoint)."""
+    total, steps, previous = 0.0, 0, 0
+    for record in read_jsonl(Path(run_dir) / METRICS):
+        if "loss" in record and previous < record["step"] <= resumed_at:
+            total += record["loss"] * (record["step"] - previous)
+            steps, previous = steps + record["step"] - previous, record["step"]
+    return (total + loss_after * steps_after) / max(steps + steps_after, 1)
+
+
 def read_summary(run_dir: Path) -> dict | None:
     """The run's final_summary.json, or None if absent or unreadable (an unfinished run)."""
     try:
