@@ -7,10 +7,10 @@ checkpoint. Flags this command does not know are passed through to every ``train
 Runs that differ only in their signal, its settings and --target-r share their first tinit steps: each such group
 trains them once (a shared warm-up, before its runs; --no-share-warmup turns this off; --dry-run shows the groups).
 
-Launchers: ``local`` runs one run at a time here, or with ``--gpus 0,1`` one run per listed GPU at once (``--runs-per-gpu
-K``: up to K on each);
-``slurm`` submits one job per run through submitit and records the job ids in <output-root>/grid/jobs.json (run
-the same command again to resubmit failed or pre-empted runs; ``--status`` shows where every run stands);
+Launchers: ``local`` runs one run at a time here, or with ``--gpus 0,1`` one run per listed GPU at once
+(``--runs-per-gpu K``: up to K on each); ``slurm`` submits one job per run through submitit and records the job
+ids in <output-root>/grid/jobs.json (run the same command again to resubmit failed or pre-empted runs;
+``--status`` shows where every run stands);
 ``submitit-local`` is the same submission on this machine, for trying it out without a cluster.
 """
 
@@ -159,17 +159,19 @@ def submitit_options(args) -> SubmititOptions:
                            array_parallelism=args.slurm_array_parallelism)
 
 
-def shared_warmups(unstarted: list[GridRun], args, extra: list[str]):
+def shared_warmups(unstarted: list[GridRun], args, extra: list[str], root=None):
     """The warm-up groups among the runs that have not started (no checkpoint), announced on stdout."""
     if not args.share_warmup:
         return []
-    groups = plan_warmups(unstarted, lambda run: train_argv(run, args.output_root, extra), args.output_root)
+    root = args.output_root if root is None else root
+    groups = plan_warmups(unstarted, lambda run: train_argv(run, root, extra), root)
     for group in groups:
-        print(f"[grid] {group.describe()}", flush=True)
+        print(f"[grid warm-up] {group.describe()}", flush=True)
         for run in group.members:
             run.detail = ", ".join(d for d in (run.detail, f"after shared warm-up {group.name}") if d)
     if groups:
-        print(f"[grid] shared warm-ups save {sum(g.saved_steps for g in groups):,} optimizer steps in all", flush=True)
+        saved = sum(g.saved_steps for g in groups)
+        print(f"[grid warm-up] shared warm-ups save {saved:,} optimizer steps in all", flush=True)
     return groups
 
 
@@ -235,7 +237,8 @@ def ablate_main(argv: list[str]) -> int:
     if args.launcher == "local":
         run_here(runs, args, extra)
     else:
-        submit_grid(runs, args.output_root, extra, submitit_options(args), args.dry_run)
+        submit_grid(runs, args.output_root, extra, submitit_options(args), args.dry_run,
+                    lambda unstarted, root: shared_warmups(unstarted, args, extra, root))
     # Runs that ended here (local, or the local executor, which waits for its jobs) are counted as finished or
     # failed; Slurm jobs and dry runs by what happened to them now (submitted, queued, would run, ...).
     ended_here = not args.dry_run and args.launcher != "slurm"
