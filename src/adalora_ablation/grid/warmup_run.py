@@ -159,6 +159,12 @@ def seed_one(folder: Path, checkpoint: Path, state: dict, member: Member) -> Non
         config = json.loads(adapter_config.read_text(encoding="utf-8"))
         config["target_r"] = member.target_r
         write_json_atomic(adapter_config, config)
+    trainer_state = staging / "trainer_state.json"
+    if trainer_state.exists():  # the stop was the warm-up's, not the run's (--restore-callback-states-from-checkpoint)
+        saved = json.loads(trainer_state.read_text(encoding="utf-8"))
+        control = saved.get("stateful_callbacks", {}).get("TrainerControl", {}).get("args", {})
+        control.update({k: False for k in ("should_training_stop", "should_save") if k in control})
+        write_json_atomic(trainer_state, saved)
     write_manifest(staging)
     os.replace(staging, run_dir / checkpoint.name)
 
