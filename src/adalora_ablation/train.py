@@ -153,7 +153,7 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS, warmup=None) -> dict:
             found = resumable_checkpoint(run_dir, logger.warning, restart=run_args.resume_fallback == "restart")
         checkpoint = found[0] if found else None
         if checkpoint is not None:
-            check_same_signal(found[1], allocator.signal_name, signal_config, checkpoint)
+            check_same_signal(found[1], allocator.signal_name, allocator.signal_config, checkpoint)
             logger.info(f"[run] resuming {run_dir} from {checkpoint.name}")
             callback.pending_resume = found[1]
             if is_main:

@@ -60,7 +60,10 @@ class WarmupSession:
     def install_allocator(self, peft_model, config: SignalConfig) -> SharedWarmupAllocator:
         adalora = peft_model.base_model
         name = adalora.trainable_adapter_name
-        allocator = SharedWarmupAllocator(adalora.model, adalora.peft_config[name], name, self.variants, config)
+        # Its own settings are only what a resume checks: the seed, which every member shares (the leading run's
+        # signal settings would make a resume by a grid that lists another run first refuse the checkpoint).
+        allocator = SharedWarmupAllocator(adalora.model, adalora.peft_config[name], name, self.variants,
+                                          SignalConfig(seed=config.seed))
         adalora.rankallocator = allocator
         return allocator
 
@@ -117,7 +120,11 @@ def run_warmup(folder: Path, stop_signals=STOP_SIGNALS) -> list[str]:
 
 
 def seed_members(folder: Path, checkpoint: Path, members: list[Member]) -> list[str]:
-    state = load_checkpoint_state(checkpoint)  # the manifest verifies, every file loads safely
+    try:
+        state = load_checkpoint_state(checkpoint)  # the manifest verifies, every file loads safely
+    except ValueError as problem:
+        raise UsageError(f"the shared warm-up's checkpoint cannot seed runs: {problem}; remove {folder} to train "
+                         f"the warm-up again") from None
     seeded = []
     for member in members:
         try:
