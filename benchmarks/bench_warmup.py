@@ -52,7 +52,8 @@ def main() -> None:
 
     train = [sys.executable, "-m", "adalora_ablation", "train"]
     runs = [SimpleNamespace(task="synthetic", seed=args.seed, signal=s,
-                            run_dir=run_dir_for(root / "shared" / f"r{r}", "synthetic", s, args.seed)) for s, r in cells]
+                            run_dir=run_dir_for(root / "shared" / f"r{r}", "synthetic", s, args.seed))
+            for s, r in cells]
     argvs = [argv("shared", s, r) for s, r in cells]
     group = WarmupGroup(warmup_key(argvs[0]), root / "shared" / "grid" / "warmup" / "bench", 0, runs, argvs)
     write_plan(group)
@@ -70,7 +71,7 @@ def main() -> None:
         (run_dir_for(root / "alone" / f"r{r}", "synthetic", s, args.seed) / name).read_bytes()
         == (run_dir_for(root / "shared" / f"r{r}", "synthetic", s, args.seed) / name).read_bytes()
         for s, r in cells for name in ("rank_pattern.jsonl", "signal_scores.jsonl"))
-    print(f"| arm | runs | optimizer steps | wall time (s) |\n|---|---|---|---|")
+    print("| arm | runs | optimizer steps | wall time (s) |\n|---|---|---|---|")
     for arm in ("alone", "shared"):
         print(f"| {arm} | {len(cells)} | {steps[arm]:,} | {seconds[arm]:.1f} |")
     print(f"warm-up process: {warmup_s:.1f} s; logs identical between the arms: {identical}")

@@ -1,7 +1,6 @@
 """Shared warm-up: which runs share it, and runs continued from it equal the same runs trained alone, bit for bit."""
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
