@@ -90,7 +90,7 @@ def test_gpus_run_concurrently_each_on_its_own_gpu(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(launchers, "train_command",
                         lambda run, root, extra: [sys.executable, "-c", FAKE_TRAIN, str(run.run_dir)])
     code = ablate_main(["--task", "synthetic", "--signals", "importance_only", "uniform", "--seeds", "1", "2",
-                        "--output-root", str(tmp_path), "--gpus", "0,1"])
+                        "--output-root", str(tmp_path), "--gpus", "0,1", "--no-share-warmup"])
     out = capsys.readouterr().out
     assert code == 0 and "4 finished, 0 skipped, 0 failed" in out, out
     seen = {}
@@ -265,7 +265,8 @@ def fake_slurm(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_slurm_submits_a_job_array_and_resubmits_only_what_ended(tmp_path, fake_slurm, capsys):
     root = tmp_path / "out"
-    grid = ["--task", "synthetic", "--signals", "importance_only", "random", "--seeds", "1", "--output-root", str(root)]
+    grid = ["--task", "synthetic", "--signals", "importance_only", "random", "--seeds", "1", "--output-root", str(root),
+            "--no-share-warmup"]
     slurm = ["--launcher", "slurm", "--slurm-partition", "gpu", "--gpus-per-run", "1", "--time", "24:00:00",
              "--cpus-per-run", "4", "--mem-gb", "16", "--slurm-array-parallelism", "1"]
     assert ablate_main([*grid, *slurm, "--max-steps", "40"]) == 0
@@ -355,3 +356,75 @@ def test_status_reads_no_pickle_from_the_output_root(tmp_path, capsys):
     assert (f"| synthetic | importance_only | 1 | FAILED | job {ended.pid} (submitit-local), "
             f"adalora_ablation.errors.UsageError: /data/glu holds no RTE files |") in out
     assert f"| synthetic | random | 1 | INTERRUPTED | job {ended.pid + 100000} (submitit-local) |" in out
+
+
+FAKE_TRAIN_THREADS = """
+import json, os, sys, time
+run_dir = sys.argv[1]
+os.makedirs(run_dir, exist_ok=True)
+start = time.time()
+time.sleep(2)
+record = {"gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": os.environ.get("OMP_NUM_THREADS"),
+          "start": start, "end": time.time()}
+json.dump(record, open(os.path.join(run_dir, "seen.json"), "w"))
+json.dump({"eval_accuracy": 0.5}, open(os.path.join(run_dir, "final_summary.json"), "w"))
+"""
+
+
+def test_runs_per_gpu_keeps_up_to_k_runs_on_each_gpu(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(launchers, "train_command",
+                        lambda run, root, extra: [sys.executable, "-c", FAKE_TRAIN_THREADS, str(run.run_dir)])
+    monkeypatch.setattr(launchers.os, "cpu_count", lambda: 16)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    code = ablate_main(["--task", "synthetic", "--signals", "importance_only", "uniform", "random", "--seeds", "1",
+                        "2", "--output-root", str(tmp_path), "--gpus", "0,1", "--runs-per-gpu", "2",
+                        "--no-share-warmup"])
+    out = capsys.readouterr().out
+    assert code == 0 and "6 finished, 0 skipped, 0 failed" in out, out
+    seen = [json.loads(p.read_text()) for p in tmp_path.glob("synthetic/*/*/seen.json")]
+    assert len(seen) == 6 and {s["threads"] for s in seen} == {"4"}  # 16 cores over 2 GPUs x 2 runs
+    on_gpu = {gpu: [s for s in seen if s["gpu"] == gpu] for gpu in ("0", "1")}
+    assert sum(map(len, on_gpu.values())) == 6
+
+    def most_at_once(runs):
+        return max(sum(o["start"] <= r["start"] < o["end"] for o in runs) for r in runs)
+    assert all(most_at_once(runs) <= 2 for runs in on_gpu.values())  # never more than K on one GPU
+    assert max(most_at_once(runs) for runs in on_gpu.values()) == 2  # and K at once did happen
+    assert most_at_once(seen) <= 4
+
+
+def test_runs_per_gpu_needs_gpus(capsys):
+    assert cli_main(["ablate", "--task", "synthetic", "--runs-per-gpu", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--runs-per-gpu needs --gpus" in err and err.count("\n") == 1, err
+
+
+def test_slurm_runs_wait_for_their_shared_warmup(tmp_path, fake_slurm, capsys):
+    root = tmp_path / "out"
+    grid = ["--task", "synthetic", "--signals", "importance_only", "random", "--seeds", "1", "--output-root", str(root)]
+    slurm = ["--launcher", "slurm", "--slurm-partition", "gpu"]
+    assert ablate_main([*grid, *slurm, "--max-steps", "40", "--tinit", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "| synthetic | importance_only | 1 | submitted | job 4243_0, after shared warm-up synthetic-1-" in out
+    warmup_script = (fake_slurm / "sbatch_4242.sh").read_text()
+    runs_script = (fake_slurm / "sbatch_4243.sh").read_text()
+    assert "--dependency" not in warmup_script and "--array" not in warmup_script
+    assert "#SBATCH --dependency=afterok:4242\n" in runs_script and "#SBATCH --array=0-1" in runs_script
+    assert "#SBATCH --kill-on-invalid-dep=yes\n" in runs_script  # a failed warm-up cancels them
+    record = json.loads((root / "grid" / "jobs.json").read_text())
+    (name, warmup), = record["warmups"].items()
+    assert warmup["job_id"] == "4242" and warmup["runs"] == ["synthetic/importance_only/1", "synthetic/random/1"]
+    assert {r["warmup"] for r in record["runs"].values()} == {name}
+    plan = json.loads((Path(warmup["folder"]) / "plan.json").read_text())
+    assert [m["variant"] for m in plan["members"]] == ["importance_only", "random"]
+
+    import submitit
+
+    job = submitit.SlurmJob(folder=warmup["log_folder"], job_id="4242")
+    assert isinstance(job.submission().function, launchers.WarmupJob)
+    assert job.submission().function.run_dir == Path(warmup["folder"])
+
+    (fake_slurm / "sacct.txt").write_text("4242|FAILED|node1\n4243_0|CANCELLED|\n4243_1|CANCELLED|\n")
+    assert ablate_main([*grid, "--status"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("its shared warm-up job 4242 ended FAILED; run the same command again to resume it") == 2

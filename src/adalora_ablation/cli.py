@@ -21,6 +21,8 @@ COMMANDS = {  # name: (module, entry point, one-line description)
                "per-signal accuracy/rank table over seeds, allocation similarity, churn ('report --help')"),
     "ablate": ("grid.ablate", "ablate_main",
                "run a task x signal x seed grid, skipping finished runs and resuming broken ones ('ablate --help')"),
+    "warmup": ("grid.warmup_run", "warmup_main", "train a grid's shared warm-up once and seed its runs (ablate "
+               "starts it)"),
 }
 
 

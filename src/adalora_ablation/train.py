@@ -36,7 +36,7 @@ from .run.preemption import STOP_SIGNALS, StopOnSignal
 from .run.resume import AdaLoraTrainer
 from .run.identity import identity, parse_variant, variant_mismatch, variant_name
 from .run.folder import (
-    DDP_CONSISTENCY, FINAL_ADAPTER, accuracies, accuracy_fields, checkpoint_step, run_dir_for,
+    DDP_CONSISTENCY, FINAL_ADAPTER, accuracies, accuracy_fields, checkpoint_step, read_shared_warmup, run_dir_for,
     write_json_atomic,
 )
 from .adalora.schedule import schedule_warnings
@@ -88,18 +88,20 @@ def library_versions() -> dict[str, str]:
             "peft": peft.__version__, "datasets": datasets.__version__}
 
 
-def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
+def train(argv: list[str], stop_signals=STOP_SIGNALS, warmup=None) -> dict:
     """Run one training job from command-line style arguments; returns the final summary. On one of
     ``stop_signals``, at any moment until the summary is written, it stops in a defined way and raises
-    RunInterrupted: after writing a checkpoint of the step it is in when there is training state worth keeping."""
+    RunInterrupted: after writing a checkpoint of the step it is in when there is training state worth keeping.
+    ``warmup`` (a grid.warmup_run.WarmupSession) makes it a shared warm-up instead: its own folder, every member's
+    signal, and a stop with a checkpoint at tinit (returns None)."""
     stopper = StopOnSignal(stop_signals).install()  # from the start: no signal kills the run between its phases
     try:
-        return _train(argv, stopper)
+        return _train(argv, stopper, warmup)
     finally:
         stopper.restore()
 
 
-def _train(argv: list[str], stopper: StopOnSignal) -> dict:
+def _train(argv: list[str], stopper: StopOnSignal, warmup=None) -> dict | None:
     started = time.time()
     run_args, model_args, data_args, ada_args, training_args = parse_train_args(argv)
     use_process_log_level(training_args)
@@ -107,7 +109,8 @@ def _train(argv: list[str], stopper: StopOnSignal) -> dict:
     task = TASKS[run_args.task]
     seed = training_args.seed
     asked = identity(run_config(run_args, model_args, data_args, ada_args, training_args))
-    run_dir = run_dir_for(run_args.output_root, task.name, run_args.signal, seed, checked_variant(run_args, asked))
+    run_dir = warmup.folder if warmup else run_dir_for(run_args.output_root, task.name, run_args.signal, seed,
+                                                       checked_variant(run_args, asked))
     refuse_finished_run(run_dir, asked, run_args.overwrite)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"{run_dir} exists but is not a folder; move it away or choose another --output-root")
@@ -134,10 +137,9 @@ def _train(argv: list[str], stopper: StopOnSignal) -> dict:
 
     peft_model = wrap_with_adalora(model, target_modules, modules_to_save, ada_args, total_step)
     peft_model.to(training_args.device)  # first, so that the allocator's buffers live where the adapters train
-    signal_config = SignalConfig(beta1=ada_args.beta1, beta2=ada_args.beta2, ema_decay=ada_args.ema_decay,
-                                 combo_lambda=ada_args.combo_lambda, normalize_method=ada_args.normalize_method,
-                                 plasticity_norm=ada_args.plasticity_norm, seed=seed)
-    allocator = install_allocator(peft_model, run_args.signal, signal_config)
+    signal_config = signal_config_for(ada_args, seed)
+    allocator = (warmup.install_allocator(peft_model, signal_config) if warmup
+                 else install_allocator(peft_model, run_args.signal, signal_config))
     params = count_parameters(peft_model)
     logger.info(f"[model] {model_args.model}: {len(target_modules)} adapted modules, trained in full: "
                 f"{modules_to_save}; trainable parameters {params['trainable']:,} of {params['total']:,}")
@@ -150,8 +152,11 @@ def _train(argv: list[str], stopper: StopOnSignal) -> dict:
     run = RunFolder(run_dir, stopper, logger.warning if is_main else logger.debug, is_main)
     run.stop_if_signalled(training_args)  # came in while loading: nothing is held or written yet
     with run.open(resume=run_args.resume, overwrite=run_args.overwrite,
-                  restart=run_args.resume_fallback == "restart", identity=asked,
-                  accept=lambda state, found: check_same_signal(state, run_args.signal, signal_config, found)):
+                  restart=run_args.resume_fallback == "restart",
+                  # a warm-up's checkpoint serves every member: checked by its (shared) allocator, not one run's
+                  identity=None if warmup else asked,
+                  accept=lambda state, found: check_same_signal(state, allocator.signal_name,
+                                                                allocator.signal_config, found)):
         callback = AdaLoraCallback(peft_model, allocator, run_dir, write_files=is_main)
         checkpoint = run.checkpoint
         if checkpoint is not None:
@@ -164,7 +169,7 @@ def _train(argv: list[str], stopper: StopOnSignal) -> dict:
             eval_dataset=eval_sets[""] if "" in eval_sets else eval_sets,
             data_collator=DataCollatorWithPadding(tokenizer),
             compute_metrics=compute_accuracy,
-            callbacks=[callback, stopper, CheckLock(run)],
+            callbacks=[callback, stopper, CheckLock(run), *(warmup.callbacks if warmup else [])],
             adalora_callback=callback,
         )
         callback.trainer = trainer
@@ -185,6 +190,8 @@ def _train(argv: list[str], stopper: StopOnSignal) -> dict:
                 step = stopper.stopped_at
                 raise RunInterrupted(signal.Signals(stopper.received).name, step, f"checkpoint-{step}")
             loss_this_process = trainer._total_loss_scalar
+        if warmup:
+            return None  # stopped at tinit with its checkpoint; grid/warmup_run.py seeds the members from it
         run.stop_if_signalled(training_args, keep_final_step)
         loss_sum = callback.train_loss_sum(loss_this_process)
         if training_args.world_size > 1:
@@ -231,6 +238,7 @@ def _train(argv: list[str], stopper: StopOnSignal) -> dict:
             "scaler_skipped_steps": callback.scaler_skipped_steps,
             "final_ranks": dict(zip(allocator.layout.names, callback.ranks)),
             "resumed_from": checkpoint.name if checkpoint else None,
+            "shared_warmup": read_shared_warmup(run_dir) if checkpoint else None,
             "trainable_parameters": params["trainable"],
             "total_parameters": params["total"],
             "target_modules": target_modules,
@@ -260,6 +268,12 @@ def checked_variant(run_args, asked: dict) -> str:
     if problem:
         raise UsageError(f"--variant {run_args.variant}: {problem}")
     return variant_name(values)
+
+
+def signal_config_for(ada_args, seed: int) -> SignalConfig:
+    return SignalConfig(beta1=ada_args.beta1, beta2=ada_args.beta2, ema_decay=ada_args.ema_decay,
+                        combo_lambda=ada_args.combo_lambda, normalize_method=ada_args.normalize_method,
+                        plasticity_norm=ada_args.plasticity_norm, seed=seed)
 
 
 def check_same_signal(state: dict, signal: str, config: SignalConfig, checkpoint: Path) -> None:

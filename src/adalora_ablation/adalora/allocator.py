@@ -43,14 +43,21 @@ class SignalRankAllocator(RankAllocator):
         if hasattr(self, "signal"):
             self.signal.reset()
 
+    def updated_signals(self) -> list[Signal]:
+        """The signals whose state moves every step: this run's one (a shared warm-up tracks several)."""
+        return [self.signal]
+
     def update_ipt(self, model):
         # Gathers into buffers reused every step; no host synchronisation on the accelerator path (benchmarks/).
         layout = self.layout
         with torch.no_grad(), serial_on_cpu(layout.device):
             g = layout.flat_grads(out=layout.work_buffer("grads"))
             finite = layout.check_finite_(g)  # zeroes g on a non-finite step
-            w = layout.flat_weights(out=layout.work_buffer("weights")) if self.signal.wants_flat_weights else None
-            self.signal.update(w, g, finite)
+            signals = self.updated_signals()
+            wanted = any(s.wants_flat_weights for s in signals)
+            w = layout.flat_weights(out=layout.work_buffer("weights")) if wanted else None
+            for signal in signals:  # each sees the same w, g and finite; none writes to them (they are shared)
+                signal.update(w if signal.wants_flat_weights else None, g, finite)
             self.steps_seen += 1
             self.finite_steps.add_(finite)
 

@@ -4,9 +4,13 @@ Each run is a separate ``train --resume True`` (its own process or job), so a cr
 others down; finished runs (a valid final_summary.json) are skipped and interrupted ones continue from their latest
 checkpoint. Flags this command does not know are passed through to every ``train``.
 
-Launchers: ``local`` runs one run at a time here, or with ``--gpus 0,1`` one run per listed GPU at once;
-``slurm`` submits one job per run through submitit and records the job ids in <output-root>/grid/jobs.json (run
-the same command again to resubmit failed or pre-empted runs; ``--status`` shows where every run stands);
+Runs that differ only in their signal, its settings and --target-r share their first tinit steps: each such group
+trains them once (a shared warm-up, before its runs; --no-share-warmup turns this off; --dry-run shows the groups).
+
+Launchers: ``local`` runs one run at a time here, or with ``--gpus 0,1`` one run per listed GPU at once
+(``--runs-per-gpu K``: up to K on each); ``slurm`` submits one job per run through submitit and records the job
+ids in <output-root>/grid/jobs.json (run the same command again to resubmit failed or pre-empted runs;
+``--status`` shows where every run stands);
 ``submitit-local`` is the same submission on this machine, for trying it out without a cluster.
 """
 
@@ -26,11 +30,14 @@ from .launchers import (
     parse_gpus,
     parse_slurm_time,
     require_submitit,
+    on_gpus,
     run_on_gpus,
-    train_argv,
     run_one,
+    run_warmup_here,
     submit_grid,
+    train_argv,
 )
+from .warmup import plan_warmups, write_plan
 from ..analysis.markdown import table
 from ..analysis.variants import build_reports, reports_markdown, write_budget_curve
 from ..run.lock import held_elsewhere
@@ -125,6 +132,12 @@ def build_parser(registry) -> OneLineArgumentParser:
                         help="local: here; slurm: one submitit job per run; submitit-local: submitit on this machine")
     parser.add_argument("--gpus", type=_checked(parse_gpus),
                         help="local launcher: run up to one run per listed GPU at once, e.g. 0,1,2,3")
+    parser.add_argument("--runs-per-gpu", "--runs_per_gpu", type=_checked(_at_least(1), int),
+                        help="with --gpus: up to this many runs at once on each listed GPU (default 1); small models "
+                             "leave most of a large GPU idle")
+    parser.add_argument("--no-share-warmup", "--no_share_warmup", dest="share_warmup", action="store_false",
+                        help="train every run's warm-up (its first tinit steps) itself instead of once per group of "
+                             "runs that differ only in signal, signal settings and --target-r")
     submitit = parser.add_argument_group("slurm / submitit-local launchers")
     submitit.add_argument("--slurm-partition", "--slurm_partition")
     submitit.add_argument("--gpus-per-run", "--gpus_per_run", type=_checked(_at_least(0), int),
@@ -140,6 +153,8 @@ def build_parser(registry) -> OneLineArgumentParser:
 
 
 def check_launcher_flags(args) -> None:
+    if args.runs_per_gpu is not None and args.gpus is None:
+        raise UsageError("--runs-per-gpu needs --gpus (the GPUs to share), e.g. --gpus 0,1 --runs-per-gpu 4")
     if args.gpus is not None and args.launcher != "local":
         raise UsageError(f"--gpus picks GPUs on this machine (--launcher local); with --launcher {args.launcher} "
                          f"use --gpus-per-run")
@@ -159,22 +174,58 @@ def submitit_options(args) -> SubmititOptions:
                            array_parallelism=args.slurm_array_parallelism)
 
 
+def shared_warmups(unstarted: list[GridRun], args, extra: list[str], root=None):
+    """The warm-up groups among the runs that have not started (no checkpoint), announced on stdout."""
+    if not args.share_warmup:
+        return []
+    root = args.output_root if root is None else root
+    groups = plan_warmups(unstarted, lambda run: train_argv(run, root, extra), root)
+    for group in groups:
+        print(f"[grid warm-up] {group.describe()}", flush=True)
+        for run in group.members:
+            run.detail = ", ".join(d for d in (run.detail, f"after shared warm-up {group.name}") if d)
+    if groups:
+        saved = sum(g.saved_steps for g in groups)
+        print(f"[grid warm-up] shared warm-ups save {saved:,} optimizer steps in all", flush=True)
+    return groups
+
+
 def run_here(runs: list[GridRun], args, extra: list[str]) -> None:
-    todo = []
+    todo, unstarted = [], []
     for run in runs:
         owner = held_elsewhere(run.run_dir)
         if read_summary(run.run_dir) is not None:
             run.status, run.detail = "skipped", "already finished"
         elif owner is not None:
             run.status, run.detail = "running elsewhere", owner.describe()
-        elif args.dry_run:
-            checkpoint = latest_complete_checkpoint(run.run_dir)
-            run.status = "would resume" if checkpoint else "would run"
-            run.detail = f"from {checkpoint.name}" if checkpoint else ""
         else:
-            todo.append(run)
+            checkpoint = latest_complete_checkpoint(run.run_dir)
+            if checkpoint is None:
+                unstarted.append(run)
+            if args.dry_run:
+                run.status = "would resume" if checkpoint else "would run"
+                run.detail = f"from {checkpoint.name}" if checkpoint else ""
+            else:
+                todo.append(run)
+    groups = shared_warmups(unstarted, args, extra)
+    if args.dry_run:
+        return
+    for group in groups:
+        write_plan(group)
+    # The warm-ups first (with the runs' GPUs and thread counts), then every run; a run whose warm-up failed
+    # before seeding it does not start (running the same command again resumes the warm-up).
     if args.gpus:
-        run_on_gpus(todo, args.output_root, extra, args.gpus)
+        on_gpus(groups, run_warmup_here, args.gpus, args.runs_per_gpu or 1)
+    else:
+        for group in groups:
+            run_warmup_here(group)
+    for group in groups:
+        for run in group.members:
+            if group.failure and latest_complete_checkpoint(run.run_dir) is None:
+                run.status, run.detail = "failed", f"its shared warm-up {group.name} failed: {group.failure}"
+                todo.remove(run)
+    if args.gpus:
+        run_on_gpus(todo, args.output_root, extra, args.gpus, args.runs_per_gpu or 1)
     else:
         for run in todo:
             run_one(run, args.output_root, extra)
@@ -211,7 +262,8 @@ def ablate_main(argv: list[str]) -> int:
     if args.launcher == "local":
         run_here(same, args, extra)
     else:
-        submit_grid(same, args.output_root, extra, submitit_options(args), args.dry_run)
+        submit_grid(same, args.output_root, extra, submitit_options(args), args.dry_run,
+                    lambda unstarted, root: shared_warmups(unstarted, args, extra, root))
     # Runs that ended here (local, or the local executor, which waits for its jobs) are counted as finished or
     # failed; Slurm jobs and dry runs by what happened to them now (submitted, queued, would run, ...).
     ended_here = not args.dry_run and args.launcher != "slurm"

@@ -48,51 +48,74 @@ def train_command(run, output_root: str, extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "adalora_ablation", "train", *train_argv(run, output_root, extra)]
 
 
-def run_one(run, output_root: str, extra: list[str], gpu: str | None = None, cpu_threads: int | None = None) -> None:
-    """Train one grid cell in its own process (on one GPU if given); keep the last line of its output as the
-    reason if it fails. Its output goes to stderr, each line prefixed with the run, so that runs sharing the
-    console stay apart and stdout keeps only the grid's own lines, table and report."""
+def warmup_command(folder: Path) -> list[str]:
+    return [sys.executable, "-m", "adalora_ablation", "warmup", str(folder)]
+
+
+def run_process(name: str, command: list[str], gpu: str | None, cpu_threads: int | None) -> tuple[int, str]:
+    """Run one grid process (on one GPU if given); returns its exit code and the last line of its output. Its
+    output goes to stderr, each line prefixed with its name, so that processes sharing the console stay apart and
+    stdout keeps only the grid's own lines, table and report."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # stdout and stderr share one pipe: keep their lines in order
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     if cpu_threads is not None:
         env.setdefault("OMP_NUM_THREADS", str(cpu_threads))
-    print(f"[grid] {run_name(run)}" + (f" on GPU {gpu}" if gpu is not None else ""), flush=True)
-    proc = subprocess.Popen(train_command(run, output_root, extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1, env=env)
+    print(f"[grid] {name}" + (f" on GPU {gpu}" if gpu is not None else ""), flush=True)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
     last_line = ""
     for line in proc.stdout:
-        sys.stderr.write(f"[{run_name(run)}] {line}")
+        sys.stderr.write(f"[{name}] {line}")
         if line.strip():
             last_line = line.strip()
     proc.wait()
+    return proc.returncode, last_line
+
+
+def run_one(run, output_root: str, extra: list[str], gpu: str | None = None, cpu_threads: int | None = None) -> None:
+    """Train one grid cell in its own process; keep the last line of its output as the reason if it fails."""
+    returncode, last_line = run_process(run_name(run), train_command(run, output_root, extra), gpu, cpu_threads)
     summary = read_summary(run.run_dir)
-    if proc.returncode == 0 and summary is not None:
+    if returncode == 0 and summary is not None:
         run.status, run.detail = "finished", f"accuracy {summary['eval_accuracy']:.4f}"
-    elif proc.returncode == REQUEUE_EXIT_CODE:
+    elif returncode == REQUEUE_EXIT_CODE:
         run.status, run.detail = "interrupted", last_line.replace("adalora-ablation: ", "")
     else:
-        run.status, run.detail = "failed", last_line or f"exit code {proc.returncode}"
+        run.status, run.detail = "failed", last_line or f"exit code {returncode}"
 
 
-def run_on_gpus(runs, output_root: str, extra: list[str], gpus: list[str]) -> None:
-    """At most one run per listed GPU at a time; a GPU is handed to the next run as soon as its run ends. Like
-    torchrun, split the CPU threads between the processes (unless OMP_NUM_THREADS is set): each torch would
-    otherwise start one thread per core, and oversubscribed cores slow every run down many times over."""
+def run_warmup_here(group, gpu: str | None = None, cpu_threads: int | None = None) -> None:
+    """Train a shared warm-up (grid/warmup.py) in its own process and seed its runs; sets group.failure."""
+    returncode, last_line = run_process(f"warm-up {group.name}", warmup_command(group.folder), gpu, cpu_threads)
+    group.failure = None if returncode == 0 else (last_line.replace("adalora-ablation: ", "")
+                                                  or f"exit code {returncode}")
+
+
+def on_gpus(items, work, gpus: list[str], runs_per_gpu: int = 1) -> None:
+    """``work(item, gpu, cpu_threads)`` for every item, at most ``runs_per_gpu`` at a time on each listed GPU; a
+    GPU slot is handed to the next item as soon as its item ends. Like torchrun, split the CPU threads between
+    all concurrent processes (unless OMP_NUM_THREADS is set): each torch would otherwise start one thread per
+    core, and oversubscribed cores slow every run down many times over."""
     free = queue.Queue()
-    for gpu in gpus:
-        free.put(gpu)
-    cpu_threads = max((os.cpu_count() or 1) // len(gpus), 1)
+    for _ in range(runs_per_gpu):
+        for gpu in gpus:  # round-robin: the first items spread over the GPUs before any GPU takes a second
+            free.put(gpu)
+    slots = len(gpus) * runs_per_gpu
+    cpu_threads = max((os.cpu_count() or 1) // slots, 1)
 
-    def work(run):
+    def one(item):
         gpu = free.get()
         try:
-            run_one(run, output_root, extra, gpu, cpu_threads)
+            work(item, gpu, cpu_threads)
         finally:
             free.put(gpu)
 
-    with ThreadPoolExecutor(max_workers=len(gpus)) as pool:
-        list(pool.map(work, runs))  # list(): re-raise anything a worker raised
+    with ThreadPoolExecutor(max_workers=slots) as pool:
+        list(pool.map(one, items))  # list(): re-raise anything a worker raised
+
+
+def run_on_gpus(runs, output_root: str, extra: list[str], gpus: list[str], runs_per_gpu: int = 1) -> None:
+    on_gpus(runs, lambda run, gpu, threads: run_one(run, output_root, extra, gpu, threads), gpus, runs_per_gpu)
 
 
 def parse_gpus(text: str) -> list[str]:
@@ -147,6 +170,11 @@ class TrainJob:
     """What one submitit job runs: one grid cell's ``train``, in the job's own process. Holds plain data only, so
     it pickles; submitit calls ``checkpoint`` when the job is pre-empted or about to time out."""
 
+    def work(self, stop_signals):
+        from ..train import train  # here, in the job: submitting and --status never load training code
+
+        return train(self.argv, stop_signals=stop_signals)
+
     def __init__(self, argv: list[str], run_dir: Path):
         self.argv = list(argv)
         self.run_dir = Path(run_dir)
@@ -163,11 +191,10 @@ class TrainJob:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         configure_console()  # the job's own process: its progress goes to the job's log files
         from ..run.preemption import STOP_SIGNALS  # here, in the job: submitting and --status never load training code
-        from ..train import train
 
         preempt_signal = getattr(signal, f"SIG{submitit.JobEnvironment.USR_SIG}")
         try:
-            return train(self.argv, stop_signals=(*STOP_SIGNALS, preempt_signal))
+            return self.work((*STOP_SIGNALS, preempt_signal))
         except RunInterrupted:
             # The run has written a checkpoint at the step it stopped after; now do what submitit would have done
             # on its signal: call checkpoint() below and requeue the job (this exits the process).
@@ -182,18 +209,33 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(self)
 
 
+class WarmupJob(TrainJob):
+    """A shared warm-up as a submitit job: trains the group's first tinit steps (resuming its own checkpoints when
+    requeued), then seeds its runs, whose jobs wait for this one (Slurm: afterok)."""
+
+    def __init__(self, folder: Path):
+        super().__init__([], folder)
+
+    def work(self, stop_signals):
+        from .warmup_run import run_warmup
+
+        return run_warmup(self.run_dir, stop_signals)
+
+
 def jobs_file(output_root) -> Path:
     return grid_dir(output_root) / "jobs.json"
 
 
-def read_jobs(output_root) -> dict[str, dict]:
-    """The job record of every submitted run, keyed by task/signal/seed."""
+def read_jobs(output_root, part: str = "runs") -> dict[str, dict]:
+    """The job record of every submitted run, keyed by task/signal/seed (part "warmups": of every shared
+    warm-up, keyed by its folder's name)."""
     path = jobs_file(output_root)
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))["runs"]
-    except (ValueError, KeyError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data["runs"] if part == "runs" else data.get(part, {})
+    except (ValueError, KeyError, AttributeError):
         raise UsageError(f"{path} is not a job record written by 'ablate'; move it away and run again") from None
 
 
@@ -280,20 +322,36 @@ def grid_status(runs, output_root) -> dict[str, dict]:
     summaries = {run_name(r): read_summary(r.run_dir) for r in runs}
     asked = [r for r in runs if summaries[run_name(r)] is None and run_name(r) in book]
     states = dict(zip(map(run_name, asked), job_states([book[run_name(r)] for r in asked])))
+    warmup_states = _warmup_states([book[name] for name in states], read_jobs(output_root, "warmups"))
     for run in runs:
         summary, name = summaries[run_name(run)], run_name(run)
         if summary is not None:
             run.status, run.detail = "finished", f"accuracy {summary['eval_accuracy']:.4f}"
         elif name in states:
             state, error = states[name]
-            notes = [f"job {book[name]['job_id']} ({book[name]['launcher']})", _checkpoint_note(run), error]
+            notes = [f"job {book[name]['job_id']} ({book[name]['launcher']})", _checkpoint_note(run), error,
+                     warmup_states.get(book[name].get("warmup"), "")]
             run.status, run.detail = state, ", ".join(n for n in notes if n)
         else:
             run.status, run.detail = "not submitted", _checkpoint_note(run)
     return book
 
 
-def make_executor(submitit, options: SubmititOptions, folder: Path):
+def _warmup_states(records: list[dict], warmups: dict[str, dict]) -> dict[str, str]:
+    """For --status: the state of each shared warm-up that unfinished runs wait for, as a note on those runs."""
+    names = sorted({r["warmup"] for r in records if r.get("warmup") in warmups})
+    notes = {}
+    for name, (state, error) in zip(names, job_states([warmups[n] for n in names])):
+        job = warmups[name]["job_id"]
+        if state == "COMPLETED":
+            continue
+        notes[name] = (f"waits for shared warm-up job {job} ({state})" if is_active(state, warmups[name]) else
+                       f"its shared warm-up job {job} ended {state}" + (f": {error}" if error else "")
+                       + "; run the same command again to resume it")
+    return notes
+
+
+def make_executor(submitit, options: SubmititOptions, folder: Path, after: str | None = None):
     executor = submitit.AutoExecutor(folder=folder, cluster=SUBMITIT_LAUNCHERS[options.launcher])
     tasks = max(options.gpus_per_run, 1)  # one process per GPU
     executor.update_parameters(
@@ -302,13 +360,20 @@ def make_executor(submitit, options: SubmititOptions, folder: Path):
         mem_gb=options.mem_gb, slurm_partition=options.partition,
         slurm_array_parallelism=options.array_parallelism,
     )
+    if after is not None:  # start only once that job succeeded; never, if it failed (Slurm then cancels this one)
+        executor.update_parameters(slurm_dependency=f"afterok:{after}",
+                                   slurm_additional_parameters={"kill-on-invalid-dep": "yes"})
     return executor
 
 
-def submit_grid(runs, output_root: str, extra: list[str], options: SubmititOptions, dry_run: bool) -> None:
+def submit_grid(runs, output_root: str, extra: list[str], options: SubmititOptions, dry_run: bool,
+                group_runs=lambda unstarted, root: []) -> None:
     """Submit every run that is neither finished nor still queued/running, as one job array where the cluster
     has them, and record the job ids in <output-root>/grid/jobs.json. The local executor has no queue to leave
-    jobs in (they are children of this process), so with it wait for them and report how they ended."""
+    jobs in (they are children of this process), so with it wait for them and report how they ended.
+
+    ``group_runs(unstarted runs, root)`` gives the shared warm-ups (grid/warmup.py): each is one job, submitted
+    first; its runs' jobs depend on it (Slurm: afterok; the local executor: they are submitted once it ended)."""
     submitit = require_submitit()
     root = Path(output_root).resolve()  # the jobs may start in another working directory
     book = grid_status(runs, root)
@@ -326,28 +391,79 @@ def submit_grid(runs, output_root: str, extra: list[str], options: SubmititOptio
             run.detail = f"previous job {record['job_id']} {run.status}" if record else ""
             run.status = "would resubmit" if record else "would submit"
             to_submit.append(run)
+    groups = group_runs([r for r in to_submit if latest_complete_checkpoint(r.run_dir) is None], root)
     if dry_run or not to_submit:
         return
 
     folder = grid_dir(root) / "submitit" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    executor = make_executor(submitit, options, folder)
+    warmups = read_jobs(root, "warmups")
+    waits = _submit_warmups(submitit, groups, options, folder, warmups)  # run name -> (warm-up name, job id)
+    to_submit = [run for run in to_submit if run.status != "failed"]  # (a local warm-up that failed)
+    # One batch (a job array on Slurm) per warm-up its runs wait for, one for the runs that wait for none.
+    batches: dict[str | None, list] = {}
+    for run in to_submit:
+        batches.setdefault(waits.get(run_name(run), (None, None))[1], []).append(run)
+    jobs = {}
     try:
-        with executor.batch():
-            jobs = [executor.submit(TrainJob(train_argv(run, root, extra), run.run_dir)) for run in to_submit]
+        for after, batch in batches.items():
+            executor = make_executor(submitit, options, folder, after if options.launcher == "slurm" else None)
+            with executor.batch():
+                for run in batch:
+                    jobs[run_name(run)] = executor.submit(TrainJob(train_argv(run, root, extra), run.run_dir))
     except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedSubmissionError) as exc:
         lines = str(exc).strip().splitlines()  # sbatch's own message has been printed above
         raise UsageError(f"submitting the jobs failed: {lines[-1] if lines else type(exc).__name__}") from None
     submitted_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    for run, job in zip(to_submit, jobs):
+    for run in to_submit:
+        job = jobs[run_name(run)]
         book[run_name(run)] = {"task": run.task, "signal": run.signal, "seed": run.seed, "job_id": job.job_id,
                                "launcher": options.launcher, "submitted_at": submitted_at, "log_folder": str(folder)}
+        if run_name(run) in waits:
+            book[run_name(run)]["warmup"] = waits[run_name(run)][0]
         run.status = "resubmitted" if run.status == "would resubmit" else "submitted"
         run.detail = ", ".join(n for n in (f"job {job.job_id}", run.detail) if n)
     jobs_file(root).parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(jobs_file(root), {"runs": book})
+    write_json_atomic(jobs_file(root), {"runs": book, "warmups": warmups})
     print(f"[grid] submitted {len(jobs)} run(s) with --launcher {options.launcher}; job logs in {folder}", flush=True)
     if options.launcher == "submitit-local":
-        wait_for(jobs, to_submit, root)
+        wait_for(list(jobs.values()), to_submit, root)
+
+
+def _submit_warmups(submitit, groups, options: SubmititOptions, folder: Path, warmups: dict) -> dict:
+    """Submit one job per shared warm-up and record it in ``warmups``; returns run name -> (warm-up, job id). The
+    local executor runs the warm-ups to their end here; runs whose warm-up failed there are marked failed."""
+    if not groups:
+        return {}
+    from .warmup import write_plan
+
+    for group in groups:
+        write_plan(group)
+    executor = make_executor(submitit, options, folder)
+    try:
+        with executor.batch():
+            jobs = [executor.submit(WarmupJob(group.folder.resolve())) for group in groups]
+    except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedSubmissionError) as exc:
+        lines = str(exc).strip().splitlines()
+        raise UsageError(f"submitting the jobs failed: {lines[-1] if lines else type(exc).__name__}") from None
+    submitted_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    waits = {}
+    for group, job in zip(groups, jobs):
+        warmups[group.name] = {"folder": str(group.folder.resolve()), "job_id": job.job_id,
+                               "launcher": options.launcher, "submitted_at": submitted_at, "log_folder": str(folder),
+                               "runs": [run_name(r) for r in group.members]}
+        waits.update({run_name(r): (group.name, job.job_id) for r in group.members})
+    print(f"[grid warm-up] submitted {len(jobs)} shared warm-up(s); their runs wait for them", flush=True)
+    if options.launcher == "submitit-local":
+        for group, job in zip(groups, jobs):
+            job.wait()
+            error = job.exception()
+            if error is not None:
+                reason = [line for line in str(error).strip().splitlines() if line.strip()]
+                for run in group.members:
+                    if latest_complete_checkpoint(run.run_dir) is None:
+                        run.status = "failed"
+                        run.detail = f"its shared warm-up {group.name} failed: {reason[-1] if reason else 'error'}"
+    return waits
 
 
 def wait_for(jobs, runs, output_root: Path) -> None:

@@ -38,6 +38,7 @@ ALLOCATOR_STATE = "adalora_allocator.pt"  # inside every checkpoint-N
 MANIFEST = "manifest.json"  # inside every checkpoint-N, written last: name, size and sha256 of every other file
 STAGING = ".partial"  # <run>/.partial/checkpoint-N: a checkpoint being written; renamed into place once verified
 DDP_CONSISTENCY = "ddp_consistency.json"  # multi-process runs: every rank's mask digests
+SHARED_WARMUP = "shared_warmup.json"  # a run seeded from a shared warm-up: which one (grid/warmup_run.py)
 COMPARE_DIR = "compare"  # <output-root>/<task>/compare/ holds comparison figures, not runs
 GRID_DIR = "grid"  # <output-root>/grid/ holds the grid's job record and job logs
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -227,6 +228,14 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_shared_warmup(run_dir: Path) -> dict | None:
+    """The shared warm-up a run continued from (its record in the run folder), or None."""
+    try:
+        return json.loads((Path(run_dir) / SHARED_WARMUP).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def read_summary(run_dir: Path) -> dict | None:
