@@ -12,11 +12,9 @@ import signal
 import time
 from pathlib import Path
 
-import numpy as np
 import peft
 import torch
 import transformers
-from sklearn.metrics import accuracy_score
 from transformers import DataCollatorWithPadding, set_seed
 
 from .adalora.adapter_effect import accuracy_without_adapters
@@ -24,6 +22,7 @@ from .adalora.allocator import install_allocator
 from .args import help_text, parse_train_args
 from .adalora.callback import AdaLoraCallback
 from .data.loading import load_tokenized
+from .data.metrics import compute_metrics_for
 from .errors import RunInterrupted, UsageError
 from .logs import use_process_log_level
 from .adalora.model import (
@@ -37,8 +36,8 @@ from .run.preemption import STOP_SIGNALS, StopOnSignal
 from .run.resume import AdaLoraTrainer, resumable_checkpoint
 from .run.lock import LOCK_FILE, LockHeld, RunLock
 from .run.folder import (
-    DDP_CONSISTENCY, FINAL_ADAPTER, accuracies, accuracy_fields, checkpoint_step, read_summary, rewind_logs,
-    run_dir_for, write_json_atomic, write_summary,
+    DDP_CONSISTENCY, FINAL_ADAPTER, accuracies, accuracy_fields, checkpoint_step, headline, read_summary,
+    rewind_logs, run_dir_for, write_json_atomic, write_summary,
 )
 from .adalora.schedule import schedule_warnings
 from .signals import SignalConfig
@@ -74,12 +73,6 @@ def check_schedule(tinit: int, tfinal: int, total_step: int) -> None:
             f">= total_step - --tfinal {tfinal} = {total_step - tfinal}, leaving no budget-reduction phase; try "
             f"--tinit {hint_tinit} --tfinal {hint_tfinal}, or train longer (--max-steps / --num-train-epochs)"
         )
-
-
-def compute_accuracy(eval_pred):
-    logits, labels = eval_pred
-    logits = logits[0] if isinstance(logits, tuple) else logits
-    return {"accuracy": float(accuracy_score(labels, np.argmax(logits, axis=-1)))}
 
 
 def library_versions() -> dict[str, str]:
@@ -167,7 +160,7 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
             train_dataset=train_set,
             eval_dataset=eval_sets[""] if "" in eval_sets else eval_sets,
             data_collator=DataCollatorWithPadding(tokenizer),
-            compute_metrics=compute_accuracy,
+            compute_metrics=compute_metrics_for(task),
             callbacks=[callback, stopper],
             adalora_callback=callback,
         )
@@ -187,7 +180,7 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
         if run_args.adapter_effect:  # do the adapters carry part of what was learned? (a void comparison if not)
             fields = accuracies(task.name)
             without = accuracy_without_adapters(trainer, eval_sets, {a.eval_set: a.without_adapters_field
-                                                                     for a in fields})
+                                                                     for a in fields}, task.metrics[0])
             for a in fields:
                 effect[a.without_adapters_field] = without[a.without_adapters_field]
                 effect[a.adapter_effect_field] = eval_metrics[a.metric] - without[a.without_adapters_field]
@@ -231,7 +224,7 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
         }
         if is_main:
             write_summary(run_dir, summary)
-        logger.info(f"[run] {task.name}/{run_args.signal}/{seed}: accuracy {summary['eval_accuracy']:.4f}, "
+        logger.info(f"[run] {task.name}/{run_args.signal}/{seed}: {headline(task.name, summary)}, "
                     f"total rank {summary['total_rank']} (budget {summary['target_budget']}) -> {run_dir}")
         return summary
 

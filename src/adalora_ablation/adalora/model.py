@@ -54,7 +54,12 @@ def tiny_tokenizer():
 
 # -- loading ---------------------------------------------------------------------------------------------------
 def load_model_and_tokenizer(model_name: str, labels: tuple[str, ...]):
-    label_maps = {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
+    """No labels means a regression task (STS-B): one output trained with MSE."""
+    if labels:
+        head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                "label2id": {n: i for i, n in enumerate(labels)}}
+    else:
+        head = {"num_labels": 1, "problem_type": "regression"}
     if model_name != TINY_DEBERTA:
         # A path-like name that is not a folder is a typo, not a hub id: say so instead of asking the hub.
         looks_local = model_name.startswith((".", "/", "~")) or os.path.exists(model_name)
@@ -67,11 +72,11 @@ def load_model_and_tokenizer(model_name: str, labels: tuple[str, ...]):
         raise UsageError(cannot_load_message(model_name, "tokenizer", exc)) from None
     check_tokenizer(tokenizer, model_name)
     if model_name == TINY_DEBERTA:
-        config = tiny_deberta_config(num_labels=len(labels), vocab_size=len(tokenizer))
-        config.update(label_maps)
+        config = tiny_deberta_config(vocab_size=len(tokenizer))
+        config.update(head)
         return AutoModelForSequenceClassification.from_config(config), tokenizer
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(model_name, num_labels=len(labels), **label_maps)
+        model = AutoModelForSequenceClassification.from_pretrained(model_name, **head)
     except Exception as exc:
         raise UsageError(cannot_load_message(model_name, "model", exc)) from None
     return model, tokenizer

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import RunFileError, first_line
-from ..data.tasks import TASKS
+from ..data.tasks import METRIC_LABELS, TASKS, MetricField, metric_fields
 
 METRICS = "metrics.jsonl"  # every Trainer log line (train and eval), with the global step
 RANK_PATTERN = "rank_pattern.jsonl"  # one line per allocation
@@ -54,39 +54,37 @@ def grid_dir(output_root: str | Path) -> Path:
 
 
 # -- the summary's schema ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Accuracy:
-    """One eval set's accuracy: its field in final_summary.json and the Trainer's metric for it."""
-
-    field: str  # final_summary.json
-    metric: str  # metrics.jsonl and the summary's eval_metrics
-    eval_set: str  # the task table's name for the eval set; "" for a task with one
-
-    @property
-    def without_adapters_field(self) -> str:
-        """The same accuracy with every LoRA update switched off (adapter_effect.py)."""
-        return f"{self.field}_without_adapters"
-
-    @property
-    def adapter_effect_field(self) -> str:
-        """Accuracy with the adapters minus without: eval_accuracy -> adapter_effect, eval_accuracy_mm -> ..._mm."""
-        return self.field.replace("eval_accuracy", "adapter_effect")
+# One metric of one eval set (field, Trainer key, eval set, metric name); the task table defines them.
+Accuracy = MetricField
 
 
-def accuracies(task: str) -> list[Accuracy]:
-    """The task's accuracies in the task table's eval-set order; the first is always ``eval_accuracy`` (MNLI:
-    matched). A task folder that is not in the table is read as one eval set."""
+def accuracies(task: str) -> list[MetricField]:
+    """The task's main metric per eval set, in the task table's eval-set order (MNLI: accuracy matched, then
+    mismatched; CoLA: Matthews correlation); the first is the task's headline number. The name is kept from when
+    every task was scored by accuracy. A task folder that is not in the table is read as one accuracy."""
     if task not in TASKS:
-        return [Accuracy("eval_accuracy", "eval_accuracy", "")]
-    entry = TASKS[task]
-    # The Trainer prefixes "eval_" to compute_metrics' "accuracy", and the eval set's name with several sets.
-    return [Accuracy(field, f"eval_{name}_accuracy" if name else "eval_accuracy", name)
-            for name, field in zip(entry.eval_splits, entry.accuracy_fields)]
+        return [MetricField("eval_accuracy", "eval_accuracy", "", "accuracy")]
+    return metric_fields(TASKS[task], main_only=True)
+
+
+def secondary_metrics(task: str) -> list[MetricField]:
+    """The task's other metrics (MRPC/QQP: F1; STS-B: Spearman; CoLA: accuracy), reported beside the main one."""
+    if task not in TASKS:
+        return []
+    main = {m.field for m in accuracies(task)}
+    return [m for m in metric_fields(TASKS[task]) if m.field not in main]
 
 
 def accuracy_fields(task: str, eval_metrics: dict) -> dict[str, float]:
-    """The summary's accuracy fields from the Trainer's final evaluation."""
-    return {a.field: eval_metrics[a.metric] for a in accuracies(task)}
+    """The summary's metric fields (main and secondary) from the Trainer's final evaluation."""
+    return {m.field: eval_metrics[m.metric] for m in accuracies(task) + secondary_metrics(task)}
+
+
+def headline(task: str, summary: dict) -> str:
+    """The run's main number in words, for status lines: 'accuracy 0.8123', 'Matthews corr. 0.4012'."""
+    main = accuracies(task)[0]
+    value = summary.get(main.field)
+    return f"{METRIC_LABELS.get(main.name, main.name)} {'—' if value is None else format(value, '.4f')}"
 
 
 # Besides the accuracies: what the report needs from every summary.
