@@ -51,3 +51,18 @@ def test_allocations_reach_tensorboard_and_stay_out_of_metrics_jsonl(tmp_path, o
     assert not any(key.startswith("adalora/") for m in metrics for key in m)
     assert any(r.levelno == logging.INFO and r.getMessage().startswith("[AdaLoRA schedule]") for r in our_logs.records)
 
+
+
+def test_without_a_report_integration_the_console_shows_no_raw_allocation_dicts(tmp_path, our_logs, capsys):
+    """--report-to none: the Trainer has nowhere to send the allocation scalars, so they are not logged to it (it
+    would print them as raw dicts); the readable [AdaLoRA Update] lines and the Trainer's loss lines stay."""
+    train([*TINY, "--output-root", str(tmp_path), "--report-to", "none"])
+    printed = capsys.readouterr()
+    console = printed.out + printed.err
+    assert "'loss'" in console  # the Trainer still prints its own log lines
+    assert "adalora/" not in console
+    messages = [r.getMessage() for r in our_logs.records]
+    updates = {m.split(":")[0] for m in messages if m.startswith("[AdaLoRA Update] Step")}
+    assert updates == {f"[AdaLoRA Update] Step {step}" for step in (10, 15, 20)}
+    run_dir = tmp_path / "synthetic" / "importance_only" / "42"
+    assert [a["step"] for a in read_jsonl(run_dir / "rank_pattern.jsonl")] == [10, 15, 20]

@@ -175,7 +175,9 @@ class AdaLoraCallback(TrainerCallback):
         # A digest of the mask per allocation lets multi-process runs prove every rank pruned the same triplets
         # (the bytes of the bool mask: one 0/1 byte per triplet, module by module).
         self.mask_digests.append(hashlib.sha256(bytes(k for row in kept for k in row)).hexdigest()[:16])
-        if self.trainer is not None:  # logged at this (0-based) step, like the jsonl records
+        if self.trainer is not None and reports_somewhere(self.trainer.args):
+            # for TensorBoard & co., logged at this (0-based) step like the jsonl records; without an integration
+            # the Trainer would only print the raw dict on the console, where the lines above say it readably
             self.trainer.log(allocation_scalars(budget, dict(zip(layout.names, new_ranks))))
         if not self.write_files:
             return
@@ -192,3 +194,11 @@ class AdaLoraCallback(TrainerCallback):
             "modules": score_aggregates(stats[""], layout.names),
             "parts": {part: score_aggregates(s, layout.names) for part, s in stats.items() if part},
         })
+
+
+def reports_somewhere(args) -> bool:
+    """Whether the Trainer sends its logs to an integration (--report-to other than none)."""
+    report_to = args.report_to
+    if isinstance(report_to, str):
+        report_to = [report_to]
+    return any(r not in (None, "none") for r in report_to or [])
