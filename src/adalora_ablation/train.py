@@ -36,15 +36,24 @@ from .run.preemption import STOP_SIGNALS, StopOnSignal
 from .run.resume import AdaLoraTrainer, resumable_checkpoint
 from .run.lock import LOCK_FILE, LockHeld, RunLock
 from .run.folder import (
-    DDP_CONSISTENCY, FINAL_ADAPTER, accuracies, accuracy_fields, checkpoint_step, headline, read_summary,
-    rewind_logs, run_dir_for, write_json_atomic, write_summary,
+    DDP_CONSISTENCY, FINAL_ADAPTER, accuracy_fields, check_task_spec, checkpoint_step, headline, read_summary,
+    rewind_logs, run_dir_for, write_json_atomic, write_summary, write_task_spec,
 )
 from .adalora.schedule import schedule_warnings
 from .signals import SignalConfig
-from .data.tasks import TASKS
+from .data.tasks import CUSTOM, TASKS, Task, metric_fields
 
 logger = logging.getLogger(__name__)
 PEFT_VERSION = "0.18.1"
+
+
+def resolve_task(name: str, data_args) -> Task:
+    """The task table's entry, or for --task custom the task read from the user's files (every file checked)."""
+    if name == CUSTOM:
+        from .data.custom import load_custom
+
+        return load_custom(data_args)
+    return TASKS[name]
 
 
 def check_peft_version(version: str = peft.__version__) -> None:
@@ -89,9 +98,11 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
     run_args, model_args, data_args, ada_args, training_args = parse_train_args(argv)
     use_process_log_level(training_args)
     check_peft_version()
-    task = TASKS[run_args.task]
+    task = resolve_task(run_args.task, data_args)
     seed = training_args.seed
     run_dir = run_dir_for(run_args.output_root, task.name, run_args.signal, seed)
+    if task.custom_files:
+        check_task_spec(run_args.output_root, task)
     if read_summary(run_dir) is not None and not run_args.overwrite:
         raise UsageError(f"{run_dir} already holds a finished run; pass --overwrite to replace it "
                          f"or choose another --output-root")
@@ -138,6 +149,8 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
             held.enter_context(hold_run_folder(run_dir))
             if read_summary(run_dir) is not None and not run_args.overwrite:  # finished while we were loading
                 raise UsageError(f"{run_dir} already holds a finished run; pass --overwrite to replace it")
+            if task.custom_files:  # what the report and the figures read the custom task's metrics from
+                write_task_spec(run_args.output_root, task)
         stopper = StopOnSignal(stop_signals)
         callback = AdaLoraCallback(peft_model, allocator, run_dir, write_files=is_main)
         found = None
@@ -176,9 +189,10 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
         if training_args.world_size > 1:
             check_ranks_agree(callback.mask_digests, run_dir if is_main else None)
         eval_metrics = trainer.evaluate()
+        test_metrics = trainer.predict(data["test"]).metrics if "test" in data else None  # --test-file
         effect = {}
         if run_args.adapter_effect:  # do the adapters carry part of what was learned? (a void comparison if not)
-            fields = accuracies(task.name)
+            fields = metric_fields(task, main_only=True)
             without = accuracy_without_adapters(trainer, eval_sets, {a.eval_set: a.without_adapters_field
                                                                      for a in fields}, task.metrics[0])
             for a in fields:
@@ -194,9 +208,10 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
             "signal": run_args.signal,
             "seed": seed,
             "model": model_args.model,
-            **accuracy_fields(task.name, eval_metrics),
+            **accuracy_fields(task, eval_metrics),
             **effect,
             "eval_metrics": eval_metrics,
+            **({"test_metrics": test_metrics} if test_metrics is not None else {}),
             "train_loss": train_result.training_loss,
             "total_step": total_step,
             "total_rank": sum(callback.ranks),
@@ -224,7 +239,8 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
         }
         if is_main:
             write_summary(run_dir, summary)
-        logger.info(f"[run] {task.name}/{run_args.signal}/{seed}: {headline(task.name, summary)}, "
+        main = headline(task.name, summary, run_dir.parent.parent)
+        logger.info(f"[run] {task.name}/{run_args.signal}/{seed}: {main}, "
                     f"total rank {summary['total_rank']} (budget {summary['target_budget']}) -> {run_dir}")
         return summary
 

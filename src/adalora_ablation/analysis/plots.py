@@ -109,7 +109,7 @@ def eval_curves(run: Run) -> dict[str, tuple[list[int], list[float]]]:
     """Eval accuracy over steps per eval set (the eval set's name, "" for a task with one). The evaluation after
     training repeats the last step: keep one."""
     curves: dict[str, dict[int, float]] = {}
-    for accuracy in accuracies(run.task):
+    for accuracy in accuracies(run.task, run.run_dir.parent.parent):
         for line in run.metrics:
             if line.get(accuracy.metric) is not None:
                 curves.setdefault(accuracy.eval_set, {})[line["step"]] = line[accuracy.metric]
@@ -289,7 +289,8 @@ def plot_comparison(runs: dict[str, Run], missing: list[str] = ()) -> Figure:
 
 def draw_accuracy(ax, runs: dict[str, Run]) -> None:
     """Final eval accuracy per signal as points (not bars: a zero-based bar axis would hide the differences)."""
-    sets = accuracies(next(iter(runs.values())).task)
+    first = next(iter(runs.values()))
+    sets = accuracies(first.task, first.run_dir.parent.parent)
     keys = [(a.field, MARKERS[i % len(MARKERS)], a.eval_set or a.name) for i, a in enumerate(sets)]
     signals = list(runs)
     for key, marker, label in keys:
@@ -320,7 +321,8 @@ def draw_eval_curves(ax, runs: dict[str, Run]) -> None:
             ax.plot(steps, values, styles[j % len(styles)], marker=MARKERS[i % len(MARKERS)], ms=5,
                     color=f"C{i}", label=name)
     ax.set_xlabel("optimizer step")
-    main = accuracies(next(iter(runs.values())).task)[0]
+    first = next(iter(runs.values()))
+    main = accuracies(first.task, first.run_dir.parent.parent)[0]
     ax.set_ylabel(f"eval {METRIC_LABELS.get(main.name, main.name)}")
     ax.set_title(f"Eval {METRIC_LABELS.get(main.name, main.name)} during training")
     ax.legend(fontsize=8)

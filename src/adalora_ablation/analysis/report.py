@@ -54,18 +54,19 @@ def adapter_effect_field(metric_field: str) -> str:
     return f"adapter_effect_{suffix}" if suffix else "adapter_effect"
 
 
-def accuracy_labels(task: str) -> dict[str, str]:
+def accuracy_labels(task: str, task_dir: str | Path | None = None) -> dict[str, str]:
     """Summary field -> column label of the task's main metric, one per eval set (MNLI: matched and mismatched
     accuracy; CoLA: Matthews correlation). Every statistic of the report is computed on these."""
     return {a.field: (f"{a.eval_set} acc" if a.eval_set else "accuracy") if a.name == "accuracy" else a.label
-            for a in accuracies(task)}
+            for a in accuracies(task, task_dir)}
 
 
-def secondary_columns(task: str, runs_by_signal: dict[str, list[Run]]) -> dict[str, dict[str, dict]]:
+def secondary_columns(task: str, runs_by_signal: dict[str, list[Run]],
+                      task_dir: str | Path | None = None) -> dict[str, dict[str, dict]]:
     """The task's other metrics (MRPC/QQP: F1, STS-B: Spearman, CoLA: accuracy) as mean ± std per signal, extra
     columns beside the main metric; runs whose summary lacks one are left out of that column."""
     out = {}
-    for m in secondary_metrics(task):
+    for m in secondary_metrics(task, task_dir):
         out[m.field] = {"label": m.label, "signals": {
             signal: describe([float(r.summary[m.field]) for r in runs
                               if r.problem is None and r.summary.get(m.field) is not None])
@@ -296,7 +297,7 @@ def build_report(output_root: str | Path, task: str, signals: list[str] | None =
     runs_by_signal: dict[str, list[Run]] = {}
     for run in runs:
         runs_by_signal.setdefault(run.signal, []).append(run)
-    metrics = accuracy_labels(task)
+    metrics = accuracy_labels(task, Path(output_root) / task)  # a custom task's metrics: its folder's task.json
     baseline = registry.signal_names("baseline")[0]
     baseline_runs = runs_by_signal.get(baseline, [])
     valid = [r for r in runs if r.problem is None]
@@ -313,7 +314,7 @@ def build_report(output_root: str | Path, task: str, signals: list[str] | None =
         "output_root": str(output_root),
         "synthetic": any(r.summary.get("synthetic") for r in valid),
         "metrics": metrics,
-        "secondary_metrics": secondary_columns(task, runs_by_signal),
+        "secondary_metrics": secondary_columns(task, runs_by_signal, Path(output_root) / task),
         "test": TEST_NAME,
         "baseline": baseline,
         "signals": rows,

@@ -267,6 +267,10 @@ def load_raw(task: Task, data_dir: str | None, log=print) -> DatasetDict:
     """Train split plus every eval split of the task, with columns (text_keys..., label)."""
     if task.synthetic:
         return synthetic_task(seed=0)  # one fixed dataset for every run, so signals and seeds share it
+    if task.custom_files:
+        from .custom import custom_datasets
+
+        return custom_datasets(task, log=log)
     if data_dir is not None:
         return read_local(task, find_local(task, data_dir), log=log)
     try:
@@ -286,6 +290,9 @@ def data_fingerprint(task: Task, data_dir: str | None) -> str:
     """What the tokenization cache key says about the data: the files read, with their sizes and times."""
     if task.synthetic:
         return "synthetic-v2"
+    if task.custom_files:  # the files' contents (sha256), and how they are read
+        return json.dumps({"custom": task.custom_files, "text": task.text_keys, "label": task.label_column,
+                           "labels": task.labels}, sort_keys=True)
     if data_dir is None:
         return f"hub:nyu-mll/glue/{task.hub_config}"
     copy = find_local(task, data_dir)

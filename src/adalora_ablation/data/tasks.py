@@ -3,7 +3,9 @@ Adding a GLUE task is one entry."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,9 @@ class Task:
     synthetic: bool = False
     # Suffix of each eval set's summary fields, in eval_splits order: eval_<metric><suffix> (MNLI: "", "_mm")
     field_suffixes: tuple[str, ...] = ("",)
+    # --task custom: split -> (file, sha256 of its contents), and the files' label column; None for the table's tasks
+    custom_files: dict[str, tuple[str, str]] | None = None
+    label_column: str = "label"
 
     @property
     def regression(self) -> bool:
@@ -189,3 +194,40 @@ def metric_fields(task: Task, main_only: bool = False) -> list[MetricField]:
             out.append(MetricField(f"eval_{name}{suffix}", f"eval_{eval_set}_{name}" if eval_set else f"eval_{name}",
                                    eval_set, name))
     return out
+
+
+# -- a user's own data (--task custom) ----------------------------------------------------------------------------
+CUSTOM = "custom"
+TASK_CHOICES = (*TASK_NAMES, CUSTOM)
+TASK_SPEC = "task.json"  # <output-root>/custom-<name>/task.json: the custom task, for the report and the figures
+_SPLIT_WORDS = {"train", "training", "dev", "validation", "valid", "val", "test", "data"}
+
+
+def custom_task_name(train_file: str | Path) -> str:
+    """custom-<name>, named after the data: the training file's name without split words (reviews_train.csv ->
+    custom-reviews), or its folder's name when nothing else is left (data/reviews/train.csv -> custom-reviews)."""
+    path = Path(train_file).expanduser()
+    words = [w for w in re.split(r"[^A-Za-z0-9]+", path.stem) if w and w.lower() not in _SPLIT_WORDS]
+    name = "-".join(words) or re.sub(r"[^A-Za-z0-9]+", "-", path.resolve().parent.name).strip("-") or "data"
+    return f"{CUSTOM}-{name.lower()}"
+
+
+def custom_task(train_file, text_columns: tuple[str, ...], label_column: str, labels: tuple[str, ...],
+                metrics: tuple[str, ...], files: dict[str, tuple[str, str]]) -> Task:
+    return Task(name=custom_task_name(train_file), text_keys=text_columns, labels=labels, hub_config=None,
+                local_dir=None, train_split="train", eval_splits={"": "validation"}, metrics=metrics,
+                custom_files=files, label_column=label_column)
+
+
+def task_spec(task: Task) -> dict:
+    return {"name": task.name, "text_columns": list(task.text_keys), "label_column": task.label_column,
+            "labels": list(task.labels),
+            "metrics": list(task.metrics), "files": {s: list(f) for s, f in (task.custom_files or {}).items()}}
+
+
+def task_from_spec(spec: dict) -> Task:
+    """The custom task a run recorded in task.json (the name is the run folder's, whatever the files are called)."""
+    return Task(name=spec["name"], text_keys=tuple(spec["text_columns"]), labels=tuple(spec["labels"]),
+                hub_config=None, local_dir=None, train_split="train", eval_splits={"": "validation"},
+                metrics=tuple(spec["metrics"]), custom_files={s: tuple(f) for s, f in spec["files"].items()},
+                label_column=spec["label_column"])

@@ -34,7 +34,7 @@ from ..analysis.markdown import table
 from ..analysis.report import build_report, to_markdown
 from ..run.lock import held_elsewhere
 from ..run.folder import latest_complete_checkpoint, read_summary, run_dir_for
-from ..data.tasks import TASK_NAMES
+from ..data.tasks import CUSTOM, TASK_CHOICES, custom_task_name
 
 LAUNCHERS = ("local", *SUBMITIT_LAUNCHERS)
 # Flags that only mean something to a submitit launcher: with --launcher local they would be silently ignored
@@ -53,8 +53,24 @@ class GridRun:
     detail: str = ""
 
 
-def plan(tasks, signals, seeds, output_root) -> list[GridRun]:
-    return [GridRun(t, s, n, run_dir_for(output_root, t, s, n)) for t, s, n in itertools.product(tasks, signals, seeds)]
+def plan(tasks, signals, seeds, output_root, folders: dict[str, str] | None = None) -> list[GridRun]:
+    """``folders``: task -> its folder under the output root where that differs (custom -> custom-<name>)."""
+    folders = folders or {}
+    return [GridRun(t, s, n, run_dir_for(output_root, folders.get(t, t), s, n))
+            for t, s, n in itertools.product(tasks, signals, seeds)]
+
+
+def task_folders(tasks, extra: list[str]) -> dict[str, str]:
+    """--task custom writes its runs to custom-<name>, named after the --train-file passed through to train."""
+    if CUSTOM not in tasks:
+        return {}
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--train-file", "--train_file")
+    train_file = parser.parse_known_args(extra)[0].train_file
+    if not train_file:
+        raise UsageError("--task custom needs --train-file (with --validation-file and --text-columns), which "
+                         "ablate passes to every train")
+    return {CUSTOM: custom_task_name(train_file)}
 
 
 def status_table(runs: list[GridRun]) -> str:
@@ -93,7 +109,7 @@ def build_parser(registry) -> OneLineArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter,
                                    epilog="signals (role: baseline, signal or control):\n"
                                           + registry.describe_signals())
-    parser.add_argument("--task", "--tasks", nargs="+", default=["rte"], choices=TASK_NAMES, dest="tasks")
+    parser.add_argument("--task", "--tasks", nargs="+", default=["rte"], choices=TASK_CHOICES, dest="tasks")
     groups = ", ".join(f"{g} ({' '.join(registry.expand_signals([g]))})" for g in registry.group_names()[:-1])
     parser.add_argument("--signals", nargs="+", default=["seed"], metavar="SIGNAL_OR_GROUP",
                         choices=registry.group_names() + registry.signal_names(),
@@ -173,7 +189,8 @@ def ablate_main(argv: list[str]) -> int:
     check_launcher_flags(args)
     controls = registry.signal_names("control") if args.with_controls else []
     signals = registry.expand_signals(args.signals + controls)
-    runs = plan(args.tasks, signals, args.seeds, args.output_root)
+    folders = task_folders(args.tasks, extra)
+    runs = plan(args.tasks, signals, args.seeds, args.output_root, folders)
 
     if args.status:
         grid_status(runs, args.output_root)
@@ -196,5 +213,5 @@ def ablate_main(argv: list[str]) -> int:
     print(f"\n{status_table(runs)}")
     print(f"\n{counts_line(runs, statuses)}" + (f" (extra train flags: {' '.join(extra)})" if extra else ""))
     if ended_here:
-        print_reports(args.tasks, args.output_root)
+        print_reports([folders.get(t, t) for t in args.tasks], args.output_root)
     return 1 if any(r.status == "failed" for r in runs) else 0

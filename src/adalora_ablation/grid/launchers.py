@@ -68,7 +68,7 @@ def run_one(run, output_root: str, extra: list[str], gpu: str | None = None, cpu
     proc.wait()
     summary = read_summary(run.run_dir)
     if proc.returncode == 0 and summary is not None:
-        run.status, run.detail = "finished", headline(run.task, summary)
+        run.status, run.detail = "finished", headline(run.run_dir.parent.parent.name, summary, run.run_dir.parent.parent)
     elif proc.returncode == REQUEUE_EXIT_CODE:
         run.status, run.detail = "interrupted", last_line.replace("adalora-ablation: ", "")
     else:
@@ -260,7 +260,7 @@ def grid_status(runs, output_root) -> dict[str, dict]:
     for run in runs:
         summary, name = summaries[run_name(run)], run_name(run)
         if summary is not None:
-            run.status, run.detail = "finished", headline(run.task, summary)
+            run.status, run.detail = "finished", headline(run.run_dir.parent.parent.name, summary, run.run_dir.parent.parent)
         elif name in states:
             state, error = states[name]
             notes = [f"job {book[name]['job_id']} ({book[name]['launcher']})", _checkpoint_note(run), error]

@@ -25,8 +25,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import RunFileError, first_line
-from ..data.tasks import METRIC_LABELS, TASKS, MetricField, metric_fields
+from ..errors import RunFileError, UsageError, first_line
+from ..data.tasks import METRIC_LABELS, TASK_SPEC, TASKS, MetricField, Task, metric_fields, task_from_spec, task_spec
 
 METRICS = "metrics.jsonl"  # every Trainer log line (train and eval), with the global step
 RANK_PATTERN = "rank_pattern.jsonl"  # one line per allocation
@@ -45,6 +45,25 @@ def run_dir_for(output_root: str | Path, task: str, signal: str, seed: int) -> P
     return Path(output_root) / task / signal / str(seed)
 
 
+def task_spec_path(output_root: str | Path, task: str) -> Path:
+    return Path(output_root) / task / TASK_SPEC
+
+
+def check_task_spec(output_root: str | Path, task: Task) -> None:
+    """A custom-<name> folder holds runs of one data set: other files (or other contents) under the same name would
+    mix two studies in one report."""
+    recorded = read_task_spec(task_spec_path(output_root, task.name).parent)
+    if recorded is not None and task_spec(recorded) != task_spec(task):
+        raise UsageError(f"{task_spec_path(output_root, task.name)} records other data for {task.name} (files, "
+                           f"contents, columns or labels differ); use another --output-root, or name the files "
+                           f"differently")
+
+
+def write_task_spec(output_root: str | Path, task: Task) -> None:
+    check_task_spec(output_root, task)
+    write_json_atomic(task_spec_path(output_root, task.name), task_spec(task))
+
+
 def compare_dir(output_root: str | Path, task: str) -> Path:
     return Path(output_root) / task / COMPARE_DIR
 
@@ -58,31 +77,48 @@ def grid_dir(output_root: str | Path) -> Path:
 Accuracy = MetricField
 
 
-def accuracies(task: str) -> list[MetricField]:
+def read_task_spec(task_dir: str | Path | None) -> Task | None:
+    """The custom task recorded in <output-root>/custom-<name>/task.json, or None."""
+    try:
+        return task_from_spec(json.loads((Path(task_dir) / TASK_SPEC).read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _task_entry(task: str, task_dir: str | Path | None) -> Task | None:
+    """The task table's entry, or for a custom task the one its folder records (task_dir: <output-root>/<task>)."""
+    return TASKS.get(task) or (read_task_spec(task_dir) if task_dir is not None else None)
+
+
+def accuracies(task: str, task_dir: str | Path | None = None) -> list[MetricField]:
     """The task's main metric per eval set, in the task table's eval-set order (MNLI: accuracy matched, then
     mismatched; CoLA: Matthews correlation); the first is the task's headline number. The name is kept from when
-    every task was scored by accuracy. A task folder that is not in the table is read as one accuracy."""
-    if task not in TASKS:
+    every task was scored by accuracy. A task folder that is neither in the table nor a recorded custom task is
+    read as one accuracy."""
+    entry = _task_entry(task, task_dir)
+    if entry is None:
         return [MetricField("eval_accuracy", "eval_accuracy", "", "accuracy")]
-    return metric_fields(TASKS[task], main_only=True)
+    return metric_fields(entry, main_only=True)
 
 
-def secondary_metrics(task: str) -> list[MetricField]:
+def secondary_metrics(task: str, task_dir: str | Path | None = None) -> list[MetricField]:
     """The task's other metrics (MRPC/QQP: F1; STS-B: Spearman; CoLA: accuracy), reported beside the main one."""
-    if task not in TASKS:
+    entry = _task_entry(task, task_dir)
+    if entry is None:
         return []
-    main = {m.field for m in accuracies(task)}
-    return [m for m in metric_fields(TASKS[task]) if m.field not in main]
+    main = {m.field for m in metric_fields(entry, main_only=True)}
+    return [m for m in metric_fields(entry) if m.field not in main]
 
 
-def accuracy_fields(task: str, eval_metrics: dict) -> dict[str, float]:
+def accuracy_fields(task: str | Task, eval_metrics: dict) -> dict[str, float]:
     """The summary's metric fields (main and secondary) from the Trainer's final evaluation."""
-    return {m.field: eval_metrics[m.metric] for m in accuracies(task) + secondary_metrics(task)}
+    fields = metric_fields(task) if isinstance(task, Task) else accuracies(task) + secondary_metrics(task)
+    return {m.field: eval_metrics[m.metric] for m in fields}
 
 
-def headline(task: str, summary: dict) -> str:
+def headline(task: str, summary: dict, task_dir: str | Path | None = None) -> str:
     """The run's main number in words, for status lines: 'accuracy 0.8123', 'Matthews corr. 0.4012'."""
-    main = accuracies(task)[0]
+    main = accuracies(task, task_dir)[0]
     value = summary.get(main.field)
     return f"{METRIC_LABELS.get(main.name, main.name)} {'—' if value is None else format(value, '.4f')}"
 
@@ -302,7 +338,7 @@ class Run:
             return "no run folder"
         if self.summary is None:
             return "no valid final_summary.json (unfinished, killed or corrupt run)"
-        required = [a.field for a in accuracies(self.task)] + list(REQUIRED_FIELDS)
+        required = [a.field for a in accuracies(self.task, self.run_dir.parent.parent)] + list(REQUIRED_FIELDS)
         absent = [f for f in required if self.summary.get(f) is None]  # NaN is written as null: just as unusable
         return f"final_summary.json has no value for {', '.join(absent)}" if absent else None
 
