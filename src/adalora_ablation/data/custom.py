@@ -32,7 +32,6 @@ def file_digest(path: Path) -> str:
 def read_columns(path: Path) -> dict[str, list]:
     """The file's columns as Python lists, by its suffix."""
     import pyarrow.csv
-    import pyarrow.json
     import pyarrow.parquet
 
     try:
@@ -42,12 +41,15 @@ def read_columns(path: Path) -> dict[str, list]:
             table = pyarrow.csv.read_csv(path, parse_options=pyarrow.csv.ParseOptions(delimiter="\t", quote_char=False))
         elif path.suffix == ".csv":
             table = pyarrow.csv.read_csv(path)
-        elif path.suffix == ".jsonl" or not path.read_text(encoding="utf-8").lstrip().startswith("["):
-            table = pyarrow.json.read_json(path)  # JSON Lines (run_glue.py's .json files are JSON Lines too)
-        else:  # one JSON array of records
-            records = json.loads(path.read_text(encoding="utf-8"))
+        else:  # JSON Lines (run_glue.py's .json files are JSON Lines too) or one JSON array of records; read by
+            # Python's json so that a column mixing types reaches label_kind instead of failing in the parser
+            text = path.read_text(encoding="utf-8")
+            records = json.loads(text) if text.lstrip().startswith("[") else [
+                json.loads(line) for line in text.splitlines() if line.strip()]
+            if not all(isinstance(r, dict) for r in records):
+                raise ValueError("expected one JSON object (a record) per line, or an array of records")
             return {k: [r.get(k) for r in records] for k in dict.fromkeys(k for r in records for k in r)}
-    except (OSError, ValueError) as exc:  # pyarrow's parse errors are ValueErrors (ArrowInvalid)
+    except (OSError, ValueError) as exc:  # pyarrow's parse errors are ValueErrors (ArrowInvalid), json's too
         raise UsageError(f"cannot read {path} ({str(exc).splitlines()[0]})") from None
     return {name: table.column(name).to_pylist() for name in table.column_names}
 
