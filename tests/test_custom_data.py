@@ -57,7 +57,8 @@ def args_for(train, dev, **kw):
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".json", ".jsonl", ".parquet"])
 def test_every_format_gives_the_same_tokenized_examples(tmp_path, glue_dir, suffix):
     rows = sst2_rows(glue_dir, 50)
-    train, dev = write(tmp_path / f"reviews_train{suffix}", rows[:40]), write(tmp_path / f"reviews_dev{suffix}", rows[40:])
+    train = write(tmp_path / f"reviews_train{suffix}", rows[:40])
+    dev = write(tmp_path / f"reviews_dev{suffix}", rows[40:])
     task = load_custom(args_for(train, dev))
     assert task.name == "custom-reviews" and task.labels == ("negative", "positive") and task.metrics[0] == "accuracy"
     assert task.custom_files["train"][1] == hashlib.sha256(train.read_bytes()).hexdigest()

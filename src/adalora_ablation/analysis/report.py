@@ -550,7 +550,8 @@ FORMATTERS = {"markdown": to_markdown, "csv": to_csv, "json": lambda report: jso
 def report_main(argv: list[str]) -> int:
     parser = OneLineArgumentParser(prog="adalora-ablation report",
                                    description="Accuracy, rank and allocation statistics over seeds, per signal.")
-    parser.add_argument("--task", required=True, help="task folder under the output root (a GLUE task, synthetic, or custom-<name>)")
+    parser.add_argument("--task", required=True,
+                        help="task folder under the output root (a GLUE task, synthetic, or custom-<name>)")
     names = registry.signal_names()
     parser.add_argument("--signals", nargs="+", choices=names, metavar="SIGNAL",
                         help=f"some of {', '.join(names)} (default: every signal folder found)")

@@ -123,6 +123,13 @@ def headline(task: str, summary: dict, task_dir: str | Path | None = None) -> st
     return f"{METRIC_LABELS.get(main.name, main.name)} {'—' if value is None else format(value, '.4f')}"
 
 
+
+def run_headline(run_dir: str | Path, summary: dict) -> str:
+    """headline() for the run in <output-root>/<task>/<signal>/<seed>/ (custom tasks: from their task.json)."""
+    task_dir = Path(run_dir).parent.parent
+    return headline(task_dir.name, summary, task_dir)
+
+
 # Besides the accuracies: what the report needs from every summary.
 REQUIRED_FIELDS = ("total_rank", "target_budget", "budget_check_passed", "final_ranks")
 
