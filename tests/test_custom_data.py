@@ -141,10 +141,11 @@ TRAIN = ["--model", TINY_DEBERTA, "--max-steps", "12", "--tinit", "2", "--tfinal
 
 @pytest.mark.slow
 def test_custom_csv_end_to_end_through_ablate_and_report(tmp_path, glue_dir, capsys):
-    rows = sst2_rows(glue_dir, 120)
-    train, dev = write(tmp_path / "reviews_train.csv", rows[:80]), write(tmp_path / "reviews_dev.csv", rows[80:])
-    custom = ["--train-file", str(train), "--validation-file", str(dev), "--text-columns", "text", "--label-column",
-              "sentiment", "--metric", "f1"]
+    rows = sst2_rows(glue_dir, 140)
+    train, dev = write(tmp_path / "reviews_train.csv", rows[:80]), write(tmp_path / "reviews_dev.csv", rows[80:120])
+    test = write(tmp_path / "reviews_test.csv", rows[120:])
+    custom = ["--train-file", str(train), "--validation-file", str(dev), "--test-file", str(test), "--text-columns",
+              "text", "--label-column", "sentiment", "--metric", "f1"]
     root = tmp_path / "out"
     result = subprocess.run([sys.executable, "-m", "adalora_ablation", "ablate", "--task", "custom", "--signals",
                              "baseline_adalora", "--seeds", "1", "--output-root", str(root), *custom,
@@ -154,6 +155,7 @@ def test_custom_csv_end_to_end_through_ablate_and_report(tmp_path, glue_dir, cap
     for signal, summary in summaries.items():
         assert summary["task"] == "custom-reviews" and summary["budget_check_passed"]
         assert {"eval_f1", "eval_accuracy", "eval_matthews", "adapter_effect"} <= set(summary)
+        assert {"test_f1", "test_accuracy", "test_matthews"} <= set(summary["test_metrics"])  # --test-file
         assert f"| custom | {signal} | 1 | finished | F1 {summary['eval_f1']:.4f} |" in result.stdout
     assert "## Report: custom-reviews" in result.stdout
     spec = json.loads((root / "custom-reviews" / "task.json").read_text())

@@ -79,9 +79,9 @@ class DataArguments:
     data_dir: str | None = field(
         default=None,
         metadata={"help": "Your own copy of GLUE, in any of these layouts (detected per task): the GLUE download "
-                          "(MNLI/{train,dev_matched,dev_mismatched}.tsv, RTE/{train,dev}.tsv), a snapshot of the hub "
-                          "dataset nyu-mll/glue (mnli/*.parquet, rte/*.parquet) or datasets save_to_disk folders "
-                          "(mnli/, rte/); default: GLUE from the hub."},
+                          "(MNLI/{train,dev_matched,dev_mismatched}.tsv, RTE/{train,dev}.tsv, CoLA/, SST-2/, ...), "
+                          "a snapshot of the hub dataset nyu-mll/glue (mnli/*.parquet, rte/*.parquet, ...) or "
+                          "datasets save_to_disk folders (mnli/, rte/, ...); default: GLUE from the hub."},
     )
     max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
