@@ -16,7 +16,7 @@ from adalora_ablation.data.loading import (
 )
 from adalora_ablation.errors import UsageError
 from adalora_ablation.adalora.model import TINY_DEBERTA, tiny_tokenizer
-from adalora_ablation.data.tasks import TASKS
+from adalora_ablation.data.tasks import LOCAL_FILES, TASKS
 
 SIZES = {"mnli": {"train": 300, "validation_matched": 80, "validation_mismatched": 80},
          "rte": {"train": 300, "validation": 80}}
@@ -259,3 +259,37 @@ def test_a_class_labelled_stsb_copy_is_refused(tmp_path):
     DatasetDict({"train": ds, "validation": ds}).save_to_disk(str(tmp_path / "stsb"))
     with pytest.raises(UsageError, match=r"has class labels \['low', 'high'\], but stsb is a regression task"):
         load_raw(TASKS["stsb"], str(tmp_path))
+
+
+# QQP and QNLI have no shared rows: real MRPC and RTE pairs, rearranged into their GLUE download layouts.
+STAND_INS = {"qqp": ("mrpc", ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"]),
+             "qnli": ("rte", ["index", "question", "sentence", "label"])}
+
+
+@pytest.mark.parametrize("task_name", list(STAND_INS))
+@pytest.mark.parametrize("layout", ["glue_tsv", "hub_parquet", "save_to_disk"])
+def test_qqp_and_qnli_layouts_give_the_same_tokenized_examples(tmp_path, glue_dir, task_name, layout):
+    task, (source, header) = TASKS[task_name], STAND_INS[task_name]
+    if source == "mrpc":
+        rows = shared_task_rows(glue_dir, TASKS["mrpc"], NEW_TASK_ROWS)
+    else:  # RTE's label names are QNLI's
+        rows = {s: [{"texts": [r["sentence1"], r["sentence2"]], "label": task.labels.index(r["label"])} for r in rs]
+                for s, rs in shared_rows(glue_dir, TASKS["rte"], NEW_TASK_ROWS).items()}
+    if layout == "glue_tsv":
+        (tmp_path / "glue" / task.local_dir).mkdir(parents=True)
+        for split, split_rows in rows.items():
+            lines = ["\t".join(header)]
+            for i, r in enumerate(split_rows):
+                label = str(r["label"]) if task_name == "qqp" else task.labels[r["label"]]  # as GLUE writes them
+                lines.append("\t".join([str(i), *([str(2 * i), str(2 * i + 1)] if task_name == "qqp" else []),
+                                        *r["texts"], label]))
+            (tmp_path / "glue" / task.local_dir / LOCAL_FILES[split]).write_text("\n".join(lines) + "\n")
+    else:
+        write_task_layout(tmp_path / "glue", task, rows, layout)
+    tok = tiny_tokenizer()
+    args = DataArguments(data_dir=str(tmp_path / "glue"), max_seq_length=48, cache_dir=str(tmp_path / "cache"))
+    got = load_tokenized(task, args, tok, TINY_DEBERTA, log=lambda *a: None)
+    for split, split_rows in rows.items():
+        assert got[split]["label"] == [r["label"] for r in split_rows]
+        assert got[split]["input_ids"] == [tok(*r["texts"], truncation=True, max_length=48)["input_ids"]
+                                           for r in split_rows]
