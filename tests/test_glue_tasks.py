@@ -113,6 +113,12 @@ def test_cola_single_sentences_train_and_are_scored_by_matthews_correlation(tmp_
     assert 0 <= summary["eval_accuracy"] <= 1 and -1 <= summary["eval_matthews"] <= 1
     assert summary["adapter_effect"] == pytest.approx(summary["eval_matthews"]
                                                       - summary["eval_matthews_without_adapters"])
+    from adalora_ablation.analysis.plots import load_run, plot_comparison
+
+    titled = {ax.get_title(): ax for ax in plot_comparison({"baseline_adalora": load_run(
+        tmp_path / "cola" / "baseline_adalora" / "42")}).axes}
+    assert list(titled["Matthews corr. per signal"].lines[0].get_ydata()) == [summary["eval_matthews"]]
+    assert "Eval Matthews corr. during training" in titled
 
 
 def test_a_task_without_labels_gets_one_output_trained_with_mse():
