@@ -200,7 +200,7 @@ def parse_train_args(argv: list[str]):
     path = preset_path(task, preset)
     if task in TASK_CHOICES and not path.exists():
         choices = sorted(p.stem.split("_", 1)[1] for p in CONFIG_DIR.glob(f"{task}_*.yaml"))
-        raise UsageError(f"no preset {preset!r} for task {task!r}; choose one of: default, {', '.join(choices)}")
+        raise UsageError(f"no preset {preset!r} for task {task!r}; choose one of: {', '.join(['default', *choices])}")
     preset_options = _read_options(path) if path.exists() else {}
     base = dict(BASE_DEFAULTS)
     if not torch.cuda.is_available():
