@@ -112,3 +112,42 @@ LAYOUT_WRITERS = {
     "hub_jsonl": lambda root, task, rows: write_hub_snapshot(root, task, rows, suffix=".jsonl"),
     "save_to_disk": write_saved,
 }
+
+
+# -- the other GLUE tasks: CoLA (no header), SST-2 (one sentence), STS-B (scores), MRPC (byte-order mark) ----------
+# Where each shared TSV keeps its texts and label, read here with plain csv, independently of the tool's reader.
+TSV_FIELDS = {"cola": ((3,), 1), "sst2": (("sentence",), "label"), "stsb": (("sentence1", "sentence2"), "score"),
+              "mrpc": (("#1 String", "#2 String"), "Quality")}
+
+
+def shared_task_rows(glue_dir: Path, task: Task, sizes: dict[str, int]) -> dict[str, list[dict]]:
+    """The first rows of each split: {"texts": [...], "label": the hub's label (id, or float score)}."""
+    text_fields, label_field = TSV_FIELDS[task.name]
+    rows = {}
+    for split, n in sizes.items():
+        with open(glue_dir / task.local_dir / LOCAL_FILES[split], newline="", encoding="utf-8-sig") as f:
+            reader = (csv.reader if task.tsv_columns else csv.DictReader)(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            rows[split] = [{"texts": [row[k] for k in text_fields],
+                            "label": float(row[label_field]) if task.regression else int(row[label_field])}
+                           for _, row in zip(range(n), reader)]
+    return rows
+
+
+def task_dataset(task: Task, split_rows: list[dict]) -> Dataset:
+    """A split as the hub has it: the task's text columns, label (ClassLabel, or float32 for STS-B), idx."""
+    label = Value("float32") if task.regression else ClassLabel(names=list(task.labels))
+    features = Features({**{k: Value("string") for k in task.text_keys}, "label": label, "idx": Value("int32")})
+    data = {k: [r["texts"][i] for r in split_rows] for i, k in enumerate(task.text_keys)}
+    return Dataset.from_dict({**data, "label": [r["label"] for r in split_rows], "idx": list(range(len(split_rows)))},
+                             features=features)
+
+
+def write_task_layout(root: Path, task: Task, rows: dict[str, list[dict]], layout: str) -> None:
+    """DIR/<config>/<split>-00000-of-00001.parquet (hub snapshot) or DIR/<config>/ (save_to_disk)."""
+    parts = DatasetDict({s: task_dataset(task, r) for s, r in rows.items()})
+    if layout == "save_to_disk":
+        parts.save_to_disk(str(root / task.hub_config))
+        return
+    (root / task.hub_config).mkdir(parents=True, exist_ok=True)
+    for split, ds in parts.items():
+        ds.to_parquet(root / task.hub_config / f"{split}-00000-of-00001.parquet")

@@ -47,7 +47,7 @@ def test_yaml_and_json_config_files_with_flags_on_top(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--task", "cola"], "unknown task 'cola'"),
+    (["--task", "wnli"], "unknown task 'wnli'"),
     (["--signal", "magic"], "unknown signal 'magic'"),
     (["--task", "rte", "--preset", "fast"], "no preset 'fast' for task 'rte'"),
     (["--normalize-method", "l2"], "unknown --normalize-method"),
@@ -72,7 +72,7 @@ def assert_one_line_error(result, fragment):
 def test_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path):
     out = tmp_path / "out"
     cases = [
-        (["train", "--task", "cola", "--output-root", str(out)], "unknown task"),
+        (["train", "--task", "wnli", "--output-root", str(out)], "unknown task"),
         (["train", "--task", "rte", "--model", str(tmp_path / "missing"), "--output-root", str(out)],
          "does not exist"),
         (["train", "--task", "rte", "--model", "tiny-deberta", "--data-dir", str(tmp_path / "nodata"),

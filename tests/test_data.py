@@ -6,7 +6,9 @@ import shutil
 
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict
-from glue_copies import LAYOUT_WRITERS, NO_GOLD_EVERY, shared_rows, write_glue_tsv, write_hub_snapshot
+from glue_copies import (
+    LAYOUT_WRITERS, NO_GOLD_EVERY, shared_rows, shared_task_rows, write_glue_tsv, write_hub_snapshot, write_task_layout,
+)
 
 from adalora_ablation.args import DataArguments
 from adalora_ablation.data.loading import (
@@ -14,7 +16,7 @@ from adalora_ablation.data.loading import (
 )
 from adalora_ablation.errors import UsageError
 from adalora_ablation.adalora.model import TINY_DEBERTA, tiny_tokenizer
-from adalora_ablation.data.tasks import TASKS
+from adalora_ablation.data.tasks import LOCAL_FILES, TASKS
 
 SIZES = {"mnli": {"train": 300, "validation_matched": 80, "validation_mismatched": 80},
          "rte": {"train": 300, "validation": 80}}
@@ -193,3 +195,101 @@ def test_saved_labels_in_another_order_are_refused(tmp_path):
     with pytest.raises(UsageError, match=r"names its labels \['not_entailment', 'entailment'\], but GLUE rte has "
                                          r"\['entailment', 'not_entailment'\]"):
         load_raw(TASKS["rte"], str(tmp_path))
+
+
+# -- the other GLUE tasks ----------------------------------------------------------------------------------------
+NEW_TASK_ROWS = {"train": 60, "validation": 20}
+FULL_ROWS = {"cola": (2000, 516), "sst2": (2000, 872), "stsb": (2000, 1500), "mrpc": (2168, 408)}  # data README
+
+
+@pytest.mark.parametrize("task_name", list(FULL_ROWS))
+def test_glue_tsv_of_each_new_task_reads_every_row_with_its_labels(glue_dir, task_name):
+    task = TASKS[task_name]
+    raw = load_raw(task, str(glue_dir), log=lambda *a: None)
+    assert (len(raw["train"]), len(raw["validation"])) == FULL_ROWS[task_name]
+    assert raw["train"].column_names == [*task.text_keys, "label"]
+    expected = shared_task_rows(glue_dir, task, NEW_TASK_ROWS)
+    for split, rows in expected.items():
+        for i, k in enumerate(task.text_keys):
+            assert raw[split][k][:len(rows)] == [r["texts"][i] for r in rows]
+        got = raw[split]["label"][:len(rows)]
+        if task.regression:  # STS-B: float scores in [0, 5], not class ids
+            assert raw[split].features["label"].dtype == "float32"
+            assert got == pytest.approx([r["label"] for r in rows])
+        else:
+            assert got == [r["label"] for r in rows]
+    if task.regression:
+        assert 0 <= min(raw["train"]["label"]) and max(raw["train"]["label"]) <= 5
+        assert len(set(raw["train"]["label"])) > 10
+    else:
+        assert set(raw["train"]["label"]) == {0, 1}
+
+
+@pytest.mark.parametrize("task_name", list(FULL_ROWS))
+@pytest.mark.parametrize("layout", ["hub_parquet", "save_to_disk"])
+def test_each_layout_of_the_new_tasks_gives_the_tsv_files_tokenized_examples(tmp_path, glue_dir, task_name, layout):
+    task, tok = TASKS[task_name], tiny_tokenizer()
+    rows = shared_task_rows(glue_dir, task, NEW_TASK_ROWS)
+    raw = load_raw(task, str(glue_dir), log=lambda *a: None)
+    expected = tokenize(task, DatasetDict({s: raw[s].select(range(n)) for s, n in NEW_TASK_ROWS.items()}), tok, 48)
+    write_task_layout(tmp_path / "glue", task, rows, layout)
+    args = DataArguments(data_dir=str(tmp_path / "glue"), max_seq_length=48, cache_dir=str(tmp_path / "cache"))
+    got = load_tokenized(task, args, tok, TINY_DEBERTA, log=lambda *a: None)
+    for split, n in NEW_TASK_ROWS.items():
+        assert len(got[split]) == n
+        for column in ("input_ids", "token_type_ids", "attention_mask", "label"):
+            assert got[split][column] == expected[split][column], (split, column)
+        # One sentence (CoLA, SST-2) is encoded alone, a pair as a pair: the tokenizer's own encoding of the text.
+        first = tok(*rows[split][0]["texts"], truncation=True, max_length=48)["input_ids"]
+        assert got[split]["input_ids"][0] == first
+    assert (tok.sep_token_id in got["train"]["input_ids"][0][1:-1]) == (len(task.text_keys) == 2)
+
+
+def test_a_cola_file_with_a_header_row_is_not_cola_s_layout(tmp_path):
+    (tmp_path / "CoLA").mkdir()
+    for name in ("train.tsv", "dev.tsv"):
+        (tmp_path / "CoLA" / name).write_text("index\tsource\tlabel\tjudgement\tsentence\n0\tx\t1\t\ta b\n")
+    with pytest.raises(UsageError, match=r"CoLA/train\.tsv:1 has the columns .* \(no header row\)"):
+        load_raw(TASKS["cola"], str(tmp_path))
+
+
+def test_a_class_labelled_stsb_copy_is_refused(tmp_path):
+    ds = Dataset.from_dict({"sentence1": ["a"], "sentence2": ["b"], "label": [0]})
+    ds = ds.cast_column("label", ClassLabel(names=["low", "high"]))
+    DatasetDict({"train": ds, "validation": ds}).save_to_disk(str(tmp_path / "stsb"))
+    with pytest.raises(UsageError, match=r"has class labels \['low', 'high'\], but stsb is a regression task"):
+        load_raw(TASKS["stsb"], str(tmp_path))
+
+
+# QQP and QNLI have no shared rows: real MRPC and RTE pairs, rearranged into their GLUE download layouts.
+STAND_INS = {"qqp": ("mrpc", ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"]),
+             "qnli": ("rte", ["index", "question", "sentence", "label"])}
+
+
+@pytest.mark.parametrize("task_name", list(STAND_INS))
+@pytest.mark.parametrize("layout", ["glue_tsv", "hub_parquet", "save_to_disk"])
+def test_qqp_and_qnli_layouts_give_the_same_tokenized_examples(tmp_path, glue_dir, task_name, layout):
+    task, (source, header) = TASKS[task_name], STAND_INS[task_name]
+    if source == "mrpc":
+        rows = shared_task_rows(glue_dir, TASKS["mrpc"], NEW_TASK_ROWS)
+    else:  # RTE's label names are QNLI's
+        rows = {s: [{"texts": [r["sentence1"], r["sentence2"]], "label": task.labels.index(r["label"])} for r in rs]
+                for s, rs in shared_rows(glue_dir, TASKS["rte"], NEW_TASK_ROWS).items()}
+    if layout == "glue_tsv":
+        (tmp_path / "glue" / task.local_dir).mkdir(parents=True)
+        for split, split_rows in rows.items():
+            lines = ["\t".join(header)]
+            for i, r in enumerate(split_rows):
+                label = str(r["label"]) if task_name == "qqp" else task.labels[r["label"]]  # as GLUE writes them
+                lines.append("\t".join([str(i), *([str(2 * i), str(2 * i + 1)] if task_name == "qqp" else []),
+                                        *r["texts"], label]))
+            (tmp_path / "glue" / task.local_dir / LOCAL_FILES[split]).write_text("\n".join(lines) + "\n")
+    else:
+        write_task_layout(tmp_path / "glue", task, rows, layout)
+    tok = tiny_tokenizer()
+    args = DataArguments(data_dir=str(tmp_path / "glue"), max_seq_length=48, cache_dir=str(tmp_path / "cache"))
+    got = load_tokenized(task, args, tok, TINY_DEBERTA, log=lambda *a: None)
+    for split, split_rows in rows.items():
+        assert got[split]["label"] == [r["label"] for r in split_rows]
+        assert got[split]["input_ids"] == [tok(*r["texts"], truncation=True, max_length=48)["input_ids"]
+                                           for r in split_rows]

@@ -20,9 +20,18 @@ def test_short_module_name(key, short):
 
 def test_layer_and_type():
     assert layer_index("layer.10.attention.output.dense") == 10 and layer_index("pooler.dense") is None
-    assert module_type("layer.10.attention.output.dense") == "O" and module_type("layers.2.mlp.up_proj") == "up_proj"
-    assert ordered_types(["layer.0.output.dense", "layer.0.attention.self.query", "layers.0.mlp.up_proj"]) == [
-        "Q", "FFN-out", "up_proj"]
+    assert module_type("layer.10.attention.output.dense") == "O"
+    assert module_type("layers.2.mlp.gate_proj") == "gate_proj"
+    assert ordered_types(["layer.0.output.dense", "layer.0.attention.self.query", "layers.0.mlp.gate_proj"]) == [
+        "Q", "FFN-out", "gate_proj"]
+    # Decoder-only families: Llama/Qwen2/Mistral, OPT and GPT-2 (whose fused c_attn keeps its own type).
+    assert [module_type(f"layers.0.{n}") for n in ("self_attn.q_proj", "self_attn.o_proj", "mlp.up_proj",
+                                                   "mlp.down_proj", "self_attn.out_proj", "fc1", "fc2")] == [
+        "Q", "O", "FFN-in", "FFN-out", "O", "FFN-in", "FFN-out"]
+    assert [module_type(f"h.3.{n}") for n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")] == [
+        "c_attn", "O", "FFN-in", "FFN-out"]
+    assert layer_index("h.3.mlp.c_fc") == 3 and short_module_name("base_model.model.transformer.h.3.mlp.c_fc") == \
+        "h.3.mlp.c_fc"
 
 
 def test_ranks_by_layer_and_type():

@@ -1,5 +1,6 @@
 """The torch-free copy of PEFT's budget schedule (used by the figures) gives PEFT's budget at every step."""
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -9,6 +10,7 @@ import yaml
 
 from adalora_ablation.args import AdaLoraArguments, preset_path
 from adalora_ablation.adalora.schedule import allocation_steps, budget_at, phase_of, schedule_warnings
+from adalora_ablation.data.tasks import TASK_NAMES
 
 
 @pytest.mark.parametrize("init_bgt, target_bgt, tinit, tfinal, total_step, delta_t", [
@@ -58,11 +60,19 @@ def test_each_schedule_warning_fires_on_a_schedule_built_for_it(schedule, fires)
     assert warnings_for() == []  # the README's RTE example schedule is fine
 
 
-# Train rows and the batch size of each preset (GLUE: MNLI 392,702, RTE 2,490; the synthetic task 2,000).
-PRESET_ROWS = {"mnli": 392_702, "rte": 2_490, "synthetic": 2_000}
+# Train rows of each task's full train split (GLUE; the synthetic task 2,000), for the presets' own lengths.
+PRESET_ROWS = {"mnli": 392_702, "rte": 2_490, "cola": 8_551, "sst2": 67_349, "mrpc": 3_668, "qqp": 363_846,
+               "qnli": 104_743, "stsb": 5_749, "synthetic": 2_000}
 
 
-@pytest.mark.parametrize("task", ["mnli", "rte", "synthetic"])
+def test_every_task_has_a_default_and_a_paper_preset():
+    assert set(PRESET_ROWS) == set(TASK_NAMES)
+    for task in TASK_NAMES:
+        assert preset_path(task, "default").exists()
+        assert task == "synthetic" or preset_path(task, "paper").exists()
+
+
+@pytest.mark.parametrize("task", list(PRESET_ROWS))
 @pytest.mark.parametrize("preset", ["default", "paper"])
 def test_no_preset_triggers_a_warning_at_its_own_length(task, preset):
     path = preset_path(task, preset)
@@ -73,5 +83,7 @@ def test_no_preset_triggers_a_warning_at_its_own_length(task, preset):
     total_step = options.get("max_steps") or batches * options["num_train_epochs"]
     modules = 72
     found = schedule_warnings(options["tinit"], options["tfinal"], options["deltaT"], total_step,
-                              options["warmup_steps"], options["init_r"] * modules, options["target_r"] * modules)
+                              options.get("warmup_steps") or math.ceil(options["warmup_ratio"] * total_step),
+                              options["init_r"] * modules, options["target_r"] * modules)
+    assert options["tinit"] < total_step - options["tfinal"]  # a possible schedule (check_schedule's condition)
     assert found == [], found

@@ -19,7 +19,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from .errors import OneLineArgumentParser, UsageError, first_line
 from .signals import NORMALIZE_METHODS, PLASTICITY_NORMS, SIGNALS, describe_signals
-from .data.tasks import TASK_NAMES
+from .data.tasks import CUSTOM, TASK_CHOICES
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_MODEL = "microsoft/deberta-v3-base"
@@ -27,7 +27,9 @@ DEFAULT_MODEL = "microsoft/deberta-v3-base"
 
 @dataclass
 class RunArguments:
-    task: str = field(default="rte", metadata={"help": "GLUE task: mnli, rte, or synthetic (offline demo task)."})
+    task: str = field(default="rte", metadata={"help": "GLUE task (mnli, rte, cola, sst2, mrpc, qqp, qnli, stsb), "
+                                                       "synthetic (offline demo task), or custom (your own files: "
+                                                       "--train-file, --validation-file, --text-columns)."})
     signal: str = field(default="baseline_adalora", metadata={"help": "Scoring signal (see 'signals' below)."})
     preset: str = field(
         default="default",
@@ -84,9 +86,9 @@ class DataArguments:
     data_dir: str | None = field(
         default=None,
         metadata={"help": "Your own copy of GLUE, in any of these layouts (detected per task): the GLUE download "
-                          "(MNLI/{train,dev_matched,dev_mismatched}.tsv, RTE/{train,dev}.tsv), a snapshot of the hub "
-                          "dataset nyu-mll/glue (mnli/*.parquet, rte/*.parquet) or datasets save_to_disk folders "
-                          "(mnli/, rte/); default: GLUE from the hub."},
+                          "(MNLI/{train,dev_matched,dev_mismatched}.tsv, RTE/{train,dev}.tsv, CoLA/, SST-2/, ...), "
+                          "a snapshot of the hub dataset nyu-mll/glue (mnli/*.parquet, rte/*.parquet, ...) or "
+                          "datasets save_to_disk folders (mnli/, rte/, ...); default: GLUE from the hub."},
     )
     max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
@@ -96,6 +98,19 @@ class DataArguments:
         default=None,
         metadata={"help": "Tokenized-dataset cache (default $ADALORA_CACHE or ~/.cache/adalora_ablation)."},
     )
+    train_file: str | None = field(default=None, metadata={
+        "help": "--task custom: training data (.csv, .tsv, .json/.jsonl or .parquet); the run folder is named after "
+                "it (custom-<name>)."})
+    validation_file: str | None = field(default=None, metadata={"help": "--task custom: evaluation data."})
+    test_file: str | None = field(default=None, metadata={
+        "help": "--task custom: optional test data, evaluated once after training (test_metrics in the summary)."})
+    text_columns: list[str] | None = field(default=None, metadata={
+        "help": "--task custom: one text column, or two for sentence pairs."})
+    label_column: str = field(default="label", metadata={
+        "help": "--task custom: the label column; strings or integers are classes, floats a regression score."})
+    metric: str | None = field(default=None, metadata={
+        "help": "--task custom: the main metric, accuracy (default), f1 (binary), matthews, or pearson "
+                "(regression default); the others that apply are recorded beside it."})
 
 
 @dataclass
@@ -190,9 +205,9 @@ def parse_train_args(argv: list[str]):
     task = _peek(user_argv, "task", RunArguments.task)
     preset = _peek(user_argv, "preset", RunArguments.preset)
     path = preset_path(task, preset)
-    if task in TASK_NAMES and not path.exists():
+    if task in TASK_CHOICES and not path.exists():
         choices = sorted(p.stem.split("_", 1)[1] for p in CONFIG_DIR.glob(f"{task}_*.yaml"))
-        raise UsageError(f"no preset {preset!r} for task {task!r}; choose one of: default, {', '.join(choices)}")
+        raise UsageError(f"no preset {preset!r} for task {task!r}; choose one of: {', '.join(['default', *choices])}")
     preset_options = _read_options(path) if path.exists() else {}
     base = dict(BASE_DEFAULTS)
     if not torch.cuda.is_available():
@@ -207,6 +222,7 @@ def parse_train_args(argv: list[str]):
         raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (see 'adalora-ablation train --help')")
     run, model, data, adalora, training = parsed
     validate(run, adalora)
+    validate_data(run, data)
     return run, model, data, adalora, training
 
 
@@ -218,9 +234,29 @@ def run_config(run_args, model_args, data_args, ada_args, training_args) -> dict
             "training": training_args.to_dict()}
 
 
+CUSTOM_FLAGS = ("train_file", "validation_file", "test_file", "text_columns", "metric")
+
+
+def validate_data(run: RunArguments, data: DataArguments) -> None:
+    """--task custom needs its files and columns; the other tasks take none of them."""
+    if run.task == CUSTOM:
+        missing = [f for f in ("train_file", "validation_file", "text_columns") if not getattr(data, f)]
+        if missing:
+            raise UsageError(f"--task custom needs --{missing[0].replace('_', '-')} (e.g. --train-file train.csv "
+                             f"--validation-file dev.csv --text-columns sentence --label-column label)")
+        if data.data_dir:
+            raise UsageError("--data-dir is for the GLUE tasks; --task custom reads --train-file and "
+                             "--validation-file")
+        return
+    given = [f for f in CUSTOM_FLAGS if getattr(data, f)]
+    if given:
+        raise UsageError(f"--{given[0].replace('_', '-')} is for --task custom (your own files); --task {run.task} "
+                         f"reads GLUE (--data-dir for a local copy)")
+
+
 def validate(run: RunArguments, adalora: AdaLoraArguments) -> None:
-    if run.task not in TASK_NAMES:
-        raise UsageError(f"unknown task {run.task!r}; use --task with one of: {', '.join(TASK_NAMES)}")
+    if run.task not in TASK_CHOICES:
+        raise UsageError(f"unknown task {run.task!r}; use --task with one of: {', '.join(TASK_CHOICES)}")
     if run.resume_fallback not in ("restart", "stop"):
         raise UsageError(f"unknown --resume-fallback {run.resume_fallback!r}; choose restart or stop")
     if run.signal not in SIGNALS:

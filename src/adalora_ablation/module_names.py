@@ -10,9 +10,15 @@ MODULE_TYPES = ("Q", "K", "V", "O", "FFN-in", "FFN-out")
 _TYPE_SUFFIXES = (
     ("attention.output.dense", "O"), ("intermediate.dense", "FFN-in"), ("output.dense", "FFN-out"),
     ("query_proj", "Q"), ("query", "Q"), ("key_proj", "K"), ("key", "K"), ("value_proj", "V"), ("value", "V"),
+    # decoder-only models: Llama, Qwen2, Mistral (q/k/v/o_proj, gate/up/down_proj), OPT (out_proj, fc1, fc2),
+    # GPT-2 (fused c_attn for Q, K and V; attn.c_proj; mlp.c_fc and mlp.c_proj). gate_proj keeps its own type.
+    ("q_proj", "Q"), ("k_proj", "K"), ("v_proj", "V"), ("o_proj", "O"), ("out_proj", "O"), ("attn.c_proj", "O"),
+    ("up_proj", "FFN-in"), ("fc1", "FFN-in"), ("c_fc", "FFN-in"),
+    ("down_proj", "FFN-out"), ("fc2", "FFN-out"), ("mlp.c_proj", "FFN-out"),
 )
-_FROM_LAYER = re.compile(r"(?:^|\.)(layers?\.\d+\..*)$")
-_LAYER = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
+# Layer lists: layer.N (BERT-style encoders), layers.N (Llama, Qwen2, Mistral, OPT), h.N (GPT-2)
+_FROM_LAYER = re.compile(r"(?:^|\.)((?:layers?|h)\.\d+\..*)$")
+_LAYER = re.compile(r"(?:^|\.)(?:layers?|h)\.(\d+)\.")
 
 
 def short_module_name(peft_key: str) -> str:

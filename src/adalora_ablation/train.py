@@ -10,11 +10,9 @@ import signal
 import time
 from pathlib import Path
 
-import numpy as np
 import peft
 import torch
 import transformers
-from sklearn.metrics import accuracy_score
 from transformers import DataCollatorWithPadding, set_seed
 
 from .adalora.adapter_effect import accuracy_without_adapters
@@ -22,6 +20,7 @@ from .adalora.allocator import install_allocator
 from .args import help_text, parse_train_args, run_config
 from .adalora.callback import AdaLoraCallback
 from .data.loading import load_tokenized
+from .data.metrics import compute_metrics_for
 from .errors import RunInterrupted, UsageError
 from .logs import use_process_log_level
 from .adalora.model import (
@@ -36,15 +35,24 @@ from .run.preemption import STOP_SIGNALS, StopOnSignal
 from .run.resume import AdaLoraTrainer
 from .run.identity import identity, parse_variant, variant_mismatch, variant_name
 from .run.folder import (
-    DDP_CONSISTENCY, FINAL_ADAPTER, accuracies, accuracy_fields, checkpoint_step, read_shared_warmup, run_dir_for,
-    write_json_atomic,
+    DDP_CONSISTENCY, FINAL_ADAPTER, accuracy_fields, check_task_spec, checkpoint_step, headline, read_shared_warmup,
+    run_dir_for, write_json_atomic, write_task_spec,
 )
 from .adalora.schedule import schedule_warnings
 from .signals import SignalConfig
-from .data.tasks import TASKS
+from .data.tasks import CUSTOM, TASKS, Task, metric_fields
 
 logger = logging.getLogger(__name__)
 PEFT_VERSION = "0.18.1"
+
+
+def resolve_task(name: str, data_args) -> Task:
+    """The task table's entry, or for --task custom the task read from the user's files (every file checked)."""
+    if name == CUSTOM:
+        from .data.custom import load_custom
+
+        return load_custom(data_args)
+    return TASKS[name]
 
 
 def check_peft_version(version: str = peft.__version__) -> None:
@@ -75,12 +83,6 @@ def check_schedule(tinit: int, tfinal: int, total_step: int) -> None:
         )
 
 
-def compute_accuracy(eval_pred):
-    logits, labels = eval_pred
-    logits = logits[0] if isinstance(logits, tuple) else logits
-    return {"accuracy": float(accuracy_score(labels, np.argmax(logits, axis=-1)))}
-
-
 def library_versions() -> dict[str, str]:
     import datasets
 
@@ -106,11 +108,13 @@ def _train(argv: list[str], stopper: StopOnSignal, warmup=None) -> dict | None:
     run_args, model_args, data_args, ada_args, training_args = parse_train_args(argv)
     use_process_log_level(training_args)
     check_peft_version()
-    task = TASKS[run_args.task]
+    task = resolve_task(run_args.task, data_args)
     seed = training_args.seed
-    asked = identity(run_config(run_args, model_args, data_args, ada_args, training_args))
+    asked = identity(result_config(task, run_args, model_args, data_args, ada_args, training_args))
     run_dir = warmup.folder if warmup else run_dir_for(run_args.output_root, task.name, run_args.signal, seed,
                                                        checked_variant(run_args, asked))
+    if task.custom_files:
+        check_task_spec(run_args.output_root, task)
     refuse_finished_run(run_dir, asked, run_args.overwrite)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"{run_dir} exists but is not a folder; move it away or choose another --output-root")
@@ -157,6 +161,8 @@ def _train(argv: list[str], stopper: StopOnSignal, warmup=None) -> dict | None:
                   identity=None if warmup else asked,
                   accept=lambda state, found: check_same_signal(state, allocator.signal_name,
                                                                 allocator.signal_config, found)):
+        if is_main and task.custom_files:  # what the report and the figures read the custom task's metrics from
+            write_task_spec(run_args.output_root, task)
         callback = AdaLoraCallback(peft_model, allocator, run_dir, write_files=is_main)
         checkpoint = run.checkpoint
         if checkpoint is not None:
@@ -168,7 +174,7 @@ def _train(argv: list[str], stopper: StopOnSignal, warmup=None) -> dict | None:
             train_dataset=train_set,
             eval_dataset=eval_sets[""] if "" in eval_sets else eval_sets,
             data_collator=DataCollatorWithPadding(tokenizer),
-            compute_metrics=compute_accuracy,
+            compute_metrics=compute_metrics_for(task),
             callbacks=[callback, stopper, CheckLock(run), *(warmup.callbacks if warmup else [])],
             adalora_callback=callback,
         )
@@ -198,11 +204,13 @@ def _train(argv: list[str], stopper: StopOnSignal, warmup=None) -> dict | None:
             check_ranks_agree(callback.mask_digests, run_dir if is_main else None)
         eval_metrics = trainer.evaluate()
         run.stop_if_signalled(training_args, keep_final_step)
+        test_metrics = trainer.predict(data["test"]).metrics if "test" in data else None  # --test-file
+        run.stop_if_signalled(training_args, keep_final_step)
         effect = {}
         if run_args.adapter_effect:  # do the adapters carry part of what was learned? (a void comparison if not)
-            fields = accuracies(task.name)
+            fields = metric_fields(task, main_only=True)
             without = accuracy_without_adapters(trainer, eval_sets, {a.eval_set: a.without_adapters_field
-                                                                     for a in fields})
+                                                                     for a in fields}, task.metrics[0])
             for a in fields:
                 effect[a.without_adapters_field] = without[a.without_adapters_field]
                 effect[a.adapter_effect_field] = eval_metrics[a.metric] - without[a.without_adapters_field]
@@ -223,9 +231,10 @@ def _train(argv: list[str], stopper: StopOnSignal, warmup=None) -> dict | None:
             "fingerprint": asked["fingerprint"],
             "settings": asked["settings"],
             "model": model_args.model,
-            **accuracy_fields(task.name, eval_metrics),
+            **accuracy_fields(task, eval_metrics),
             **effect,
             "eval_metrics": eval_metrics,
+            **({"test_metrics": test_metrics} if test_metrics is not None else {}),
             # the Trainer's train_loss covers only the steps of its own process; this is the whole run's
             "train_loss": None if loss_sum is None else loss_sum / max(trainer.state.global_step, 1),
             "total_step": total_step,
@@ -250,9 +259,19 @@ def _train(argv: list[str], stopper: StopOnSignal, warmup=None) -> dict | None:
             "wall_time_s": round(time.time() - started, 2),
         }
         run.write_summary(summary)
-        logger.info(f"[run] {task.name}/{run_args.signal}/{seed}: accuracy {summary['eval_accuracy']:.4f}, "
+        main = headline(task.name, summary, Path(run_args.output_root) / task.name)
+        logger.info(f"[run] {task.name}/{run_args.signal}/{seed}: {main}, "
                     f"total rank {summary['total_rank']} (budget {summary['target_budget']}) -> {run_dir}")
         return summary
+
+
+def result_config(task, run_args, model_args, data_args, ada_args, training_args) -> dict:
+    """What the run's identity is computed from: its resolved settings and, for your own data (--task custom), the
+    contents of its files (a file edited under the same name is other data)."""
+    config = run_config(run_args, model_args, data_args, ada_args, training_args)
+    if task.custom_files:
+        config["task"] = {"data_files_sha256": {split: digest for split, (_, digest) in task.custom_files.items()}}
+    return config
 
 
 def checked_variant(run_args, asked: dict) -> str:

@@ -29,8 +29,10 @@ def adapters_switched_off(model):
             layer.scaling.update(scaling)
 
 
-def accuracy_without_adapters(trainer, eval_sets: dict, keys: dict[str, str]) -> dict[str, float]:
-    """Accuracy of every eval set (name -> the key to report it under) with the adapters switched off. Uses
-    ``predict``, which logs nothing, so the run's logged metrics stay those of the model itself."""
+def accuracy_without_adapters(trainer, eval_sets: dict, keys: dict[str, str], metric: str = "accuracy"
+                              ) -> dict[str, float]:
+    """The task's main ``metric`` (accuracy, Matthews correlation, Pearson, ...) of every eval set (name -> the key
+    to report it under) with the adapters switched off. Uses ``predict``, which logs nothing, so the run's logged
+    metrics stay those of the model itself."""
     with adapters_switched_off(trainer.model):
-        return {key: trainer.predict(eval_sets[name]).metrics["test_accuracy"] for name, key in keys.items()}
+        return {key: trainer.predict(eval_sets[name]).metrics[f"test_{metric}"] for name, key in keys.items()}

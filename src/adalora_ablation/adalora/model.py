@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from peft import AdaLoraConfig, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DebertaV2Config, DebertaV2TokenizerFast
+from transformers.pytorch_utils import Conv1D
 
 from ..errors import UsageError, first_line
 
@@ -25,7 +26,18 @@ TARGET_MODULES_MAP = {
     "bert": ["query", "key", "value", "dense"],
     "roberta": ["query", "key", "value", "dense"],
     "electra": ["query", "key", "value", "dense"],
+    # Decoder-only models, per layer: attention Q, K, V, output and the MLP's matrices.
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+    # GPT-2's fused Q/K/V (c_attn), attention output (attn.c_proj), MLP in (c_fc) and out (mlp.c_proj): Conv1D
+    # layers (weight stored in x out), which PEFT's AdaLoRA adapts with fan_in_fan_out.
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
 }
+# Decoder-only models pool the last non-padding token; they need a padding token, and right padding.
+DECODER_TYPES = ("llama", "qwen2", "mistral", "opt", "gpt2")
+ADAPTABLE = (torch.nn.Linear, Conv1D)
 _HEAD_NAMES = ("pooler", "classifier", "score")
 _POSITION_PROJ = re.compile(r"(^|\.)pos_\w*proj$")
 
@@ -54,7 +66,12 @@ def tiny_tokenizer():
 
 # -- loading ---------------------------------------------------------------------------------------------------
 def load_model_and_tokenizer(model_name: str, labels: tuple[str, ...]):
-    label_maps = {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
+    """No labels means a regression task (STS-B): one output trained with MSE."""
+    if labels:
+        head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                "label2id": {n: i for i, n in enumerate(labels)}}
+    else:
+        head = {"num_labels": 1, "problem_type": "regression"}
     if model_name != TINY_DEBERTA:
         # A path-like name that is not a folder is a typo, not a hub id: say so instead of asking the hub.
         looks_local = model_name.startswith((".", "/", "~")) or os.path.exists(model_name)
@@ -67,14 +84,28 @@ def load_model_and_tokenizer(model_name: str, labels: tuple[str, ...]):
         raise UsageError(cannot_load_message(model_name, "tokenizer", exc)) from None
     check_tokenizer(tokenizer, model_name)
     if model_name == TINY_DEBERTA:
-        config = tiny_deberta_config(num_labels=len(labels), vocab_size=len(tokenizer))
-        config.update(label_maps)
+        config = tiny_deberta_config(vocab_size=len(tokenizer))
+        config.update(head)
         return AutoModelForSequenceClassification.from_config(config), tokenizer
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(model_name, num_labels=len(labels), **label_maps)
+        model = AutoModelForSequenceClassification.from_pretrained(model_name, **head)
     except Exception as exc:
         raise UsageError(cannot_load_message(model_name, "model", exc)) from None
+    prepare_padding(model, tokenizer)
     return model, tokenizer
+
+
+def prepare_padding(model, tokenizer) -> None:
+    """Decoder-only classifiers (Llama, Qwen2, Mistral, OPT, GPT-2) read the logits at the last token that is not
+    padding, found through config.pad_token_id: give a tokenizer without a padding token its end-of-text token as
+    one (as the Llama/GPT-2 fine-tuning recipes do), tell the model, and pad on the right so that the real tokens
+    come first. Encoders are left as they are."""
+    if getattr(model.config, "model_type", None) not in DECODER_TYPES:
+        return
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    tokenizer.padding_side = "right"
+    model.config.pad_token_id = tokenizer.pad_token_id
 
 
 def spm_reader_problem() -> str | None:
@@ -159,10 +190,11 @@ def check_tokenizer(tokenizer, model_name: str) -> None:
 
 # -- what to adapt, what to train in full ----------------------------------------------------------------------
 def encoder_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """(name, module) of every encoder layer: the children of the longest ModuleList named *layer/*layers."""
+    """(name, module) of every encoder (or decoder) layer: the children of the longest ModuleList named *layer,
+    *layers or GPT-2's *h."""
     best: tuple[str, torch.nn.ModuleList] | None = None
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and name.split(".")[-1] in ("layer", "layers"):
+        if isinstance(module, torch.nn.ModuleList) and name.split(".")[-1] in ("layer", "layers", "h"):
             if best is None or len(module) > len(best[1]):
                 best = (name, module)
     if best is None:
@@ -171,19 +203,20 @@ def encoder_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
 
 
 def detect_target_modules(model: torch.nn.Module, suffixes: list[str] | None = None) -> list[str]:
-    """Full names of the Linear modules to adapt: by default, per encoder layer, Q/K/V, attention output dense,
-    FFN intermediate dense and FFN output dense; never the pooler, the classifier or DeBERTa's pos_*_proj."""
+    """Full names of the Linear (or GPT-2 Conv1D) modules to adapt: by default, per encoder layer, Q/K/V, attention
+    output dense, FFN intermediate dense and FFN output dense (decoders: TARGET_MODULES_MAP's names per layer);
+    never the pooler, the classifier or score head, or DeBERTa's pos_*_proj."""
     if suffixes is None:
         suffixes = TARGET_MODULES_MAP.get(getattr(model.config, "model_type", None))
     found = []
     for layer_name, layer in encoder_layers(model):
         for name, module in layer.named_modules():
-            if not isinstance(module, torch.nn.Linear) or _POSITION_PROJ.search(name):
+            if not isinstance(module, ADAPTABLE) or _POSITION_PROJ.search(name):
                 continue
             if suffixes is None or name.split(".")[-1] in suffixes:
                 found.append(f"{layer_name}.{name}")
     if not found:
-        linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+        linears = [n for n, m in model.named_modules() if isinstance(m, ADAPTABLE)]
         wanted = f"names ending in {suffixes}" if suffixes else "Linear layers inside encoder layers"
         raise UsageError(
             f"no target modules found ({wanted}); pass --target-modules with some of the model's Linear modules: "
@@ -203,7 +236,11 @@ def detect_head_modules(model: torch.nn.Module) -> list[str]:
 
 
 def wrap_with_adalora(model, target_modules: list[str], modules_to_save: list[str], adalora_args, total_step: int):
+    # GPT-2's Conv1D stores its weight as (in, out); PEFT adapts it with fan_in_fan_out (and warns unless it is set)
+    modules = dict(model.named_modules())
+    fan_in_fan_out = any(isinstance(modules.get(name), Conv1D) for name in target_modules)
     config = AdaLoraConfig(
+        fan_in_fan_out=fan_in_fan_out,
         # copies: PEFT appends its own defaults to modules_to_save in place
         task_type="SEQ_CLS", target_modules=list(target_modules), modules_to_save=list(modules_to_save),
         init_r=adalora_args.init_r, target_r=adalora_args.target_r, lora_alpha=adalora_args.lora_alpha,

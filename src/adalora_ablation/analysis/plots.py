@@ -20,6 +20,7 @@ from .. import module_names
 from ..errors import OneLineArgumentParser, UsageError
 from ..signals import ordered_signals, signal_names
 from ..module_names import module_type, ordered_types, ranks_by_layer_and_type
+from ..data.tasks import METRIC_LABELS
 from ..run.folder import RANK_PATTERN, SIGNAL_SCORES, Run, accuracies, compare_dir, discover, run_dir_for
 from ..adalora.schedule import budget_at
 
@@ -108,7 +109,7 @@ def eval_curves(run: Run) -> dict[str, tuple[list[int], list[float]]]:
     """Eval accuracy over steps per eval set (the eval set's name, "" for a task with one). The evaluation after
     training repeats the last step: keep one."""
     curves: dict[str, dict[int, float]] = {}
-    for accuracy in accuracies(run.task):
+    for accuracy in accuracies(run.task, run.run_dir.parent.parent):
         for line in run.metrics:
             if line.get(accuracy.metric) is not None:
                 curves.setdefault(accuracy.eval_set, {})[line["step"]] = line[accuracy.metric]
@@ -288,8 +289,9 @@ def plot_comparison(runs: dict[str, Run], missing: list[str] = ()) -> Figure:
 
 def draw_accuracy(ax, runs: dict[str, Run]) -> None:
     """Final eval accuracy per signal as points (not bars: a zero-based bar axis would hide the differences)."""
-    sets = accuracies(next(iter(runs.values())).task)
-    keys = [(a.field, MARKERS[i % len(MARKERS)], a.eval_set or "accuracy") for i, a in enumerate(sets)]
+    first = next(iter(runs.values()))
+    sets = accuracies(first.task, first.run_dir.parent.parent)
+    keys = [(a.field, MARKERS[i % len(MARKERS)], a.eval_set or a.name) for i, a in enumerate(sets)]
     signals = list(runs)
     for key, marker, label in keys:
         points = [(i, runs[s].summary[key]) for i, s in enumerate(signals)
@@ -303,8 +305,9 @@ def draw_accuracy(ax, runs: dict[str, Run]) -> None:
             ax.annotate("unfinished", (i, 0.5), xycoords=("data", "axes fraction"), ha="center", color="red")
     ax.set_xticks(range(len(signals)), signals, rotation=20, ha="right", fontsize=8)
     ax.set_xlim(-0.5, len(signals) - 0.5)
-    ax.set_ylabel("final eval accuracy")
-    ax.set_title("Accuracy per signal")
+    metric = METRIC_LABELS.get(sets[0].name, sets[0].name)  # the task's main metric (CoLA: Matthews corr.)
+    ax.set_ylabel(f"final eval {metric}")
+    ax.set_title(f"{metric[0].upper()}{metric[1:]} per signal")
     if len(keys) > 1:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -318,8 +321,10 @@ def draw_eval_curves(ax, runs: dict[str, Run]) -> None:
             ax.plot(steps, values, styles[j % len(styles)], marker=MARKERS[i % len(MARKERS)], ms=5,
                     color=f"C{i}", label=name)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("eval accuracy")
-    ax.set_title("Eval accuracy during training")
+    first = next(iter(runs.values()))
+    main = accuracies(first.task, first.run_dir.parent.parent)[0]
+    ax.set_ylabel(f"eval {METRIC_LABELS.get(main.name, main.name)}")
+    ax.set_title(f"Eval {METRIC_LABELS.get(main.name, main.name)} during training")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
 

@@ -41,7 +41,7 @@ from .stats import (
     size_rank_attainable,
     size_rank_spearman,
 )
-from ..run.folder import Run, accuracies, discover
+from ..run.folder import Run, accuracies, discover, secondary_metrics
 from ..run.identity import differing, show, summary_settings
 
 MIN_TEST_SEEDS = 3  # a paired t-test on fewer shared seeds has too few degrees of freedom to mean anything
@@ -58,14 +58,32 @@ ADAPTERS_CARRY_LITTLE = "the adapters carry little here; differences between sig
 MODULE_SHAPES = "module_shapes"  # final_summary.json: {module name: [in_features, out_features]}
 
 
-def adapter_effect_field(accuracy_field: str) -> str:
-    """The summary field with (accuracy with adapters - accuracy without) for an accuracy field."""
-    return accuracy_field.replace("eval_accuracy", "adapter_effect")
+def adapter_effect_field(metric_field: str) -> str:
+    """The summary field with (main metric with adapters - without) for a main-metric field: eval_accuracy ->
+    adapter_effect, eval_accuracy_mm -> adapter_effect_mm, eval_matthews -> adapter_effect (metric names hold no
+    underscore)."""
+    _, _, suffix = metric_field.removeprefix("eval_").partition("_")
+    return f"adapter_effect_{suffix}" if suffix else "adapter_effect"
 
 
-def accuracy_labels(task: str) -> dict[str, str]:
-    """Summary field -> column label, one per eval set of the task (MNLI: matched and mismatched)."""
-    return {a.field: f"{a.eval_set} acc" if a.eval_set else "accuracy" for a in accuracies(task)}
+def accuracy_labels(task: str, task_dir: str | Path | None = None) -> dict[str, str]:
+    """Summary field -> column label of the task's main metric, one per eval set (MNLI: matched and mismatched
+    accuracy; CoLA: Matthews correlation). Every statistic of the report is computed on these."""
+    return {a.field: (f"{a.eval_set} acc" if a.eval_set else "accuracy") if a.name == "accuracy" else a.label
+            for a in accuracies(task, task_dir)}
+
+
+def secondary_columns(task: str, runs_by_signal: dict[str, list[Run]],
+                      task_dir: str | Path | None = None) -> dict[str, dict[str, dict]]:
+    """The task's other metrics (MRPC/QQP: F1, STS-B: Spearman, CoLA: accuracy) as mean ± std per signal, extra
+    columns beside the main metric; runs whose summary lacks one are left out of that column."""
+    out = {}
+    for m in secondary_metrics(task, task_dir):
+        out[m.field] = {"label": m.label, "signals": {
+            signal: describe([float(r.summary[m.field]) for r in runs
+                              if r.problem is None and r.summary.get(m.field) is not None])
+            for signal, runs in runs_by_signal.items()}}
+    return out
 
 
 # -- finding runs ------------------------------------------------------------------------------------------------
@@ -351,7 +369,7 @@ def build_report(output_root: str | Path, task: str, signals: list[str] | None =
     runs_by_signal: dict[str, list[Run]] = {}
     for run in runs:
         runs_by_signal.setdefault(run.signal, []).append(run)
-    metrics = accuracy_labels(task)
+    metrics = accuracy_labels(task, Path(output_root) / task)  # a custom task's metrics: its folder's task.json
     baseline = registry.signal_names("baseline")[0]
     baseline_runs = runs_by_signal.get(baseline, [])
     valid = [r for r in runs if r.problem is None]
@@ -369,6 +387,7 @@ def build_report(output_root: str | Path, task: str, signals: list[str] | None =
         "output_root": str(output_root),
         "synthetic": any(r.summary.get("synthetic") for r in valid),
         "metrics": metrics,
+        "secondary_metrics": secondary_columns(task, runs_by_signal, Path(output_root) / task),
         "test": TEST_NAME,
         "baseline": baseline,
         "signals": rows,
@@ -436,6 +455,8 @@ def to_markdown(report: dict) -> str:
                   "every statistic.**", ""]
     header = ["signal", "seeds"] + [f"{label} mean ± std [95% CI]" for label in metrics.values()]
     header += [f"Δ {label} vs {baseline}" for label in metrics.values()]
+    secondary = report.get("secondary_metrics", {})
+    header += [f"{column['label']} mean ± std" for column in secondary.values()]
     header += ["adapter effect mean ± std", "final total rank (budget)", "budget check", "flags"]
     first = next(iter(metrics))
     holm_applied = {key: report["multiple_comparisons"][key]["applied"] for key in metrics}
@@ -444,6 +465,7 @@ def to_markdown(report: dict) -> str:
         n = row["n"]
         cells = [row["signal"], n] + [_accuracy_cell(row[k]) for k in metrics]
         cells += [_difference_cell(row[k], baseline, holm_applied[k]) for k in metrics]
+        cells += [_mean_std_cell(column["signals"][row["signal"]], sign="") for column in secondary.values()]
         cells += [_mean_std_cell(row["adapter_effect"][first])]
         cells += [f"{_range(row['total_rank'])} ({_range(row['target_budget'])})",
                   "—" if n == 0 else f"{'pass' if row['budget_check_passed'] == n else 'FAIL'} "
@@ -508,8 +530,9 @@ def adapter_effect_lines(report: dict) -> list[str]:
     a = report["adapter_effect"]
     if not a["n"]:
         return [f"Adapter effect: not measured (no {a['field']} in the summaries).", ""]
-    numbers = (f"mean {_mean_std_cell(a)} over {a['n']} run(s) (accuracy with adapters minus without); "
-               f"seed-to-seed spread of accuracy {_f(a['seed_spread'])} (sample std, pooled over signals)")
+    label = next(iter(report["metrics"].values()))
+    numbers = (f"mean {_mean_std_cell(a)} over {a['n']} run(s) ({label} with adapters minus without); "
+               f"seed-to-seed spread of {label} {_f(a['seed_spread'])} (sample std, pooled over signals)")
     if a["carry_little"]:
         return [f"**{ADAPTERS_CARRY_LITTLE}**: {numbers}.", ""]
     return [f"Adapter effect: {numbers}; clearly above zero and above the spread.", ""]
@@ -584,6 +607,8 @@ def to_csv(report: dict) -> str:
         columns += [f"{key}_{part}" for part in ("mean", "std", "ci95_low", "ci95_high")]
         columns += [f"{key}_diff_vs_baseline", f"{key}_shared_seeds", f"{key}_p_value", f"{key}_p_value_holm",
                     f"{key}_test", f"{adapter_effect_field(key)}_mean", f"{adapter_effect_field(key)}_std"]
+    secondary = report.get("secondary_metrics", {})
+    columns += [f"{key}_{part}" for key in secondary for part in ("mean", "std")]
     columns += ["final_total_rank", "target_budget", "budget_check_passed_runs", "size_rank_spearman", "flags",
                 "missing_or_unfinished"]
     size_rho = {b["signal"]: b["spearman_size_rank"] for b in report["size_bias"]}
@@ -597,6 +622,8 @@ def to_csv(report: dict) -> str:
                "budget_check_passed_runs": row["budget_check_passed"],
                "size_rank_spearman": size_rho.get(row["signal"]), "flags": "; ".join(row["flags"]),
                "missing_or_unfinished": "; ".join(f"seed {p['seed']}: {p['problem']}" for p in row["problems"])}
+        for key, column in secondary.items():
+            out.update({f"{key}_{part}": column["signals"][row["signal"]][part] for part in ("mean", "std")})
         for key in report["metrics"]:
             entry = row[key]
             out.update({f"{key}_{part}": entry[part] for part in ("mean", "std", "ci95_low", "ci95_high")})
@@ -632,7 +659,8 @@ FORMATTERS = {"markdown": to_markdown, "csv": to_csv, "json": to_json}
 def report_main(argv: list[str]) -> int:
     parser = OneLineArgumentParser(prog="adalora-ablation report",
                                    description="Accuracy, rank and allocation statistics over seeds, per signal.")
-    parser.add_argument("--task", required=True, help="task folder under the output root (mnli, rte, synthetic)")
+    parser.add_argument("--task", required=True,
+                        help="task folder under the output root (a GLUE task, synthetic, or custom-<name>)")
     names = registry.signal_names()
     parser.add_argument("--signals", nargs="+", choices=names, metavar="SIGNAL",
                         help=f"some of {', '.join(names)} (default: every signal folder found)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -133,8 +134,8 @@ def read_local(task: Task, copy: LocalCopy, log=print) -> DatasetDict:
         reader = _tsv_columns if copy.layout == "tsv" else _table_columns
         columns = {s: reader(files, task) for s, files in copy.files.items()}
     out, skipped = {}, {}
-    for split, (a, b, labels, where) in columns.items():
-        out[split], skipped[split] = _to_dataset(task, a, b, labels, where)
+    for split, (texts, labels, where) in columns.items():
+        out[split], skipped[split] = _to_dataset(task, texts, labels, where)
     sizes = ", ".join(f"{s} {len(ds):,}" for s, ds in out.items())
     note = ""
     if any(skipped.values()):
@@ -147,28 +148,31 @@ def read_local(task: Task, copy: LocalCopy, log=print) -> DatasetDict:
 def _unknown_columns(where, found, task: Task) -> UsageError:
     return UsageError(
         f"{where} has the columns {list(found)}, which match no accepted layout: GLUE TSV "
-        f"{'/'.join(task.tsv_text_columns)} + {' or '.join(task.tsv_label_columns)}; hub parquet or save_to_disk "
+        f"{'/'.join(task.tsv_text_columns)} + {' or '.join(task.tsv_label_columns)}"
+        f"{' (no header row)' if task.tsv_columns else ''}; hub parquet or save_to_disk "
         f"{'/'.join(task.text_keys)} + label"
     )
 
 
 def _tsv_columns(files: list[Path], task: Task):
-    """A GLUE TSV (header row, tab separated, no quoting): the two texts and the label column the header has."""
+    """A GLUE TSV (tab separated, no quoting; a header row, or CoLA's fixed columns without one): the text columns
+    and the label column. utf-8-sig: the GLUE download's MRPC files start with a byte-order mark."""
     (path,) = files
-    s1, s2 = task.tsv_text_columns
-    a, b, labels, lines = [], [], [], []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+    texts, labels, lines = [[] for _ in task.tsv_text_columns], [], []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f, fieldnames=task.tsv_columns, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = reader.fieldnames or []
         label_column = next((c for c in task.tsv_label_columns if c in header), None)
-        if s1 not in header or s2 not in header or label_column is None:
+        if any(c not in header for c in task.tsv_text_columns) or label_column is None:
             raise _unknown_columns(path, header, task)
         for row in reader:
-            a.append(row[s1])
-            b.append(row[s2])
+            if task.tsv_columns and None in row:  # more fields than a header-less layout has: not that layout
+                raise _unknown_columns(f"{path}:{reader.line_num}", [*task.tsv_columns, *row[None]], task)
+            for column, values in zip(task.tsv_text_columns, texts):
+                values.append(row[column])
             labels.append(row[label_column])
             lines.append(reader.line_num)
-    return a, b, labels, lambda i: f"{path}:{lines[i]}"
+    return texts, labels, lambda i: f"{path}:{lines[i]}"
 
 
 def _table_columns(files: list[Path], task: Task):
@@ -193,8 +197,7 @@ def _table_columns(files: list[Path], task: Task):
         k = next(k for k in range(len(files)) if i < offsets[k + 1])
         return f"{files[k]} row {i - offsets[k]}"
 
-    return (table.column(task.text_keys[0]).to_pylist(), table.column(task.text_keys[1]).to_pylist(),
-            table.column("label").to_pylist(), where)
+    return [table.column(k).to_pylist() for k in task.text_keys], table.column("label").to_pylist(), where
 
 
 def _saved_columns(ds: Dataset, task: Task, folder: Path):
@@ -202,35 +205,61 @@ def _saved_columns(ds: Dataset, task: Task, folder: Path):
         raise _unknown_columns(folder, ds.column_names, task)
     _check_label_names(ds.features["label"], task, folder)
     columns = ds.select_columns([*task.text_keys, "label"]).to_dict()
-    return columns[task.text_keys[0]], columns[task.text_keys[1]], columns["label"], lambda i: f"{folder} row {i}"
+    return [columns[k] for k in task.text_keys], columns["label"], lambda i: f"{folder} row {i}"
 
 
 def _check_label_names(feature, task: Task, where) -> None:
     """Integer labels are taken in the hub's order; a copy that names its labels must name them in that order."""
     names = getattr(feature, "names", None)
+    if task.regression and names is not None:
+        raise UsageError(f"{where} has class labels {names}, but {task.name} is a regression task (a score per "
+                         f"row); re-export the split with its float scores")
     if names is not None and tuple(names) != task.labels:
         raise UsageError(f"{where} names its labels {names}, but GLUE {task.name} has {list(task.labels)} in this "
                          f"order; re-export the split with the hub's label ids")
 
 
-def _to_dataset(task: Task, a: list, b: list, labels: list, where) -> tuple[Dataset, int]:
-    """Map labels (names or hub ids) to ids, skip rows without a gold label; returns (dataset, skipped)."""
-    ids = {name: i for i, name in enumerate(task.labels)}
-    ids.update({i: i for i in range(len(task.labels))})
-    keep, label_ids = [], []
+def _to_dataset(task: Task, texts: list[list], labels: list, where) -> tuple[Dataset, int]:
+    """Map labels (names or hub ids; scores for regression) to the model's targets, skip classification rows
+    without a gold label; returns (dataset, skipped)."""
+    keep, targets = [], []
     for i, label in enumerate(labels):
-        if label in NO_GOLD_LABEL:
+        if not task.regression and label in NO_GOLD_LABEL:
             continue
-        if isinstance(label, bool) or label not in ids:
-            raise UsageError(f"{where(i)}: unknown label {label!r}; expected one of {list(task.labels)} "
-                             f"(or their ids 0..{len(task.labels) - 1})")
-        if a[i] is None or b[i] is None:
+        target = _regression_target(label) if task.regression else _class_id(task, label)
+        if target is None:
+            expected = ("a number (the regression score)" if task.regression else
+                        f"one of {list(task.labels)} (or their ids 0..{len(task.labels) - 1})")
+            raise UsageError(f"{where(i)}: unknown label {label!r}; expected {expected}")
+        if any(column[i] is None for column in texts):
             raise UsageError(f"{where(i)}: a text field is missing")
         keep.append(i)
-        label_ids.append(ids[label])
-    k0, k1 = task.text_keys
-    data = {k0: [a[i] for i in keep], k1: [b[i] for i in keep], "label": label_ids}
-    return Dataset.from_dict(data), len(labels) - len(keep)
+        targets.append(target)
+    data = {k: [column[i] for i in keep] for k, column in zip(task.text_keys, texts)}
+    data["label"] = targets
+    features = datasets.Features({**{k: datasets.Value("string") for k in task.text_keys},
+                                  "label": datasets.Value("float32" if task.regression else "int64")})
+    return Dataset.from_dict(data, features=features), len(labels) - len(keep)
+
+
+def _class_id(task: Task, label) -> int | None:
+    if isinstance(label, bool):
+        return None
+    if isinstance(label, str) and label in task.labels:
+        return task.labels.index(label)
+    if isinstance(label, str) and label.strip().isdigit():  # the GLUE TSVs of CoLA, SST-2, MRPC, QQP: 0/1
+        label = int(label)
+    return label if isinstance(label, int) and 0 <= label < len(task.labels) else None
+
+
+def _regression_target(label) -> float | None:
+    if isinstance(label, bool):
+        return None
+    try:
+        value = float(label)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 # -- GLUE from the hub or a local copy ---------------------------------------------------------------------------
@@ -238,6 +267,10 @@ def load_raw(task: Task, data_dir: str | None, log=print) -> DatasetDict:
     """Train split plus every eval split of the task, with columns (text_keys..., label)."""
     if task.synthetic:
         return synthetic_task(seed=0)  # one fixed dataset for every run, so signals and seeds share it
+    if task.custom_files:
+        from .custom import custom_datasets
+
+        return custom_datasets(task, log=log)
     if data_dir is not None:
         return read_local(task, find_local(task, data_dir), log=log)
     try:
@@ -246,13 +279,20 @@ def load_raw(task: Task, data_dir: str | None, log=print) -> DatasetDict:
         first = first_line(exc)
         raise UsageError(f"cannot load GLUE {task.name} from the hub ({first}); offline, pass --data-dir with a local "
                          f"copy ({accepted_layouts(task)})") from None
-    return DatasetDict({s: raw[s].select_columns([*task.text_keys, "label"]) for s in task_splits(task)})
+    columns = [*task.text_keys, "label"]
+    out = DatasetDict({s: raw[s].select_columns(columns) for s in task_splits(task)})
+    if task.regression:  # the hub's STS-B scores are float32 already; MSE needs float targets in any case
+        out = out.cast_column("label", datasets.Value("float32"))
+    return out
 
 
 def data_fingerprint(task: Task, data_dir: str | None) -> str:
     """What the tokenization cache key says about the data: the files read, with their sizes and times."""
     if task.synthetic:
         return "synthetic-v2"
+    if task.custom_files:  # the files' contents (sha256), and how they are read
+        return json.dumps({"custom": task.custom_files, "text": task.text_keys, "label": task.label_column,
+                           "labels": task.labels}, sort_keys=True)
     if data_dir is None:
         return f"hub:nyu-mll/glue/{task.hub_config}"
     copy = find_local(task, data_dir)
@@ -281,8 +321,8 @@ def default_cache_dir() -> Path:
 def tokenize(task: Task, raw: DatasetDict, tokenizer, max_seq_length: int) -> DatasetDict:
     keys = task.text_keys
 
-    def encode(batch):
-        return tokenizer(batch[keys[0]], batch[keys[1]], truncation=True, max_length=max_seq_length)
+    def encode(batch):  # one text column (CoLA, SST-2) or a pair
+        return tokenizer(*(batch[k] for k in keys), truncation=True, max_length=max_seq_length)
 
     return DatasetDict({
         split: ds.map(encode, batched=True, remove_columns=list(keys), desc=f"tokenizing {split}")

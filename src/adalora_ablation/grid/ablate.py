@@ -42,7 +42,7 @@ from ..analysis.markdown import table
 from ..analysis.variants import build_reports, reports_markdown, write_budget_curve
 from ..run.lock import held_elsewhere
 from ..run.folder import latest_complete_checkpoint, read_summary, run_dir_for
-from ..data.tasks import TASK_NAMES
+from ..data.tasks import CUSTOM, TASK_CHOICES, custom_task_name
 from .sweeps import Variant, check_sweeps, check_variants, mark_other_settings, parse_sweep, variants
 
 LAUNCHERS = ("local", *SUBMITIT_LAUNCHERS)
@@ -64,9 +64,26 @@ class GridRun:
     train_flags: list[str] = field(default_factory=list)  # the flags that make the variant, --variant included
 
 
-def plan(tasks, signals, seeds, output_root, grid_variants: list[Variant] | None = None) -> list[GridRun]:
-    return [GridRun(t, s, n, run_dir_for(output_root, t, s, n, v.name), variant=v.name, train_flags=v.flags)
+def plan(tasks, signals, seeds, output_root, grid_variants: list[Variant] | None = None,
+         folders: dict[str, str] | None = None) -> list[GridRun]:
+    """``folders``: task -> its folder under the output root where that differs (custom -> custom-<name>)."""
+    folders = folders or {}
+    return [GridRun(t, s, n, run_dir_for(output_root, folders.get(t, t), s, n, v.name), variant=v.name,
+                    train_flags=v.flags)
             for t, s, v, n in itertools.product(tasks, signals, grid_variants or [Variant()], seeds)]
+
+
+def task_folders(tasks, extra: list[str]) -> dict[str, str]:
+    """--task custom writes its runs to custom-<name>, named after the --train-file passed through to train."""
+    if CUSTOM not in tasks:
+        return {}
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--train-file", "--train_file")
+    train_file = parser.parse_known_args(extra)[0].train_file
+    if not train_file:
+        raise UsageError("--task custom needs --train-file (with --validation-file and --text-columns), which "
+                         "ablate passes to every train")
+    return {CUSTOM: custom_task_name(train_file)}
 
 
 def status_table(runs: list[GridRun]) -> str:
@@ -112,7 +129,7 @@ def build_parser(registry) -> OneLineArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter,
                                    epilog="signals (role: baseline, signal or control):\n"
                                           + registry.describe_signals())
-    parser.add_argument("--task", "--tasks", nargs="+", default=["rte"], choices=TASK_NAMES, dest="tasks")
+    parser.add_argument("--task", "--tasks", nargs="+", default=["rte"], choices=TASK_CHOICES, dest="tasks")
     groups = ", ".join(f"{g} ({' '.join(registry.expand_signals([g]))})" for g in registry.group_names()[:-1])
     parser.add_argument("--signals", nargs="+", default=["seed"], metavar="SIGNAL_OR_GROUP",
                         choices=registry.group_names() + registry.signal_names(),
@@ -242,7 +259,8 @@ def ablate_main(argv: list[str]) -> int:
     signals = registry.expand_signals(args.signals + controls)
     if args.sweep:
         check_sweeps(args.sweep, extra)
-    runs = plan(args.tasks, signals, args.seeds, args.output_root, variants(args.sweep))
+    folders = task_folders(args.tasks, extra)
+    runs = plan(args.tasks, signals, args.seeds, args.output_root, variants(args.sweep), folders)
     if args.sweep:  # one train command per variant, checked before anything runs
         check_variants(args.sweep, {r.variant: train_argv(r, args.output_root, extra) for r in runs})
 
@@ -274,5 +292,5 @@ def ablate_main(argv: list[str]) -> int:
     print(f"\n{status_table(runs)}")
     print(f"\n{counts_line(runs, statuses)}" + (f" (extra train flags: {' '.join(extra)})" if extra else ""))
     if ended_here:
-        print_reports(args.tasks, args.output_root)
+        print_reports([folders.get(t, t) for t in args.tasks], args.output_root)
     return 1 if any(r.status == "failed" for r in runs) else 0

@@ -22,7 +22,7 @@ from pathlib import Path
 from ..errors import REQUEUE_EXIT_CODE, RunInterrupted, UsageError
 from ..logs import configure_console
 from ..run.lock import held_elsewhere
-from ..run.folder import grid_dir, latest_complete_checkpoint, read_summary, write_json_atomic
+from ..run.folder import grid_dir, latest_complete_checkpoint, read_summary, run_headline, write_json_atomic
 
 SUBMITIT_LAUNCHERS = {"slurm": "slurm", "submitit-local": "local"}  # --launcher -> submitit's cluster name
 INSTALL_HINT = 'pip install submitit (or pip install -e ".[cluster]")'
@@ -77,7 +77,7 @@ def run_one(run, output_root: str, extra: list[str], gpu: str | None = None, cpu
     returncode, last_line = run_process(run_name(run), train_command(run, output_root, extra), gpu, cpu_threads)
     summary = read_summary(run.run_dir)
     if returncode == 0 and summary is not None:
-        run.status, run.detail = "finished", f"accuracy {summary['eval_accuracy']:.4f}"
+        run.status, run.detail = "finished", run_headline(run.run_dir, summary)
     elif returncode == REQUEUE_EXIT_CODE:
         run.status, run.detail = "interrupted", last_line.replace("adalora-ablation: ", "")
     else:
@@ -326,7 +326,7 @@ def grid_status(runs, output_root) -> dict[str, dict]:
     for run in runs:
         summary, name = summaries[run_name(run)], run_name(run)
         if summary is not None:
-            run.status, run.detail = "finished", f"accuracy {summary['eval_accuracy']:.4f}"
+            run.status, run.detail = "finished", run_headline(run.run_dir, summary)
         elif name in states:
             state, error = states[name]
             notes = [f"job {book[name]['job_id']} ({book[name]['launcher']})", _checkpoint_note(run), error,

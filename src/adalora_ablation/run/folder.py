@@ -26,8 +26,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import RunFileError, first_line
-from ..data.tasks import TASKS
+from ..errors import RunFileError, UsageError, first_line
+from ..data.tasks import METRIC_LABELS, TASK_SPEC, TASKS, MetricField, Task, metric_fields, task_from_spec, task_spec
 
 METRICS = "metrics.jsonl"  # every Trainer log line (train and eval), with the global step
 RANK_PATTERN = "rank_pattern.jsonl"  # one line per allocation
@@ -51,6 +51,25 @@ def run_dir_for(output_root: str | Path, task: str, signal: str, seed: int, vari
     return (signal_dir / variant if variant else signal_dir) / str(seed)
 
 
+def task_spec_path(output_root: str | Path, task: str) -> Path:
+    return Path(output_root) / task / TASK_SPEC
+
+
+def check_task_spec(output_root: str | Path, task: Task) -> None:
+    """A custom-<name> folder holds runs of one data set: other files (or other contents) under the same name would
+    mix two studies in one report."""
+    recorded = read_task_spec(task_spec_path(output_root, task.name).parent)
+    if recorded is not None and task_spec(recorded) != task_spec(task):
+        raise UsageError(f"{task_spec_path(output_root, task.name)} records other data for {task.name} (files, "
+                           f"contents, columns or labels differ); use another --output-root, or name the files "
+                           f"differently")
+
+
+def write_task_spec(output_root: str | Path, task: Task) -> None:
+    check_task_spec(output_root, task)
+    write_json_atomic(task_spec_path(output_root, task.name), task_spec(task))
+
+
 def compare_dir(output_root: str | Path, task: str) -> Path:
     return Path(output_root) / task / COMPARE_DIR
 
@@ -60,39 +79,63 @@ def grid_dir(output_root: str | Path) -> Path:
 
 
 # -- the summary's schema ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Accuracy:
-    """One eval set's accuracy: its field in final_summary.json and the Trainer's metric for it."""
-
-    field: str  # final_summary.json
-    metric: str  # metrics.jsonl and the summary's eval_metrics
-    eval_set: str  # the task table's name for the eval set; "" for a task with one
-
-    @property
-    def without_adapters_field(self) -> str:
-        """The same accuracy with every LoRA update switched off (adapter_effect.py)."""
-        return f"{self.field}_without_adapters"
-
-    @property
-    def adapter_effect_field(self) -> str:
-        """Accuracy with the adapters minus without: eval_accuracy -> adapter_effect, eval_accuracy_mm -> ..._mm."""
-        return self.field.replace("eval_accuracy", "adapter_effect")
+# One metric of one eval set (field, Trainer key, eval set, metric name); the task table defines them.
+Accuracy = MetricField
 
 
-def accuracies(task: str) -> list[Accuracy]:
-    """The task's accuracies in the task table's eval-set order; the first is always ``eval_accuracy`` (MNLI:
-    matched). A task folder that is not in the table is read as one eval set."""
-    if task not in TASKS:
-        return [Accuracy("eval_accuracy", "eval_accuracy", "")]
-    entry = TASKS[task]
-    # The Trainer prefixes "eval_" to compute_metrics' "accuracy", and the eval set's name with several sets.
-    return [Accuracy(field, f"eval_{name}_accuracy" if name else "eval_accuracy", name)
-            for name, field in zip(entry.eval_splits, entry.accuracy_fields)]
+def read_task_spec(task_dir: str | Path | None) -> Task | None:
+    """The custom task recorded in <output-root>/custom-<name>/task.json, or None."""
+    try:
+        return task_from_spec(json.loads((Path(task_dir) / TASK_SPEC).read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
-def accuracy_fields(task: str, eval_metrics: dict) -> dict[str, float]:
-    """The summary's accuracy fields from the Trainer's final evaluation."""
-    return {a.field: eval_metrics[a.metric] for a in accuracies(task)}
+def _task_entry(task: str, task_dir: str | Path | None) -> Task | None:
+    """The task table's entry, or for a custom task the one its folder records (task_dir: <output-root>/<task>)."""
+    return TASKS.get(task) or (read_task_spec(task_dir) if task_dir is not None else None)
+
+
+def accuracies(task: str, task_dir: str | Path | None = None) -> list[MetricField]:
+    """The task's main metric per eval set, in the task table's eval-set order (MNLI: accuracy matched, then
+    mismatched; CoLA: Matthews correlation); the first is the task's headline number. The name is kept from when
+    every task was scored by accuracy. A task folder that is neither in the table nor a recorded custom task is
+    read as one accuracy."""
+    entry = _task_entry(task, task_dir)
+    if entry is None:
+        return [MetricField("eval_accuracy", "eval_accuracy", "", "accuracy")]
+    return metric_fields(entry, main_only=True)
+
+
+def secondary_metrics(task: str, task_dir: str | Path | None = None) -> list[MetricField]:
+    """The task's other metrics (MRPC/QQP: F1; STS-B: Spearman; CoLA: accuracy), reported beside the main one."""
+    entry = _task_entry(task, task_dir)
+    if entry is None:
+        return []
+    main = {m.field for m in metric_fields(entry, main_only=True)}
+    return [m for m in metric_fields(entry) if m.field not in main]
+
+
+def accuracy_fields(task: str | Task, eval_metrics: dict) -> dict[str, float]:
+    """The summary's metric fields (main and secondary) from the Trainer's final evaluation."""
+    fields = metric_fields(task) if isinstance(task, Task) else accuracies(task) + secondary_metrics(task)
+    return {m.field: eval_metrics[m.metric] for m in fields}
+
+
+def headline(task: str, summary: dict, task_dir: str | Path | None = None) -> str:
+    """The run's main number in words, for status lines: 'accuracy 0.8123', 'Matthews corr. 0.4012'."""
+    main = accuracies(task, task_dir)[0]
+    value = summary.get(main.field)
+    return f"{METRIC_LABELS.get(main.name, main.name)} {'—' if value is None else format(value, '.4f')}"
+
+
+
+def run_headline(run_dir: str | Path, summary: dict) -> str:
+    """headline() for the run in <output-root>/<task>/<signal>/[<variant>/]<seed>/ (custom tasks: from their
+    task.json in the task's folder)."""
+    parents = Path(run_dir).parents
+    task_dir = next((p for p in parents if p.name == summary.get("task")), parents[1])
+    return headline(task_dir.name, summary, task_dir)
 
 
 # Besides the accuracies: what the report needs from every summary.
@@ -348,7 +391,7 @@ class Run:
             return "no run folder"
         if self.summary is None:
             return "no valid final_summary.json (unfinished, killed or corrupt run)"
-        required = [a.field for a in accuracies(self.task)] + list(REQUIRED_FIELDS)
+        required = [a.field for a in accuracies(self.task, self.run_dir.parent.parent)] + list(REQUIRED_FIELDS)
         absent = [f for f in required if self.summary.get(f) is None]  # NaN is written as null: just as unusable
         if absent:
             return f"final_summary.json has no value for {', '.join(absent)}"
