@@ -205,6 +205,9 @@ def test_an_owner_suspended_longer_than_the_takeover_age_notices_and_stops_writi
                               text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
+        deadline = time.time() + 60
+        while not log.exists() and time.time() < deadline:  # writing, before it is suspended (a slow machine)
+            time.sleep(0.01)
         holder.send_signal(signal.SIGSTOP)
         time.sleep(1.5)  # longer than its STALE_S: its heartbeat stopped with it
         monkeypatch.setattr(run_lock, "STALE_S", 1.0)
