@@ -87,3 +87,12 @@ def test_registry_reports_and_grid_status_load_no_torch_peft_or_transformers():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_grid_status_and_dry_run_load_no_statistics_or_figures():
+    """ablate --status / --dry-run start at once: the report's scipy and matplotlib load only when a report is made."""
+    code = ("import sys, adalora_ablation.cli, adalora_ablation.grid.ablate; "
+            "print(sorted({'scipy', 'matplotlib', 'numpy', 'torch'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

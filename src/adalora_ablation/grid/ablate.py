@@ -39,7 +39,6 @@ from .launchers import (
 )
 from .warmup import plan_warmups, write_plan
 from ..analysis.markdown import table
-from ..analysis.variants import build_reports, reports_markdown, write_budget_curve
 from ..run.lock import held_elsewhere
 from ..run.folder import latest_complete_checkpoint, read_summary, run_dir_for
 from ..data.tasks import CUSTOM, TASK_CHOICES, custom_task_name
@@ -95,6 +94,9 @@ def status_table(runs: list[GridRun]) -> str:
 
 
 def print_reports(tasks, output_root: str) -> None:
+    # here, not at the top: the statistics and figures (scipy, matplotlib) would slow every --status and --dry-run
+    from ..analysis.variants import build_reports, reports_markdown, write_budget_curve
+
     for task in tasks:
         try:
             reports = build_reports(output_root, task)  # one per sweep variant
