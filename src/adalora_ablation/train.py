@@ -24,6 +24,9 @@ from .adalora.allocator import install_allocator
 from .args import help_text, parse_train_args
 from .adalora.callback import AdaLoraCallback
 from .data.loading import load_tokenized
+from .data.planted import planted_setup_from_args, prepare_planted_data
+from .data.planted_spec import planted_recovery
+from .module_names import short_module_name
 from .errors import RunInterrupted, UsageError
 from .logs import use_process_log_level
 from .adalora.model import (
@@ -111,12 +114,20 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
                          "instead")
 
     # Everything that can fail on bad input happens before anything is written.
-    set_seed(seed)
+    # The planted task's base model (a random model's weights, any model's new head) is the teacher's, so it is
+    # drawn from --planted-seed: the task must not change with the training --seed.
+    set_seed(data_args.planted_seed if task.planted else seed)
     model, tokenizer = load_model_and_tokenizer(model_args.model, task.labels)
-    data = load_tokenized(task, data_args, tokenizer, model_args.model, log=logger.info)
+    set_seed(seed)
+    target_modules = detect_target_modules(model, model_args.target_modules)
+    planted_setup, planted_record, build = None, None, {}
+    if task.planted:
+        planted_setup = planted_setup_from_args(data_args, ada_args, [short_module_name(n) for n in target_modules])
+        planted_record, build["build"], build["build_key"] = prepare_planted_data(
+            model, tokenizer, task, planted_setup, data_args, model_args.model, log=logger.info)
+    data = load_tokenized(task, data_args, tokenizer, model_args.model, log=logger.info, **build)
     train_set = data[task.train_split]
     eval_sets = {name: data[split] for name, split in task.eval_splits.items()}
-    target_modules = detect_target_modules(model, model_args.target_modules)
     modules_to_save = model_args.modules_to_save or detect_head_modules(model)
     total_step = compute_total_step(len(train_set), training_args)
     check_schedule(ada_args.tinit, ada_args.tfinal, total_step)
@@ -129,7 +140,8 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
     peft_model.to(training_args.device)  # first, so that the allocator's buffers live where the adapters train
     signal_config = SignalConfig(beta1=ada_args.beta1, beta2=ada_args.beta2, ema_decay=ada_args.ema_decay,
                                  combo_lambda=ada_args.combo_lambda, normalize_method=ada_args.normalize_method,
-                                 plasticity_norm=ada_args.plasticity_norm, seed=seed)
+                                 plasticity_norm=ada_args.plasticity_norm, seed=seed,
+                                 planted=planted_setup.spec if planted_setup else None)
     allocator = install_allocator(peft_model, run_args.signal, signal_config)
     params = count_parameters(peft_model)
     logger.info(f"[model] {model_args.model}: {len(target_modules)} adapted modules, trained in full: "
@@ -229,6 +241,9 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
             "versions": library_versions(),
             "wall_time_s": round(time.time() - started, 2),
         }
+        if planted_setup is not None:  # how much of the known answer the allocation found
+            summary.update(planted_recovery(summary["final_ranks"], planted_setup.spec))
+            summary["planted"] = {**planted_record, "rows": {s: len(d) for s, d in data.items()}}
         if is_main:
             write_summary(run_dir, summary)
         logger.info(f"[run] {task.name}/{run_args.signal}/{seed}: accuracy {summary['eval_accuracy']:.4f}, "

@@ -20,6 +20,7 @@ class Task:
     # annotators' label1..label5), its RTE has label, and so do simplified copies of MNLI.
     tsv_label_columns: tuple[str, ...] = ("label",)
     synthetic: bool = False
+    planted: bool = False  # rows labelled by a teacher with planted low-rank updates (data/planted.py)
     # final_summary.json's field for each eval set's accuracy, in eval_splits order (runs.accuracies)
     accuracy_fields: tuple[str, ...] = ("eval_accuracy",)
 
@@ -54,6 +55,16 @@ TASKS = {
         train_split="train",
         eval_splits={"": "validation"},
         synthetic=True,
+    ),
+    "planted": Task(
+        name="planted",
+        text_keys=("sentence1", "sentence2"),
+        labels=("class_0", "class_1"),
+        hub_config=None,
+        local_dir=None,
+        train_split="train",
+        eval_splits={"": "validation"},
+        planted=True,
     ),
 }
 TASK_NAMES = tuple(TASKS)
