@@ -103,6 +103,9 @@ class DataArguments:
         default=1.0, metadata={"help": "Task planted: every planted singular value is this times the module's "
                                        "largest singular value."})
     planted_train_rows: int = field(default=2000, metadata={"help": "Task planted: training rows."})
+    planted_train_head: bool = field(
+        default=False, metadata={"help": "Task planted: train the head too (default: it stays the teacher's, so the "
+                                         "adapters must learn the planted updates)."})
     planted_eval_rows: int = field(default=400, metadata={"help": "Task planted: validation rows."})
 
 

@@ -24,7 +24,7 @@ from .adalora.allocator import install_allocator
 from .args import help_text, parse_train_args
 from .adalora.callback import AdaLoraCallback
 from .data.loading import load_tokenized
-from .data.planted import planted_setup_from_args, prepare_planted_data
+from .data.planted import freeze_head, planted_setup_from_args, prepare_planted_data, rows_digest
 from .data.planted_spec import planted_recovery
 from .module_names import short_module_name
 from .errors import RunInterrupted, UsageError
@@ -137,6 +137,10 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
         logger.warning(f"[schedule] {warning}")
 
     peft_model = wrap_with_adalora(model, target_modules, modules_to_save, ada_args, total_step)
+    if task.planted:
+        planted_record["train_head"] = data_args.planted_train_head
+        if not data_args.planted_train_head:  # the teacher's head, unchanged: only ΔW differs
+            freeze_head(peft_model)
     peft_model.to(training_args.device)  # first, so that the allocator's buffers live where the adapters train
     signal_config = SignalConfig(beta1=ada_args.beta1, beta2=ada_args.beta2, ema_decay=ada_args.ema_decay,
                                  combo_lambda=ada_args.combo_lambda, normalize_method=ada_args.normalize_method,
@@ -243,7 +247,8 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
         }
         if planted_setup is not None:  # how much of the known answer the allocation found
             summary.update(planted_recovery(summary["final_ranks"], planted_setup.spec))
-            summary["planted"] = {**planted_record, "rows": {s: len(d) for s, d in data.items()}}
+            summary["planted"] = {**planted_record, "rows": {s: len(d) for s, d in data.items()},
+                                  "rows_digest": rows_digest(data)}
         if is_main:
             write_summary(run_dir, summary)
         logger.info(f"[run] {task.name}/{run_args.signal}/{seed}: accuracy {summary['eval_accuracy']:.4f}, "

@@ -5,15 +5,20 @@ drawn from ``--planted-seed`` alone. The labels are the teacher's predictions, s
 go?" is known: to the planted modules, at their planted ranks. The student is the same base model (same head) with
 AdaLoRA on top, trained by the normal ``train`` path.
 
-So that allocation matters, the rows are chosen: half of them are inputs on which the teacher and the base model
-disagree, half inputs on which they agree, and each half is balanced over the two classes. Then the base model's
-own answer says nothing about the label (a student that ignores the planted updates, or only flips the base
-model's answers, is at chance), and everything above chance must come from learning the updates.
+So that allocation matters: there are several classes (a binary label depends on one logit difference, which a
+rank-1 change can move: the planted rank would not matter), the classes are balanced, and only the chance share
+1/classes of the rows are inputs on which the base model already predicts the teacher's class.
+Then the base model's own answer is right on exactly the chance share of rows, and everything above chance must
+come from learning the planted updates. The head stays frozen by default (``--planted-train-head``): the student
+then differs from the teacher only where the adapters are.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import itertools
+import json
 import random
 from dataclasses import asdict, dataclass
 
@@ -26,11 +31,9 @@ from .loading import SYNTHETIC_WORDS, data_fingerprint, find_local, read_local, 
 from .planted_spec import check_planted_spec, default_planted_spec, parse_planted_spec
 from .tasks import TASKS, Task
 
-# Half the rows are inputs where the teacher and the base model disagree: the one share at which the base
-# model's prediction carries no information about the label (with balanced classes in each half).
-DISAGREE_SHARE = 0.5
 CALIBRATION_ROWS = 512  # the first candidates, on which the head's bias is centred
 CHUNK = 256  # candidates labelled per forward pass
+ESTIMATE_ROWS = 2048  # the first labelled candidates, from which the agreeing rows are spread over the classes
 WORDS_POOL_FACTOR = 20  # generated candidates per needed row (at most); generation stops once every cell is full
 GLUE_SOURCES = ("mnli", "rte")  # --data-dir: sentence pairs of the first of these found (MNLI is the larger pool)
 
@@ -44,7 +47,8 @@ class PlantedSetup:
     strength: float  # every planted singular value is this times the module's largest singular value
     train_rows: int
     eval_rows: int
-    disagree_share: float = DISAGREE_SHARE
+    classes: int
+    agree_share: float  # the share of rows where the base model predicts the teacher's class: 1/classes
 
     def record(self) -> dict:
         return asdict(self)
@@ -88,19 +92,27 @@ def classifier_layer(model: torch.nn.Module) -> torch.nn.Linear | None:
     return None
 
 
-def center_head(model: torch.nn.Module, teacher: torch.nn.Module, encoded: list[dict]) -> float:
-    """Shift the class-1 bias of both heads (the same shift) so that the teacher predicts each class on half of the
-    calibration inputs: a random head often predicts one class almost everywhere, which leaves no balanced rows.
-    The student starts from this head too. Returns the shift (0.0 for a head without a bias)."""
+def center_head(model: torch.nn.Module, teacher: torch.nn.Module, encoded: list[dict]) -> list[float]:
+    """Shift the class biases of both heads (the same shift) until the teacher predicts every class about equally
+    often on the calibration inputs: a random head predicts some classes almost nowhere, which leaves no balanced
+    rows. The student starts from this head too. Returns the shift (zeros for a head without a bias)."""
     layer, teacher_layer = classifier_layer(model), classifier_layer(teacher)
+    logits = torch.cat([_logits(teacher, batch) for batch in encoded]).double()
+    classes = logits.shape[1]
+    shift = torch.zeros(classes, dtype=torch.float64)
     if layer is None:
-        return 0.0
-    margins = torch.cat([_logits(teacher, batch).diff(dim=-1)[:, 0] for batch in encoded])
-    shift = float(margins.median())
+        return shift.tolist()
+    # Sinkhorn-style balancing of a sharp softmax (temperature well below the logits' spread over inputs): lower
+    # the bias of classes predicted too often, raise the others, until each holds about 1/classes of the inputs.
+    temperature = 0.1 * float(logits.std(0).mean()) + 1e-12
+    for _ in range(1000):
+        share = torch.softmax((logits + shift) / temperature, dim=-1).mean(0)
+        shift -= temperature * torch.log(share * classes)
+        shift -= shift.mean()
     with torch.no_grad():
         for head in (layer, teacher_layer):
-            head.bias[1] -= shift
-    return shift
+            head.bias += shift.to(head.bias.dtype)
+    return shift.tolist()
 
 
 @torch.no_grad()
@@ -157,44 +169,68 @@ def prepare_teacher(model, tokenizer, task: Task, setup: PlantedSetup, data_dir,
     pairs, inputs = candidate_pairs(setup, data_dir, log=log)
     calibration = [_encode(tokenizer, task, chunk, max_seq_length) for chunk in _chunks(pairs[:CALIBRATION_ROWS])]
     shift = center_head(model, teacher, calibration)
-    record = {**setup.record(), "inputs": inputs, "head_bias_shift": shift, "labels": list(task.labels)}
+    record = {**setup.record(), "inputs": inputs, "head_bias_shift": shift,
+              "labels": list(task.labels)}
     return teacher, pairs, record
 
 
-def label_rows(model, teacher, tokenizer, task: Task, setup: PlantedSetup, pairs, max_seq_length: int,
-               log=print) -> DatasetDict:
-    """Train and validation rows (text columns + teacher label): candidates are labelled chunk by chunk by the
-    teacher and the base model and sorted into four cells (agree or not x teacher class) until each cell holds its
-    share of the rows; each split gets the same share of every cell."""
-    needed = setup.train_rows + setup.eval_rows
-    per_cell = {(disagree, label): round(needed * (setup.disagree_share if disagree else 1 - setup.disagree_share)
-                                         / 2) for disagree in (True, False) for label in (0, 1)}
-    cells = {key: [] for key in per_cell}
-    examined = 0
+def _labelled(model, teacher, tokenizer, task: Task, pairs, max_seq_length: int):
+    """(pair, teacher class, base model class) for every candidate, a chunk at a time."""
     for chunk in _chunks(pairs):
         batch = _encode(tokenizer, task, chunk, max_seq_length)
         taught = _logits(teacher, batch).argmax(-1).tolist()
         base = _logits(model, batch).argmax(-1).tolist()
-        for pair, t, b in zip(chunk, taught, base):
-            cell = cells[(t != b, t)]
-            if len(cell) < per_cell[(t != b, t)]:
-                cell.append(pair)
-        examined += len(chunk)
-        if all(len(cells[k]) == n for k, n in per_cell.items()):
-            break
+        yield from zip(chunk, taught, base)
+
+
+def cell_quotas(labels: list[tuple[int, int]], classes: int, per_class: int, agree_share: float) -> dict:
+    """Rows wanted per cell (teacher class, base model agrees): per_class rows of every class, of which
+    agree_share x all rows agree in total. The base model predicts some classes rarely, so the agreeing rows are
+    spread over the classes as agreement falls among the first candidates ((teacher, base) classes in ``labels``),
+    largest remainders first; every class's disagreeing rows fill the rest of its rows."""
+    agree_total = round(agree_share * per_class * classes)
+    seen = [sum(t == b == c for t, b in labels) for c in range(classes)]
+    weights = [n / sum(seen) if sum(seen) else 1 / classes for n in seen]
+    raw = [min(agree_total * w, per_class) for w in weights]
+    agree = [int(x) for x in raw]
+    for c in sorted(range(classes), key=lambda c: raw[c] - agree[c], reverse=True)[:agree_total - sum(agree)]:
+        agree[c] += 1
+    return {(c, agrees): agree[c] if agrees else per_class - agree[c] for c in range(classes)
+            for agrees in (True, False)}
+
+
+def label_rows(model, teacher, tokenizer, task: Task, setup: PlantedSetup, pairs, max_seq_length: int,
+               log=print) -> DatasetDict:
+    """Train and validation rows (text columns + teacher class): candidates are labelled chunk by chunk by the
+    teacher and the base model and sorted into cells (teacher class x base model agrees or not) until each cell
+    holds its share of the rows; each split gets the same share of every cell."""
+    needed = setup.train_rows + setup.eval_rows
+    per_class = needed // setup.classes
+    labelled = _labelled(model, teacher, tokenizer, task, pairs, max_seq_length)
+    first = [next(labelled, None) for _ in range(ESTIMATE_ROWS)]
+    first = [row for row in first if row is not None]
+    per_cell = cell_quotas([(t, b) for _, t, b in first], setup.classes, per_class, setup.agree_share)
+    cells = {key: [] for key in per_cell}
+    examined = 0
+    for pair, t, b in itertools.chain(first, labelled):
+        examined += 1
+        if len(cells[(t, t == b)]) < per_cell[(t, t == b)]:
+            cells[(t, t == b)].append(pair)
+            if all(len(cells[k]) == n for k, n in per_cell.items()):
+                break
     short = {k: n - len(cells[k]) for k, n in per_cell.items() if len(cells[k]) < n}
     if short:
-        missing = ", ".join(f"{'disagreeing' if d else 'agreeing'} class {c}: {n}" for (d, c), n in short.items())
+        missing = ", ".join(f"class {c} {'agreeing' if a else 'disagreeing'}: {n}" for (c, a), n in short.items())
         raise UsageError(f"the planted task found too few rows among {examined:,} candidates ({missing} missing); "
                          f"raise --planted-strength (the teacher then disagrees with the base model more often), or "
-                         f"lower --max-train-samples")
-    log(f"[data] planted task: {needed:,} rows chosen from {examined:,} candidates")
+                         f"lower --planted-train-rows / --planted-eval-rows")
+    log(f"[data] planted task: {per_class * setup.classes:,} rows chosen from {examined:,} candidates")
     k0, k1 = task.text_keys
     splits = {task.train_split: [], "validation": []}
-    for key, rows in cells.items():
+    for (label, _), rows in cells.items():
         n_eval = round(len(rows) * setup.eval_rows / needed)
-        splits["validation"] += [(*pair, key[1]) for pair in rows[:n_eval]]
-        splits[task.train_split] += [(*pair, key[1]) for pair in rows[n_eval:]]
+        splits["validation"] += [(*pair, label) for pair in rows[:n_eval]]
+        splits[task.train_split] += [(*pair, label) for pair in rows[n_eval:]]
     rng = random.Random(setup.seed)
     out = {}
     for split, rows in splits.items():
@@ -215,15 +251,17 @@ def planted_dataset(model, teacher, tokenizer, task: Task, setup: PlantedSetup, 
 def planted_setup_from_args(data_args, ada_args, module_names: list[str]) -> PlantedSetup:
     """The spec (given or default), checked against the adapted modules and the budget; bad values are one-line
     UsageErrors, raised before anything is built or written."""
-    if data_args.planted_strength <= 0 or data_args.planted_train_rows < 4 or data_args.planted_eval_rows < 4:
-        raise UsageError("--planted-strength must be > 0 and --planted-train-rows/--planted-eval-rows >= 4")
+    if data_args.planted_strength <= 0 or min(data_args.planted_train_rows, data_args.planted_eval_rows) < 16:
+        raise UsageError("--planted-strength must be > 0 and --planted-train-rows/--planted-eval-rows >= 16")
     if data_args.planted_modules:
         spec = parse_planted_spec(data_args.planted_modules)
     else:
         spec = default_planted_spec(module_names, ada_args.init_r, ada_args.target_r)
     check_planted_spec(spec, module_names, ada_args.init_r, ada_args.target_r)
+    classes = len(TASKS["planted"].labels)
     return PlantedSetup(spec=spec, seed=data_args.planted_seed, strength=data_args.planted_strength,
-                        train_rows=data_args.planted_train_rows, eval_rows=data_args.planted_eval_rows)
+                        train_rows=data_args.planted_train_rows, eval_rows=data_args.planted_eval_rows,
+                        classes=classes, agree_share=1 / classes)
 
 
 def prepare_planted_data(model, tokenizer, task: Task, setup: PlantedSetup, data_args, model_id: str, log=print):
@@ -241,3 +279,20 @@ def prepare_planted_data(model, tokenizer, task: Task, setup: PlantedSetup, data
         next(TASKS[n] for n in GLUE_SOURCES if record["inputs"].startswith(f"GLUE {n} ")), data_args.data_dir)
     build_key = {"model": model_id, "setup": setup.record(), "inputs": fingerprint, "v": 1}
     return record, build, build_key
+
+
+def freeze_head(peft_model) -> None:
+    """Stop the head (PEFT's trained copies of the modules to save) from training: on the planted task the student
+    keeps the teacher's head, so that the planted updates are the only difference the adapters must learn."""
+    for name, param in peft_model.named_parameters():
+        if "modules_to_save" in name:
+            param.requires_grad_(False)
+
+
+def rows_digest(data: DatasetDict) -> str:
+    """A digest of every split's token ids and labels: equal digests, equal rows (for the summary and tests)."""
+    digest = hashlib.sha256()
+    for split in sorted(data):
+        columns = data[split].select_columns(["input_ids", "label"]).to_dict()
+        digest.update(json.dumps([split, columns["input_ids"], columns["label"]]).encode())
+    return digest.hexdigest()[:16]

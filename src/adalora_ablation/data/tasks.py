@@ -59,7 +59,7 @@ TASKS = {
     "planted": Task(
         name="planted",
         text_keys=("sentence1", "sentence2"),
-        labels=("class_0", "class_1"),
+        labels=tuple(f"class_{i}" for i in range(8)),  # several classes: see data/planted.py
         hub_config=None,
         local_dir=None,
         train_split="train",

@@ -54,7 +54,9 @@ class GridRun:
 
 
 def plan(tasks, signals, seeds, output_root) -> list[GridRun]:
-    return [GridRun(t, s, n, run_dir_for(output_root, t, s, n)) for t, s, n in itertools.product(tasks, signals, seeds)]
+    # a signal that reads one task's answer (the planted task's oracle) is planned for that task only
+    return [GridRun(t, s, n, run_dir_for(output_root, t, s, n)) for t, s, n in itertools.product(tasks, signals, seeds)
+            if registry.runs_on(s, t)]
 
 
 def status_table(runs: list[GridRun]) -> str:
