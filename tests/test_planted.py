@@ -28,7 +28,8 @@ TASK = TASKS["planted"]
 
 def test_recall_and_share_on_crafted_rank_patterns():
     spec = {"a": 4, "b": 2}
-    assert planted_recall({"a": 4, "b": 2, "c": 6}, spec) == 1.0 and planted_share({"a": 4, "b": 2, "c": 6}, spec) == 0.5
+    assert planted_recall({"a": 4, "b": 2, "c": 6}, spec) == 1.0
+    assert planted_share({"a": 4, "b": 2, "c": 6}, spec) == 0.5
     assert planted_recall({"a": 9, "b": 0, "c": 1}, spec) == 4 / 6  # rank above the planted one does not count
     assert planted_share({"a": 9, "b": 0, "c": 1}, spec) == 0.9
     assert planted_recall({"a": 1, "b": 1}, spec) == 2 / 6 and planted_share({"a": 0, "b": 0}, spec) == 0.0
