@@ -1,5 +1,7 @@
 """The planted task: its spec and recovery metrics, the teacher, the rows it labels, the oracle, the CLI's errors."""
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -162,3 +164,29 @@ def test_oracle_on_another_task_is_one_line_exit_2_and_writes_nothing(tmp_path):
     assert result.stderr.strip() == ("adalora-ablation: error: --signal oracle needs --task planted (it reads that "
                                      "task's answer); choose another signal for --task synthetic")
     assert not (tmp_path / "out").exists()
+
+
+def test_report_has_recovery_columns_with_mean_and_std_over_seeds(tmp_path):
+    from adalora_ablation.analysis.report import build_report, to_csv, to_markdown
+    from adalora_ablation.run.folder import append_jsonl, write_summary
+
+    spec = {"layer.0.a": 2}
+    recalls = {"oracle": (1.0, 1.0), "uniform": (0.5, 0.0)}
+    for signal, values in recalls.items():
+        for seed, recall in enumerate(values, start=1):
+            run_dir = tmp_path / "planted" / signal / str(seed)
+            run_dir.mkdir(parents=True)
+            ranks = {"layer.0.a": int(2 * recall), "layer.0.b": 4 - int(2 * recall)}
+            write_summary(run_dir, {"eval_accuracy": 0.5, "total_rank": 4, "target_budget": 4,
+                                    "budget_check_passed": True, "final_ranks": ranks,
+                                    "planted_recall": planted_recall(ranks, spec),
+                                    "planted_share": planted_share(ranks, spec), "planted": {"spec": spec}})
+            append_jsonl(run_dir / "rank_pattern.jsonl", {"step": 1, "budget": 4, "total_rank": 4, "ranks": ranks,
+                                                          "kept": {m: [1] * r for m, r in ranks.items()}})
+    report = build_report(tmp_path, "planted")
+    markdown = to_markdown(report)
+    assert "planted recall mean ± std" in markdown
+    assert "| oracle | 2 |" in markdown and "1.0000 ± 0.0000 | 0.5000 ± 0.0000 |" in markdown
+    assert "0.2500 ± 0.3536 | 0.1250 ± 0.1768 |" in markdown  # uniform: recall (0.5, 0), share (0.25, 0)
+    rows = {r["signal"]: r for r in csv.DictReader(io.StringIO(to_csv(report)))}
+    assert float(rows["uniform"]["planted_recall_mean"]) == 0.25 and float(rows["oracle"]["planted_share_std"]) == 0
