@@ -118,7 +118,8 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS) -> dict:
     # drawn from --planted-seed: the task must not change with the training --seed.
     set_seed(data_args.planted_seed if task.planted else seed)
     model, tokenizer = load_model_and_tokenizer(model_args.model, task.labels)
-    set_seed(seed)
+    if task.planted:
+        set_seed(seed)  # the adapters' initialisation and the data order follow --seed, as on every task
     target_modules = detect_target_modules(model, model_args.target_modules)
     planted_setup, planted_record, build = None, None, {}
     if task.planted:
