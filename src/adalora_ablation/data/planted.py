@@ -34,7 +34,7 @@ from .tasks import TASKS, Task
 CALIBRATION_ROWS = 512  # the first candidates, on which the head's bias is centred
 CHUNK = 256  # candidates labelled per forward pass
 ESTIMATE_ROWS = 2048  # the first labelled candidates, from which the agreeing rows are spread over the classes
-WORDS_POOL_FACTOR = 20  # generated candidates per needed row (at most); generation stops once every cell is full
+WORDS_POOL_FACTOR = 20  # generated candidates per needed row; labelling stops once every cell is full
 GLUE_SOURCES = ("mnli", "rte")  # --data-dir: sentence pairs of the first of these found (MNLI is the larger pool)
 
 
