@@ -10,8 +10,8 @@ import pytest
 @pytest.mark.slow
 def test_demo_runs_offline_and_tabulates_its_signals(tmp_path):
     signals = ("baseline_adalora", "combo")  # the two ends: PEFT's own score and the combined one
-    result = subprocess.run([sys.executable, "-m", "adalora_ablation", "demo", "--output-root", str(tmp_path),
-                             "--signals", *signals],
+    result = subprocess.run([sys.executable, "-m", "adalora_ablation", "demo", "--task", "synthetic",
+                             "--output-root", str(tmp_path), "--signals", *signals],
                             capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
                                                                                "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
@@ -20,5 +20,6 @@ def test_demo_runs_offline_and_tabulates_its_signals(tmp_path):
         summary = json.loads((tmp_path / "synthetic" / signal / "42" / "final_summary.json").read_text())
         assert summary["synthetic"] is True and summary["budget_check_passed"]
         assert summary["eval_accuracy"] > 0.9  # the synthetic task is learnable: the pipeline really trains
-        assert f"| {signal} | {summary['eval_accuracy']:.4f} | {summary['total_rank']} |" in table
+        assert (f"| {signal} | {summary['eval_accuracy']:.4f} | {summary['adapter_effect']:+.4f} | "
+                f"{summary['total_rank']} |") in table
     assert "SYNTHETIC" in result.stdout

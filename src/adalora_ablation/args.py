@@ -28,7 +28,8 @@ DEFAULT_MODEL = "microsoft/deberta-v3-base"
 @dataclass
 class RunArguments:
     task: str = field(default="rte", metadata={"help": "GLUE task (mnli, rte, cola, sst2, mrpc, qqp, qnli, stsb), "
-                                                       "synthetic (offline demo task), or custom (your own files: "
+                                                       "synthetic (offline demo task), planted (offline, labels from "
+                                                       "planted low-rank updates), or custom (your own files: "
                                                        "--train-file, --validation-file, --text-columns)."})
     signal: str = field(default="baseline_adalora", metadata={"help": "Scoring signal (see 'signals' below)."})
     preset: str = field(
@@ -111,6 +112,23 @@ class DataArguments:
     metric: str | None = field(default=None, metadata={
         "help": "--task custom: the main metric, accuracy (default), f1 (binary), matthews, or pearson "
                 "(regression default); the others that apply are recorded beside it."})
+    # The planted task (--task planted, data/planted.py): what the teacher's low-rank updates are, and the rows.
+    planted_modules: str | None = field(
+        default=None,
+        metadata={"help": "Task planted: NAME=RANK,NAME=RANK,... (short module names as in final_ranks, e.g. "
+                          "layer.1.attention.self.value_proj=4); default: 3 modules spread over layers and matrix "
+                          "types, each above --target-r, together 3/4 of the final budget."},
+    )
+    planted_seed: int = field(default=0, metadata={"help": "Task planted: seed of the planted updates and the "
+                                                             "inputs, independent of --seed."})
+    planted_strength: float = field(
+        default=1.0, metadata={"help": "Task planted: every planted singular value is this times the module's "
+                                       "largest singular value."})
+    planted_train_rows: int = field(default=2000, metadata={"help": "Task planted: training rows."})
+    planted_train_head: bool = field(
+        default=False, metadata={"help": "Task planted: train the head too (default: it stays the teacher's, so the "
+                                         "adapters must learn the planted updates)."})
+    planted_eval_rows: int = field(default=400, metadata={"help": "Task planted: validation rows."})
 
 
 @dataclass
@@ -261,6 +279,9 @@ def validate(run: RunArguments, adalora: AdaLoraArguments) -> None:
         raise UsageError(f"unknown --resume-fallback {run.resume_fallback!r}; choose restart or stop")
     if run.signal not in SIGNALS:
         raise UsageError(f"unknown signal {run.signal!r}; use --signal with one of: {', '.join(SIGNALS)}")
+    if SIGNALS[run.signal].only_task not in (None, run.task):
+        raise UsageError(f"--signal {run.signal} needs --task {SIGNALS[run.signal].only_task} (it reads that task's "
+                         f"answer); choose another signal for --task {run.task}")
     if adalora.normalize_method not in NORMALIZE_METHODS:
         raise UsageError(f"unknown --normalize-method {adalora.normalize_method!r}; "
                          f"choose one of: {', '.join(NORMALIZE_METHODS)}")

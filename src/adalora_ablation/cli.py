@@ -15,7 +15,8 @@ from .logs import configure_console
 
 COMMANDS = {  # name: (module, entry point, one-line description)
     "train": ("train", "train_main", "train one run (flags or a YAML/JSON file; 'train --help' lists them)"),
-    "demo": ("demo", "demo_main", "offline comparison of the main signals on tiny-deberta + the synthetic task"),
+    "demo": ("demo", "demo_main",
+             "offline comparison of the main signals and controls on tiny-deberta + the planted task"),
     "plot": ("analysis.plots", "plot_main", "figures of one run, or of several signals with --compare ('plot --help')"),
     "report": ("analysis.report", "report_main",
                "per-signal accuracy/rank table over seeds, allocation similarity, churn ('report --help')"),

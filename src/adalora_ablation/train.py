@@ -21,6 +21,9 @@ from .args import help_text, parse_train_args, run_config
 from .adalora.callback import AdaLoraCallback
 from .data.loading import load_tokenized
 from .data.metrics import compute_metrics_for
+from .data.planted import freeze_head, planted_setup_from_args, prepare_planted_data, rows_digest
+from .data.planted_spec import planted_recovery
+from .module_names import short_module_name
 from .errors import RunInterrupted, UsageError
 from .logs import use_process_log_level
 from .adalora.model import (
@@ -125,12 +128,21 @@ def _train(argv: list[str], stopper: StopOnSignal, warmup=None) -> dict | None:
                          "instead")
 
     # Everything that can fail on bad input happens before anything is written.
-    set_seed(seed)
+    # The planted task's base model (a random model's weights, any model's new head) is the teacher's, so it is
+    # drawn from --planted-seed: the task must not change with the training --seed.
+    set_seed(data_args.planted_seed if task.planted else seed)
     model, tokenizer = load_model_and_tokenizer(model_args.model, task.labels)
-    data = load_tokenized(task, data_args, tokenizer, model_args.model, log=logger.info)
+    if task.planted:
+        set_seed(seed)  # the adapters' initialisation and the data order follow --seed, as on every task
+    target_modules = detect_target_modules(model, model_args.target_modules)
+    planted_setup, planted_record, build = None, None, {}
+    if task.planted:
+        planted_setup = planted_setup_from_args(data_args, ada_args, [short_module_name(n) for n in target_modules])
+        planted_record, build["build"], build["build_key"] = prepare_planted_data(
+            model, tokenizer, task, planted_setup, data_args, model_args.model, log=logger.info)
+    data = load_tokenized(task, data_args, tokenizer, model_args.model, log=logger.info, **build)
     train_set = data[task.train_split]
     eval_sets = {name: data[split] for name, split in task.eval_splits.items()}
-    target_modules = detect_target_modules(model, model_args.target_modules)
     modules_to_save = model_args.modules_to_save or detect_head_modules(model)
     total_step = compute_total_step(len(train_set), training_args)
     check_schedule(ada_args.tinit, ada_args.tfinal, total_step)
@@ -140,8 +152,12 @@ def _train(argv: list[str], stopper: StopOnSignal, warmup=None) -> dict | None:
         logger.warning(f"[schedule] {warning}")
 
     peft_model = wrap_with_adalora(model, target_modules, modules_to_save, ada_args, total_step)
+    if task.planted:
+        planted_record["train_head"] = data_args.planted_train_head
+        if not data_args.planted_train_head:  # the teacher's head, unchanged: only ΔW differs
+            freeze_head(peft_model)
     peft_model.to(training_args.device)  # first, so that the allocator's buffers live where the adapters train
-    signal_config = signal_config_for(ada_args, seed)
+    signal_config = signal_config_for(ada_args, seed, planted_setup.spec if planted_setup else None)
     allocator = (warmup.install_allocator(peft_model, signal_config) if warmup
                  else install_allocator(peft_model, run_args.signal, signal_config))
     params = count_parameters(peft_model)
@@ -258,6 +274,10 @@ def _train(argv: list[str], stopper: StopOnSignal, warmup=None) -> dict | None:
             "versions": library_versions(),
             "wall_time_s": round(time.time() - started, 2),
         }
+        if planted_setup is not None:  # how much of the known answer the allocation found
+            summary.update(planted_recovery(summary["final_ranks"], planted_setup.spec))
+            summary["planted"] = {**planted_record, "rows": {s: len(d) for s, d in data.items()},
+                                  "rows_digest": rows_digest(data)}
         run.write_summary(summary)
         main = headline(task.name, summary, Path(run_args.output_root) / task.name)
         logger.info(f"[run] {task.name}/{run_args.signal}/{seed}: {main}, "
@@ -289,10 +309,11 @@ def checked_variant(run_args, asked: dict) -> str:
     return variant_name(values)
 
 
-def signal_config_for(ada_args, seed: int) -> SignalConfig:
+def signal_config_for(ada_args, seed: int, planted: dict[str, int] | None = None) -> SignalConfig:
+    """``planted``: the planted task's answer (module -> planted rank), which only the oracle reads."""
     return SignalConfig(beta1=ada_args.beta1, beta2=ada_args.beta2, ema_decay=ada_args.ema_decay,
                         combo_lambda=ada_args.combo_lambda, normalize_method=ada_args.normalize_method,
-                        plasticity_norm=ada_args.plasticity_norm, seed=seed)
+                        plasticity_norm=ada_args.plasticity_norm, seed=seed, planted=planted)
 
 
 def check_same_signal(state: dict, signal: str, config: SignalConfig, checkpoint: Path) -> None:

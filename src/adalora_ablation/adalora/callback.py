@@ -17,6 +17,7 @@ from torch.amp.grad_scaler import OptState
 from transformers import TrainerCallback
 
 from .allocator import SignalRankAllocator
+from ..data.planted_spec import planted_recovery
 from ..module_names import ranks_by_layer_and_type
 from ..run.resume import run_settings, settings_difference
 from ..run.folder import METRICS, RANK_PATTERN, SIGNAL_SCORES, append_jsonl
@@ -161,6 +162,11 @@ class AdaLoraCallback(TrainerCallback):
             append_jsonl(self.run_dir / METRICS, {"step": state.global_step, **logs})
 
     # -- allocation records --------------------------------------------------------------------------------------
+    def _planted_recovery(self, ranks: dict[str, int]) -> dict:
+        """On the planted task, recall and share at this allocation: when did the signal find the planted modules?"""
+        planted = self.allocator.signal_config.planted
+        return planted_recovery(ranks, planted) if planted else {}
+
     def _record_allocation(self, step: int, epoch, allocation: dict) -> None:
         # Everything here is on the host already: the allocator fetched it with one transfer.
         layout = self.allocator.layout
@@ -195,6 +201,7 @@ class AdaLoraCallback(TrainerCallback):
             "nonfinite_steps": allocation["nonfinite_steps"], "score_updates": allocation["steps_seen"],
             "ranks": dict(zip(layout.names, new_ranks)),
             "kept": {n: [int(k) for k in row] for n, row in zip(layout.names, kept)},
+            **self._planted_recovery(dict(zip(layout.names, new_ranks))),
         })
         stats = allocation["stats"]
         append_jsonl(self.run_dir / SIGNAL_SCORES, {

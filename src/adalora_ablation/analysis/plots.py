@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.colors import CenteredNorm, Normalize
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from .. import module_names
 from ..errors import OneLineArgumentParser, UsageError
@@ -133,8 +134,14 @@ def label_font_size(rows: int) -> float:
     return 8 if rows <= 40 else 6.5
 
 
-def draw_rank_grid(ax, final_ranks: dict[str, int], norm: Normalize):
-    """Layers (rows) x matrix types (columns), colour and number = final rank; absent cells stay blank."""
+def planted_spec(run: Run) -> dict[str, int]:
+    """The planted task's {module: planted rank} from the run's summary; empty for every other task."""
+    return ((run.summary or {}).get("planted") or {}).get("spec") or {}
+
+
+def draw_rank_grid(ax, final_ranks: dict[str, int], norm: Normalize, planted: dict[str, int] | None = None):
+    """Layers (rows) x matrix types (columns), colour and number = final rank; absent cells stay blank. A planted
+    module (the planted task) is framed in red and reads "rank/planted rank"."""
     layers = sorted({layer_index(m) for m in final_ranks})
     types = ordered_types(final_ranks)
     grid = np.full((len(layers), len(types)), np.nan)
@@ -147,6 +154,12 @@ def draw_rank_grid(ax, final_ranks: dict[str, int], norm: Normalize):
             # Dark text on the light (high) end of viridis, light text on the dark end.
             ax.text(col, row, f"{value:.0f}", ha="center", va="center", fontsize=font,
                     color="black" if norm(value) > 0.6 else "white")
+    for name, planted_rank in (planted or {}).items():
+        if name in final_ranks:
+            row, col = layers.index(layer_index(name)), types.index(module_type(name))
+            ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+            ax.text(col, row + 0.3, f"planted {planted_rank}", ha="center", va="center", fontsize=font * 0.8,
+                    color="red")
     ax.set_xticks(range(len(types)), types, fontsize=8)
     ax.set_yticks(range(len(layers)), [f"layer {i}" for i in layers], fontsize=font)
     ax.set_xlabel("matrix type")
@@ -225,9 +238,11 @@ def plot_final_rank_heatmap(run: Run) -> Figure:
     layers = len({layer_index(m) for m in ranks})
     fig = Figure(figsize=(6.5, max(3.5, 0.36 * layers + 1.8)), layout="constrained")
     ax = fig.subplots()
-    image = draw_rank_grid(ax, ranks, Normalize(0, init_rank(run)))
+    planted = planted_spec(run)
+    image = draw_rank_grid(ax, ranks, Normalize(0, init_rank(run)), planted)
     fig.colorbar(image, ax=ax, label="final rank")
-    ax.set_title(f"Final rank: {title(run)}\ntotal {sum(ranks.values())}", fontsize=10)
+    note = f"; red: planted modules, recall {run.summary['planted_recall']:.2f}" if planted else ""
+    ax.set_title(f"Final rank: {title(run)}\ntotal {sum(ranks.values())}{note}", fontsize=10)
     return fig
 
 
@@ -260,7 +275,7 @@ def plot_comparison(runs: dict[str, Run], missing: list[str] = ()) -> Figure:
     heat_axes = np.atleast_1d(top.subplots(1, len(signals), sharey=True))
     norm = Normalize(0, max(init_rank(run) for run in runs.values()))
     for ax, (signal, run) in zip(heat_axes, runs.items()):
-        image = draw_rank_grid(ax, run.final_ranks, norm)
+        image = draw_rank_grid(ax, run.final_ranks, norm, planted_spec(run))
         ax.set_title(f"{signal}\ntotal rank {sum(run.final_ranks.values())}", fontsize=10)
     top.colorbar(image, ax=list(heat_axes), label="final rank", shrink=0.8)
 

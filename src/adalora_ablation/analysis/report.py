@@ -56,6 +56,8 @@ SIZE_FOLLOWED = "allocation follows matrix size"
 SIZE_OPPOSED = "allocation goes against matrix size"
 ADAPTERS_CARRY_LITTLE = "the adapters carry little here; differences between signals cannot show"
 MODULE_SHAPES = "module_shapes"  # final_summary.json: {module name: [in_features, out_features]}
+RECOVERY_FIELDS = ("planted_recall", "planted_share")  # final_summary.json of a planted run
+ORACLE = "oracle"  # the planted task's upper reference
 
 
 def adapter_effect_field(metric_field: str) -> str:
@@ -177,6 +179,10 @@ def signal_row(signal: str, runs: list[Run], baseline: str, baseline_runs: list[
     row["adapter_effect"] = {key: describe([float(r.summary[adapter_effect_field(key)]) for r in valid
                                             if r.summary.get(adapter_effect_field(key)) is not None])
                              for key in metrics}
+    # The planted task: how much of the known answer the final allocation holds (absent on other tasks).
+    for field in RECOVERY_FIELDS:
+        if any(r.summary.get(field) is not None for r in valid):
+            row[field] = describe([float(r.summary[field]) for r in valid if r.summary.get(field) is not None])
     row["flags"] = []
     row["total_rank"] = sorted({r.summary["total_rank"] for r in valid})
     row["target_budget"] = sorted({r.summary["target_budget"] for r in valid})
@@ -457,7 +463,10 @@ def to_markdown(report: dict) -> str:
     header += [f"Δ {label} vs {baseline}" for label in metrics.values()]
     secondary = report.get("secondary_metrics", {})
     header += [f"{column['label']} mean ± std" for column in secondary.values()]
-    header += ["adapter effect mean ± std", "final total rank (budget)", "budget check", "flags"]
+    header += ["adapter effect mean ± std"]
+    recovery = [f for f in RECOVERY_FIELDS if any(f in row for row in report["signals"])]
+    header += [f"{field.replace('_', ' ')} mean ± std" for field in recovery]
+    header += ["final total rank (budget)", "budget check", "flags"]
     first = next(iter(metrics))
     holm_applied = {key: report["multiple_comparisons"][key]["applied"] for key in metrics}
     rows = []
@@ -467,6 +476,7 @@ def to_markdown(report: dict) -> str:
         cells += [_difference_cell(row[k], baseline, holm_applied[k]) for k in metrics]
         cells += [_mean_std_cell(column["signals"][row["signal"]], sign="") for column in secondary.values()]
         cells += [_mean_std_cell(row["adapter_effect"][first])]
+        cells += [_mean_std_cell(row[f], sign="") if f in row else "—" for f in recovery]
         cells += [f"{_range(row['total_rank'])} ({_range(row['target_budget'])})",
                   "—" if n == 0 else f"{'pass' if row['budget_check_passed'] == n else 'FAIL'} "
                                      f"{row['budget_check_passed']}/{n}",
@@ -476,6 +486,11 @@ def to_markdown(report: dict) -> str:
     lines += ["", "std: sample std (ddof=1) over seeds; 95% CI: mean ± t(0.975, n-1)·std/√n. Δ: mean of "
               f"(signal - {baseline}) over seeds both finished; test: {TEST_NAME}, only with >= {MIN_TEST_SEEDS} "
               "shared seeds whose differences vary.", multiple_comparisons_note(report), ""]
+    if recovery:
+        lines += [f"Planted task: planted recall = Σ min(final rank, planted rank) / Σ planted rank over the planted "
+                  f"modules (1.0: every planted module holds its planted rank); planted share = the final rank held "
+                  f"by planted modules / total final rank. {ORACLE} keeps the planted ranks by construction: the "
+                  f"upper reference.", ""]
     lines += detectable_difference_lines(report) + reference_band_lines(report) + adapter_effect_lines(report)
     lines += size_bias_markdown(report)
     lines += similarity_markdown(report["similarity"]) + churn_markdown(report["churn"])
@@ -609,6 +624,7 @@ def to_csv(report: dict) -> str:
                     f"{key}_test", f"{adapter_effect_field(key)}_mean", f"{adapter_effect_field(key)}_std"]
     secondary = report.get("secondary_metrics", {})
     columns += [f"{key}_{part}" for key in secondary for part in ("mean", "std")]
+    columns += [f"{field}_{part}" for field in RECOVERY_FIELDS for part in ("mean", "std")]
     columns += ["final_total_rank", "target_budget", "budget_check_passed_runs", "size_rank_spearman", "flags",
                 "missing_or_unfinished"]
     size_rho = {b["signal"]: b["spearman_size_rank"] for b in report["size_bias"]}
@@ -624,6 +640,8 @@ def to_csv(report: dict) -> str:
                "missing_or_unfinished": "; ".join(f"seed {p['seed']}: {p['problem']}" for p in row["problems"])}
         for key, column in secondary.items():
             out.update({f"{key}_{part}": column["signals"][row["signal"]][part] for part in ("mean", "std")})
+        out.update({f"{field}_{part}": row[field][part] for field in RECOVERY_FIELDS if field in row
+                    for part in ("mean", "std")})
         for key in report["metrics"]:
             entry = row[key]
             out.update({f"{key}_{part}": entry[part] for part in ("mean", "std", "ci95_low", "ci95_high")})

@@ -330,10 +330,14 @@ def tokenize(task: Task, raw: DatasetDict, tokenizer, max_seq_length: int) -> Da
     })
 
 
-def load_tokenized(task: Task, data_args, tokenizer, tokenizer_id: str, log=print) -> DatasetDict:
-    """Tokenized train + eval splits, cut to --max-*-samples; cached on disk per task/data/tokenizer/length."""
+def load_tokenized(task: Task, data_args, tokenizer, tokenizer_id: str, log=print, build=None,
+                   build_key=None) -> DatasetDict:
+    """Tokenized train + eval splits, cut to --max-*-samples; cached on disk per task/data/tokenizer/length.
+    ``build`` (with ``build_key``, what decides its rows) makes the tokenized splits of a task whose rows are not
+    read from files (the planted task)."""
+    data_key = build_key if build is not None else data_fingerprint(task, data_args.data_dir)
     key = json.dumps({
-        "task": task.name, "data": data_fingerprint(task, data_args.data_dir), "tokenizer": tokenizer_id,
+        "task": task.name, "data": data_key, "tokenizer": tokenizer_id,
         "tokenizer_digest": tokenizer_fingerprint(tokenizer), "max_seq_length": data_args.max_seq_length, "v": 2,
     }, sort_keys=True)
     cache_root = Path(data_args.cache_dir) if data_args.cache_dir else default_cache_dir()
@@ -342,7 +346,8 @@ def load_tokenized(task: Task, data_args, tokenizer, tokenizer_id: str, log=prin
         log(f"[data] tokenized {task.name} loaded from cache {folder}")
         tokenized = datasets.load_from_disk(str(folder))
     else:
-        tokenized = tokenize(task, load_raw(task, data_args.data_dir, log=log), tokenizer, data_args.max_seq_length)
+        tokenized = build() if build is not None else \
+            tokenize(task, load_raw(task, data_args.data_dir, log=log), tokenizer, data_args.max_seq_length)
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         try:
             tokenized.save_to_disk(str(tmp))

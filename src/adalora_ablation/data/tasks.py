@@ -31,6 +31,7 @@ class Task:
     # --task custom: split -> (file, sha256 of its contents), and the files' label column; None for the table's tasks
     custom_files: dict[str, tuple[str, str]] | None = None
     label_column: str = "label"
+    planted: bool = False  # rows labelled by a teacher with planted low-rank updates (data/planted.py)
 
     @property
     def regression(self) -> bool:
@@ -140,6 +141,16 @@ TASKS = {
         train_split="train",
         eval_splits={"": "validation"},
         synthetic=True,
+    ),
+    "planted": Task(
+        name="planted",
+        text_keys=("sentence1", "sentence2"),
+        labels=tuple(f"class_{i}" for i in range(8)),  # several classes: see data/planted.py
+        hub_config=None,
+        local_dir=None,
+        train_split="train",
+        eval_splits={"": "validation"},
+        planted=True,
     ),
 }
 TASK_NAMES = tuple(TASKS)

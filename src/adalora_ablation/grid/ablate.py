@@ -65,11 +65,13 @@ class GridRun:
 
 def plan(tasks, signals, seeds, output_root, grid_variants: list[Variant] | None = None,
          folders: dict[str, str] | None = None) -> list[GridRun]:
-    """``folders``: task -> its folder under the output root where that differs (custom -> custom-<name>)."""
+    """``folders``: task -> its folder under the output root where that differs (custom -> custom-<name>). A signal
+    that reads one task's answer (the planted task's oracle) is planned for that task only."""
     folders = folders or {}
     return [GridRun(t, s, n, run_dir_for(output_root, folders.get(t, t), s, n, v.name), variant=v.name,
                     train_flags=v.flags)
-            for t, s, v, n in itertools.product(tasks, signals, grid_variants or [Variant()], seeds)]
+            for t, s, v, n in itertools.product(tasks, signals, grid_variants or [Variant()], seeds)
+            if registry.runs_on(s, t)]
 
 
 def task_folders(tasks, extra: list[str]) -> dict[str, str]:

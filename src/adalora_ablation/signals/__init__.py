@@ -29,6 +29,7 @@ class SignalConfig:
     normalize_method: str = "zscore"
     plasticity_norm: str = "l2"  # combo's plasticity part: "l2" (plasticity_only) or "rms" (plasticity_rms)
     seed: int = 0  # for signals that draw random numbers
+    planted: dict[str, int] | None = None  # task planted: short module name -> planted rank (the oracle's answer)
 
 
 
@@ -39,6 +40,7 @@ class SignalInfo:
     role: str  # one of ROLES
     description: str  # one line, shown by --help and in the README's table
     where: str  # "module:Class", the module relative to this package
+    only_task: str | None = None  # a signal that reads a task's known answer runs on that task only
 
 
 BUILT_IN = [
@@ -57,6 +59,9 @@ BUILT_IN = [
     SignalInfo("uniform", "control",
                "the same rank for every module, PEFT's score within one: does reallocation beat a fixed rank?",
                "controls:UniformRank"),
+    SignalInfo("oracle", "control",
+               "task planted only: the planted modules keep their planted ranks, PEFT's score the rest (upper "
+               "reference)", "controls:PlantedOracle", only_task="planted"),
     # the literature's scores
     SignalInfo("singular_value", "signal", "|E_i| only (AdaLoRA Table 4, '|lambda| only')",
                "literature:SingularValue"),
@@ -97,6 +102,11 @@ def signal_class(name: str) -> type:
         module, cls = SIGNALS[name].where.split(":")
         _CLASSES[name] = getattr(importlib.import_module(f"{__name__}.{module}"), cls)
     return _CLASSES[name]
+
+
+def runs_on(name: str, task: str) -> bool:
+    """Whether signal ``name`` can run on ``task`` (the oracle needs the planted task's answer)."""
+    return SIGNALS[name].only_task in (None, task) if name in SIGNALS else True
 
 
 def build_signal(name: str, layout, config: SignalConfig):

@@ -62,3 +62,31 @@ class UniformRank(BaselineAdaLoRA):
         # each module's triplets from best to worst (ties broken by index, deterministically)
         order = torch.sort(-within, dim=1, stable=True).indices
         return torch.empty_like(within).scatter_(1, order, self._round_robin)
+
+
+class PlantedOracle(BaselineAdaLoRA):
+    """The upper reference on the planted task: every planted module keeps its planted rank (its best triplets by
+    PEFT's score), and the rest of the budget goes by PEFT's score.
+
+    Through the same allocator, schedule and exact-budget masking: it only reorders the scores. A planted module's
+    best ``planted rank`` triplets score above every other triplet, so they survive every budget that can hold
+    them (and the planted ranks fit in the final budget: checked before training).
+    """
+
+    name = "oracle"
+
+    def __init__(self, layout, config):
+        super().__init__(layout, config)
+        planted = config.planted or {}
+        ranks = torch.tensor([planted.get(name, 0) for name in layout.names]).view(-1, 1)
+        # by position in a module's best-first order: is this one of its planted best?
+        self._planted_by_position = (torch.arange(layout.r).view(1, -1) < ranks).to(layout.device)
+
+    def scores(self):
+        within = super().scores()  # modules x r, PEFT's score (>= 0)
+        order = torch.sort(-within, dim=1, stable=True).indices
+        planted = torch.empty_like(self._planted_by_position).scatter_(1, order, self._planted_by_position)
+        # PEFT's score scaled into [0, 1], plus 2 for a planted triplet: planted ones first, PEFT's order within
+        # each group (the scale is common to all triplets, so it keeps PEFT's order).
+        scaled = within / (within.amax() + torch.finfo(within.dtype).tiny)
+        return torch.where(planted, scaled + 2, scaled)

@@ -1,0 +1,192 @@
+"""The planted task: its spec and recovery metrics, the teacher, the rows it labels, the oracle, the CLI's errors."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import torch
+from transformers import set_seed
+
+from adalora_ablation.adalora.allocator import keep_top_k
+from adalora_ablation.adalora.model import detect_target_modules, load_model_and_tokenizer
+from adalora_ablation.data import planted
+from adalora_ablation.data.planted_spec import (
+    check_planted_spec, default_planted_spec, parse_planted_spec, planted_recall, planted_share,
+)
+from adalora_ablation.data.tasks import TASKS
+from adalora_ablation.errors import UsageError
+from adalora_ablation.module_names import layer_index, module_type, short_module_name
+from adalora_ablation.signals import SignalConfig, build_signal
+from adalora_ablation.signals.layout import LoraLayout
+from adalora_ablation.train import train
+from conftest import tiny_adalora
+
+TASK = TASKS["planted"]
+
+
+def test_recall_and_share_on_crafted_rank_patterns():
+    spec = {"a": 4, "b": 2}
+    assert planted_recall({"a": 4, "b": 2, "c": 6}, spec) == 1.0
+    assert planted_share({"a": 4, "b": 2, "c": 6}, spec) == 0.5
+    assert planted_recall({"a": 9, "b": 0, "c": 1}, spec) == 4 / 6  # rank above the planted one does not count
+    assert planted_share({"a": 9, "b": 0, "c": 1}, spec) == 0.9
+    assert planted_recall({"a": 1, "b": 1}, spec) == 2 / 6 and planted_share({"a": 0, "b": 0}, spec) == 0.0
+
+
+def test_default_spec_spreads_and_a_uniform_budget_cannot_hold_it():
+    names = [f"layer.{i}.{m}" for i in range(6) for m in ("attention.self.query", "attention.self.key",
+                                                           "attention.self.value", "attention.output.dense",
+                                                           "intermediate.dense", "output.dense")]
+    spec = default_planted_spec(names, init_r=8, target_r=2)
+    check_planted_spec(spec, names, init_r=8, target_r=2)  # fits
+    assert len({layer_index(n) for n in spec}) == 3 and len({module_type(n) for n in spec}) == 3
+    assert all(2 < r <= 8 for r in spec.values()) and sum(spec.values()) <= 2 * len(names)
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ({"layer.9.nope": 2}, "not adapted; choose from: layer.0.a"),
+    ({"layer.0.a": 9}, "above --init-r 8"),
+    ({"layer.0.a": 8, "layer.0.b": 8}, "above the final budget of 4"),
+])
+def test_spec_errors_name_the_fix(spec, fragment):
+    with pytest.raises(UsageError, match=fragment.replace(".", r"\.")):
+        check_planted_spec(spec, ["layer.0.a", "layer.0.b"], init_r=8, target_r=2)
+    with pytest.raises(UsageError, match="NAME=RANK"):
+        parse_planted_spec("layer.0.a=2,layer.0.b")
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher():
+    set_seed(0)
+    model, tokenizer = load_model_and_tokenizer("tiny-deberta", TASK.labels)
+    names = [short_module_name(n) for n in detect_target_modules(model)]
+    setup = planted.PlantedSetup(spec=default_planted_spec(names, 8, 2), seed=3, strength=1.0, train_rows=320,
+                                 eval_rows=80, classes=len(TASK.labels), agree_share=1 / len(TASK.labels))
+    teacher, pairs, record = planted.prepare_teacher(model, tokenizer, TASK, setup, None, 24, log=lambda _: None)
+    return model, tokenizer, setup, teacher, pairs, record
+
+
+def predictions(model, tokenizer, rows):
+    batch = planted._encode(tokenizer, TASK, list(zip(rows["sentence1"], rows["sentence2"])), 24)
+    return planted._logits(model, batch).argmax(-1).tolist()
+
+
+def test_labels_are_the_teachers_and_change_without_the_planted_updates(tiny_teacher):
+    model, tokenizer, setup, teacher, pairs, _ = tiny_teacher
+    rows = planted.label_rows(model, teacher, tokenizer, TASK, setup, pairs, 24, log=lambda _: None)
+    for split in ("train", "validation"):
+        labels = rows[split]["label"]
+        assert predictions(teacher, tokenizer, rows[split]) == labels
+        counts = Counter(labels)
+        assert set(counts) == set(range(setup.classes)) and max(counts.values()) - min(counts.values()) <= 3
+        # Without the planted updates (the base model) only about the chance share of labels remains.
+        agree = sum(p == y for p, y in zip(predictions(model, tokenizer, rows[split]), labels)) / len(labels)
+        assert abs(agree - 1 / setup.classes) < 0.05, (split, agree)
+    # The updates are what differs: the teacher with them removed is the base model, bit for bit.
+    no_updates = planted.make_teacher(model, {n: torch.zeros_like(u) for n, u in
+                                              planted.planted_updates(model, setup).items()})
+    assert predictions(no_updates, tokenizer, rows["validation"]) == predictions(model, tokenizer, rows["validation"])
+
+
+def test_planted_updates_have_the_planted_rank_and_depend_on_the_planted_seed_only(tiny_teacher):
+    model, _, setup, *_ = tiny_teacher
+    torch.manual_seed(1)
+    first = planted.planted_updates(model, setup)
+    torch.manual_seed(2)  # the global (training) seed does not enter
+    again = planted.planted_updates(model, setup)
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    assert all(torch.linalg.matrix_rank(u).item() == setup.spec[n] for n, u in first.items())
+    other = planted.planted_updates(model, planted.PlantedSetup(**{**setup.record(), "seed": setup.seed + 1}))
+    assert not any(torch.equal(first[n], other[n]) for n in first)
+
+
+def test_oracle_keeps_the_planted_ranks_at_any_budget_that_holds_them():
+    pm = tiny_adalora(init_r=6, target_r=2)
+    layout = LoraLayout(pm)
+    spec = {layout.names[1]: 4, layout.names[7]: 6}
+    oracle = build_signal("oracle", layout, SignalConfig(planted=spec))
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):  # some PEFT-score history, so the scores are not all ties
+        g = torch.randn(layout.numel, generator=generator)
+        oracle.update(torch.randn(layout.numel, generator=generator), g, True)
+    for budget in (10, 17, layout.num_triplets):
+        ranks = dict(zip(layout.names, keep_top_k(oracle.scores(), budget).sum(1).tolist()))
+        assert planted_recall(ranks, spec) == 1.0, budget
+
+
+def planted_run(root, *flags):
+    # short schedule and few rows: the pipeline, not the accuracy
+    return train(["--task", "planted", "--output_root", str(root), "--max_steps", "24", "--tinit", "4",
+                  "--tfinal", "6", "--deltaT", "2", "--planted-train-rows", "160", "--planted-eval-rows", "48",
+                  "--adapter-effect", "False", *flags])
+
+
+@pytest.mark.slow
+def test_oracle_recall_is_one_and_the_task_ignores_the_training_seed(tmp_path):
+    a = planted_run(tmp_path, "--signal", "oracle", "--seed", "1")
+    b = planted_run(tmp_path, "--signal", "oracle", "--seed", "2")
+    c = planted_run(tmp_path, "--signal", "uniform", "--seed", "1", "--planted-seed", "7")
+    for summary in (a, b):
+        assert summary["planted_recall"] == 1.0 and summary["budget_check_passed"]
+        allocations = [json.loads(line) for line in
+                       (tmp_path / "planted" / "oracle" / str(summary["seed"]) / "rank_pattern.jsonl").open()]
+        assert allocations and all(rec["planted_recall"] == 1.0 for rec in allocations)
+    assert a["planted"]["rows_digest"] == b["planted"]["rows_digest"]  # --seed does not change the task
+    assert a["planted"]["head_bias_shift"] == b["planted"]["head_bias_shift"]
+    assert c["planted"]["rows_digest"] != a["planted"]["rows_digest"]  # --planted-seed does
+    assert c["planted_recall"] < 1.0  # uniform cannot hold ranks above --target-r
+    # the head stays the teacher's: only the adapters train (init_r 8 triplets of in + out + 1 per module)
+    assert a["planted"]["train_head"] is False
+    assert a["trainable_parameters"] == sum(8 * (i + o + 1) for i, o in a["module_shapes"].values())
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--planted-modules", "layer.7.output.dense=2"], "not adapted; choose from"),
+    (["--planted-modules", "layer.0.output.dense=9"], "above --init-r 8"),
+    (["--planted-modules", "layer.0.output.dense=8,layer.1.output.dense=8,layer.0.intermediate.dense=8,"
+                           "layer.1.intermediate.dense=8"], "above the final budget of 24"),
+])
+def test_bad_planted_specs_stop_before_anything_is_written(tmp_path, flags, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        planted_run(tmp_path, *flags)
+    assert not (tmp_path / "planted").exists()
+
+
+def test_oracle_on_another_task_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "adalora_ablation", "train", "--task", "synthetic", "--signal",
+                             "oracle", "--output-root", str(tmp_path / "out")], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("adalora-ablation: error: --signal oracle needs --task planted (it reads that "
+                                     "task's answer); choose another signal for --task synthetic")
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_has_recovery_columns_with_mean_and_std_over_seeds(tmp_path):
+    from adalora_ablation.analysis.report import build_report, to_csv, to_markdown
+    from adalora_ablation.run.folder import append_jsonl, write_summary
+
+    spec = {"layer.0.a": 2}
+    recalls = {"oracle": (1.0, 1.0), "uniform": (0.5, 0.0)}
+    for signal, values in recalls.items():
+        for seed, recall in enumerate(values, start=1):
+            run_dir = tmp_path / "planted" / signal / str(seed)
+            run_dir.mkdir(parents=True)
+            ranks = {"layer.0.a": int(2 * recall), "layer.0.b": 4 - int(2 * recall)}
+            write_summary(run_dir, {"eval_accuracy": 0.5, "total_rank": 4, "target_budget": 4,
+                                    "budget_check_passed": True, "final_ranks": ranks,
+                                    "planted_recall": planted_recall(ranks, spec),
+                                    "planted_share": planted_share(ranks, spec), "planted": {"spec": spec}})
+            append_jsonl(run_dir / "rank_pattern.jsonl", {"step": 1, "budget": 4, "total_rank": 4, "ranks": ranks,
+                                                          "kept": {m: [1] * r for m, r in ranks.items()}})
+    report = build_report(tmp_path, "planted")
+    markdown = to_markdown(report)
+    assert "planted recall mean ± std" in markdown
+    assert "| oracle | 2 |" in markdown and "1.0000 ± 0.0000 | 0.5000 ± 0.0000 |" in markdown
+    assert "0.2500 ± 0.3536 | 0.1250 ± 0.1768 |" in markdown  # uniform: recall (0.5, 0), share (0.25, 0)
+    rows = {r["signal"]: r for r in csv.DictReader(io.StringIO(to_csv(report)))}
+    assert float(rows["uniform"]["planted_recall_mean"]) == 0.25 and float(rows["oracle"]["planted_share_std"]) == 0
