@@ -1,5 +1,8 @@
 """A run's identity: which settings decide its result, their fingerprint, the one-line difference, variant names."""
 
+import subprocess
+import sys
+
 import pytest
 
 from adalora_ablation.grid.sweeps import Variant, parse_sweep, variants
@@ -97,6 +100,15 @@ def test_variant_folders_are_found_beside_todays_and_keep_their_variant(tmp_path
     assert Run.from_dir(plain).variant == ""
 
 
+HOLD_LOCK = """
+import sys, time
+from adalora_ablation.run.lock import RunLock
+RunLock(sys.argv[1], lambda *a: None).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
 @pytest.mark.slow  # resolves train's settings, which loads transformers
 def test_a_run_in_progress_with_other_settings_is_never_taken_as_the_grids(tmp_path):
     from adalora_ablation.args import parse_train_args, run_config
@@ -104,15 +116,16 @@ def test_a_run_in_progress_with_other_settings_is_never_taken_as_the_grids(tmp_p
     from adalora_ablation.grid.sweeps import mark_other_settings
     from adalora_ablation.run.folder import write_json_atomic
     from adalora_ablation.run.identity import IDENTITY_FILE
-    from adalora_ablation.run.lock import RunLock
 
     def argv(target_r):
         return ["--task", "synthetic", "--signal", "combo", "--seed", "1", "--output-root", str(tmp_path),
                 "--target-r", str(target_r)]
 
     folder = run_dir_for(tmp_path, "synthetic", "combo", 1)
-    lock = RunLock(folder, print).acquire()  # a live owner, as another train process would be
+    # a live owner in another process, as another train would be (this process's own lock is not "elsewhere")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], stdout=subprocess.PIPE, text=True)
     try:
+        assert holder.stdout.readline().strip() == "held"
         write_json_atomic(folder / IDENTITY_FILE, identity(run_config(*parse_train_args(argv(4)))))
         for target_r, expected in [(4, None), (2, "target_r: 4 in the run in progress, 2 asked")]:
             run = GridRun("synthetic", "combo", 1, folder)
@@ -120,6 +133,8 @@ def test_a_run_in_progress_with_other_settings_is_never_taken_as_the_grids(tmp_p
             assert (run.detail if run.status == "other settings" else None) == expected
             assert rest == ([] if expected else [run])
     finally:
-        lock.release()
+        holder.kill()
+        holder.wait()
+    (folder / "run.lock").unlink()  # what a dead owner leaves
     run = GridRun("synthetic", "combo", 1, folder)  # nobody holds it and it has no checkpoint: it starts over
     assert mark_other_settings([run], lambda r: argv(2)) == [run]

@@ -137,7 +137,7 @@ def test_submitit_local_records_jobs_skips_finished_and_resubmits_failed(tmp_pat
         assert entry["launcher"] == "submitit-local" and entry["job_id"].isdigit() and entry["submitted_at"]
         assert (entry["task"], entry["signal"], entry["seed"]) == ("synthetic", name.split("/")[1], 1)
 
-    assert ablate_main([*grid, "--status"]) == 0
+    assert ablate_main([*grid, "--status", *TRAIN]) == 0  # the grid is its settings: the same train flags
     status = capsys.readouterr().out
     assert "| synthetic | importance_only | 1 | finished |" in status
     assert f"| synthetic | random | 1 | FAILED | job {record['synthetic/random/1']['job_id']} " in status

@@ -256,30 +256,31 @@ def job_states(records: list[dict]) -> list[tuple[str, str]]:
         submitit.SlurmJob.watcher.update()
     states = []
     for record in records:
-        log = _log_tail(record)
-        failed = JOB_RAISED in log
+        # submitit's own messages go to the job's stdout log, the exception's traceback to its stderr log
+        err, out = _log_tail(record, "err"), _log_tail(record, "out")
+        failed = JOB_RAISED in out + err
         if record["launcher"] == "slurm":
             state = submitit.SlurmJob.watcher.get_state(record["job_id"], mode="cache").split()[0]  # "CANCELLED by 0"
         else:
-            state = _local_state(record, log)
-        states.append((state, _last_line(log) if failed else ""))
+            state = _local_state(record, out + err)
+        states.append((state, _last_line(err) if failed else ""))
     return states
 
 
-# What submitit's job process writes to its stderr log (submitit/core/submission.py) when the job raised, and after
-# it returned; the exception's own traceback follows the first, so the log's last line is the error.
+# What submitit's job process logs (submitit/core/submission.py; its logger writes to the job's stdout log) when the
+# job raised, and after it returned; the exception's traceback is in the stderr log, whose last line is the error.
 JOB_RAISED = "Submitted job triggered an exception"
 JOB_SUCCEEDED = "Job completed successfully"
 
 
-def job_log(record) -> Path:
-    """The job's stderr log (submitit's JobPaths.stderr for task 0), where its error line is."""
-    return Path(record["log_folder"]) / f"{record['job_id']}_0_log.err"
+def job_log(record, stream: str = "err") -> Path:
+    """The job's stderr (``err``, where its error line is) or stdout (``out``) log: submitit's JobPaths for task 0."""
+    return Path(record["log_folder"]) / f"{record['job_id']}_0_log.{stream}"
 
 
-def _log_tail(record, size: int = 1 << 16) -> str:
+def _log_tail(record, stream: str = "err", size: int = 1 << 16) -> str:
     try:
-        with open(job_log(record), "rb") as f:
+        with open(job_log(record, stream), "rb") as f:
             f.seek(max(f.seek(0, os.SEEK_END) - size, 0))
             return f.read().decode("utf-8", errors="replace")
     except OSError:
