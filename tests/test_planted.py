@@ -19,7 +19,7 @@ from adalora_ablation.data.planted_spec import (
 )
 from adalora_ablation.data.tasks import TASKS
 from adalora_ablation.errors import UsageError
-from adalora_ablation.module_names import layer_index, module_type, short_module_name
+from adalora_ablation.module_names import short_module_name
 from adalora_ablation.signals import SignalConfig, build_signal
 from adalora_ablation.signals.layout import LoraLayout
 from adalora_ablation.train import train
@@ -37,14 +37,15 @@ def test_recall_and_share_on_crafted_rank_patterns():
     assert planted_recall({"a": 1, "b": 1}, spec) == 2 / 6 and planted_share({"a": 0, "b": 0}, spec) == 0.0
 
 
-def test_default_spec_spreads_and_a_uniform_budget_cannot_hold_it():
+def test_default_spec_concentrates_a_rank_a_uniform_budget_cannot_hold():
     names = [f"layer.{i}.{m}" for i in range(6) for m in ("attention.self.query", "attention.self.key",
                                                            "attention.self.value", "attention.output.dense",
                                                            "intermediate.dense", "output.dense")]
-    spec = default_planted_spec(names, init_r=8, target_r=2)
-    check_planted_spec(spec, names, init_r=8, target_r=2)  # fits
-    assert len({layer_index(n) for n in spec}) == 3 and len({module_type(n) for n in spec}) == 3
-    assert all(2 < r <= 8 for r in spec.values()) and sum(spec.values()) <= 2 * len(names)
+    for init_r, target_r in ((8, 2), (8, 1), (12, 4)):
+        spec = default_planted_spec(names, init_r=init_r, target_r=target_r)
+        check_planted_spec(spec, names, init_r=init_r, target_r=target_r)  # fits
+        # one module, the last layer's attention output, at --init-r: far above a uniform spread's --target-r
+        assert spec == {"layer.5.attention.output.dense": init_r}
 
 
 @pytest.mark.parametrize("spec, fragment", [
@@ -148,7 +149,7 @@ def test_oracle_recall_is_one_and_the_task_ignores_the_training_seed(tmp_path):
     (["--planted-modules", "layer.7.output.dense=2"], "not adapted; choose from"),
     (["--planted-modules", "layer.0.output.dense=9"], "above --init-r 8"),
     (["--planted-modules", "layer.0.output.dense=8,layer.1.output.dense=8,layer.0.intermediate.dense=8,"
-                           "layer.1.intermediate.dense=8"], "above the final budget of 24"),
+                           "layer.1.intermediate.dense=8"], "above the final budget of 12"),
 ])
 def test_bad_planted_specs_stop_before_anything_is_written(tmp_path, flags, fragment):
     with pytest.raises(UsageError, match=fragment):

@@ -116,8 +116,8 @@ class DataArguments:
     planted_modules: str | None = field(
         default=None,
         metadata={"help": "Task planted: NAME=RANK,NAME=RANK,... (short module names as in final_ranks, e.g. "
-                          "layer.1.attention.self.value_proj=4); default: 3 modules spread over layers and matrix "
-                          "types, each above --target-r, together 3/4 of the final budget."},
+                          "layer.1.attention.self.value_proj=4); default: the last layer's attention output at "
+                          "--init-r (at most 3/4 of the final budget), far above what a uniform spread keeps there."},
     )
     planted_seed: int = field(default=0, metadata={"help": "Task planted: seed of the planted updates and the "
                                                              "inputs, independent of --seed."})
