@@ -428,3 +428,38 @@ def test_slurm_runs_wait_for_their_shared_warmup(tmp_path, fake_slurm, capsys):
     assert ablate_main([*grid, "--status"]) == 0
     out = capsys.readouterr().out
     assert out.count("its shared warm-up job 4242 ended FAILED; run the same command again to resume it") == 2
+
+
+def test_status_says_which_shared_warmup_a_run_waits_for_or_lost(tmp_path, capsys):
+    """--status notes a run's shared warm-up: still running (the run waits for it) or ended without success (with its
+    error line, read from its logs as text)."""
+    grid = ["--task", "synthetic", "--signals", "importance_only", "random", "--seeds", "1", "--output-root",
+            str(tmp_path)]
+    folder = tmp_path / "grid" / "submitit" / "x"
+    folder.mkdir(parents=True)
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    lost = ended.pid + 100000  # a process id that is not running (the next ones may be: the one below)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        def record(job_id, **extra):
+            return {"job_id": str(job_id), "launcher": "submitit-local", "submitted_at": "2026-01-01T00:00:00+00:00",
+                    "log_folder": str(folder), **extra}
+
+        runs = {f"synthetic/{name}/1": record(ended.pid, task="synthetic", signal=name, seed=1, warmup=warmup)
+                for name, warmup in (("importance_only", "failed-w"), ("random", "running-w"))}
+        warmups = {"failed-w": record(lost), "running-w": record(alive.pid)}
+        (tmp_path / "grid" / "jobs.json").write_text(json.dumps({"runs": runs, "warmups": warmups}))
+        (folder / f"{lost}_0_log.out").write_text(
+            "submitit ERROR (2026-01-01 00:00:00,000) - Submitted job triggered an exception\n")
+        (folder / f"{lost}_0_log.err").write_text(
+            "Traceback (most recent call last):\nadalora_ablation.errors.UsageError: the disk is full\n")
+
+        assert ablate_main([*grid, "--status"]) == 0
+        out = capsys.readouterr().out
+    finally:
+        alive.kill()
+        alive.wait()
+    assert (f"its shared warm-up job {lost} ended FAILED: adalora_ablation.errors.UsageError: the disk is "
+            f"full; run the same command again to resume it") in out
+    assert f"waits for shared warm-up job {alive.pid} (RUNNING)" in out
