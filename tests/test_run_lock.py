@@ -246,7 +246,8 @@ def test_a_second_train_on_the_same_folder_stops_and_the_first_writes_consistent
             errors = [line for line in second.stderr.splitlines() if line.startswith("adalora-ablation: error:")]
             assert len(errors) == 1 and f"{run_dir} is in use by process {first.pid} on " in errors[0]
             assert first.poll() is None, "the second process disturbed the first"
-        grid = subprocess.run(cli("ablate", "--task", "synthetic", "--signals", "combo", "--seeds", "5", "--dry-run"),
+        grid = subprocess.run(cli("ablate", "--task", "synthetic", "--signals", "combo", "--seeds", "5", "--dry-run",
+                                  *TRAIN[6:]),  # the same settings: the grid's own run, in progress elsewhere
                               capture_output=True, text=True, timeout=120)
         assert f"| synthetic | combo | 5 | running elsewhere | process {first.pid} on " in grid.stdout
         first.send_signal(signal.SIGTERM)
