@@ -80,8 +80,10 @@ def wait_for(condition, proc, seconds=240):
         time.sleep(0.02)
 
 
+# combo: the signal with the most state. random's generator surviving a checkpoint is shown bit for bit by
+# tests/test_warmup.py (runs continued from a shared warm-up's checkpoint equal runs trained alone).
 @pytest.mark.slow
-@pytest.mark.parametrize("signal_name", ["combo", "random"])
+@pytest.mark.parametrize("signal_name", ["combo"])
 def test_killed_then_resumed_run_equals_uninterrupted_run(tmp_path, signal_name, straight_runs):
     proc = subprocess.Popen(train_command("--signal", signal_name, "--output-root", str(tmp_path)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
