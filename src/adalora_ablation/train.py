@@ -332,8 +332,24 @@ def train_main(argv: list[str]) -> int:
     if "-h" in argv or "--help" in argv:
         print(help_text())
         return 0
-    train(argv)
+    finished = False
+    try:
+        train(argv)
+        finished = True
+    finally:
+        close_process_group(wait_for_others=finished)
     return 0
+
+
+def close_process_group(wait_for_others: bool) -> None:
+    """End a multi-process run's process group before the interpreter exits: left to exit, gloo's threads can abort
+    a process that is done ("terminate called without an active exception") while another still reads from it.
+    After a finished run every process waits for the others first; after an error, nobody waits for anybody."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if wait_for_others:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def check_ranks_agree(mask_digests: list[str], run_dir: Path | None) -> None:
