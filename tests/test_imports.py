@@ -11,7 +11,7 @@ PACKAGE = Path(adalora_ablation.__file__).parent
 HEAVY = {"torch", "peft", "transformers", "datasets"}
 # Lower layers first; a module may import from its own layer and the ones above it in this list, never below.
 LAYERS = [
-    {"errors", "logs", "module_names"},
+    {"errors", "files", "logs", "module_names"},
     {"data"},
     {"signals"},
     {"run"},

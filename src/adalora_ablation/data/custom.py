@@ -5,12 +5,12 @@ file and the column."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+from ..files import file_sha256
 from .metrics import CLASSIFICATION, REGRESSION
 from .tasks import Task, custom_task
 
@@ -19,14 +19,6 @@ if TYPE_CHECKING:
 
 SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 SPLIT_FLAGS = {"train": "--train-file", "validation": "--validation-file", "test": "--test-file"}
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_columns(path: Path) -> dict[str, list]:
@@ -124,7 +116,7 @@ def load_custom(data_args) -> Task:
                          f"{len(labels)} classes; use accuracy or matthews")
     others = [m for m in allowed if m != metric and not (m == "f1" and len(labels) != 2)]
     return custom_task(files["train"], tuple(text_columns), label_column, labels, (metric, *others),
-                       {split: (str(path.resolve()), file_digest(path)) for split, path in files.items()})
+                       {split: (str(path.resolve()), file_sha256(path)) for split, path in files.items()})
 
 
 def custom_datasets(task: Task, log=print) -> DatasetDict:

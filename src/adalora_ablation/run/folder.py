@@ -13,7 +13,6 @@ No torch here: the report, the figures and ``ablate --status`` read runs without
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import RunFileError, UsageError, first_line
+from ..files import file_sha256
 from ..data.tasks import METRIC_LABELS, TASK_SPEC, TASKS, MetricField, Task, metric_fields, task_from_spec, task_spec
 
 METRICS = "metrics.jsonl"  # every Trainer log line (train and eval), with the global step
@@ -304,20 +304,12 @@ def latest_complete_checkpoint(run_dir: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(checkpoint: Path) -> None:
     """The checkpoint's manifest (name, size and sha256 of every other file in it), written last and atomically."""
     checkpoint = Path(checkpoint)
     files = sorted(p for p in checkpoint.rglob("*") if p.is_file() and p.name != MANIFEST)
     write_json_atomic(checkpoint / MANIFEST, {"files": {
-        str(p.relative_to(checkpoint)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}})
+        str(p.relative_to(checkpoint)): {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in files}})
 
 
 def verify_manifest(checkpoint: Path) -> None:
@@ -333,7 +325,7 @@ def verify_manifest(checkpoint: Path) -> None:
             raise ValueError(f"{path} is missing")
         if path.stat().st_size != expected["size"]:
             raise ValueError(f"{path} has {path.stat().st_size} bytes, the manifest says {expected['size']}")
-        if _sha256(path) != expected["sha256"]:
+        if file_sha256(path) != expected["sha256"]:
             raise ValueError(f"{path} does not match its checksum in the manifest")
 
 
