@@ -8,7 +8,7 @@ import pytest
 from adalora_ablation.run.folder import read_summary
 
 TRAIN = ["--max-steps", "40", "--tinit", "5", "--tfinal", "10", "--deltaT", "5", "--save-strategy", "no",
-         "--eval-strategy", "no"]
+         "--eval-strategy", "no", "--max-train-samples", "256", "--max-eval-samples", "128", "--adapter-effect", "False"]
 
 
 def ablate(*args):
@@ -17,15 +17,17 @@ def ablate(*args):
 
 
 @pytest.mark.slow
-def test_grid_runs_skips_and_reports_failures(tmp_path):
+def test_grid_runs_skips_and_reports_failures(tmp_path, capsys):
+    from adalora_ablation.grid.ablate import ablate_main
+
     root = str(tmp_path)
     # A run folder that is a file cannot be written: that one run fails, the others must still run.
     (tmp_path / "synthetic" / "random").mkdir(parents=True)
     (tmp_path / "synthetic" / "random" / "1").write_text("not a folder")
 
-    dry = ablate("--task", "synthetic", "--signals", "importance_only", "--with-controls", "--seeds", "1",
-                 "--output-root", root, "--dry-run", *TRAIN)
-    assert dry.returncode == 0 and dry.stdout.count("would run") == 3
+    assert ablate_main(["--task", "synthetic", "--signals", "importance_only", "--with-controls", "--seeds", "1",
+                        "--output-root", root, "--dry-run", *TRAIN]) == 0
+    assert capsys.readouterr().out.count("would run") == 3
     assert not (tmp_path / "synthetic" / "importance_only").exists()
 
     first = ablate("--task", "synthetic", "--signals", "importance_only", "--with-controls", "--seeds", "1",

@@ -18,7 +18,7 @@ from adalora_ablation.grid.launchers import parse_gpus, parse_slurm_time
 from adalora_ablation.run.folder import latest_complete_checkpoint, read_jsonl, read_summary
 
 TRAIN = ["--max-steps", "40", "--tinit", "5", "--tfinal", "10", "--deltaT", "5", "--save-strategy", "no",
-         "--eval-strategy", "no"]
+         "--eval-strategy", "no", "--max-train-samples", "256", "--max-eval-samples", "128", "--adapter-effect", "False"]
 
 
 def ablate(*args):
@@ -327,25 +327,36 @@ class RunsCode:
         return (open, (self.path, "w"))
 
 
-def test_status_reads_no_pickle_from_the_output_root(tmp_path, capsys):
-    """A result file planted in the job folder would run code if unpickled; --status reads the job's log instead."""
-    import pickle
-
+def crafted_submitit_jobs(tmp_path):
+    """A grid's argv, its submitit log folder and the id of a process that has ended: the setup of the --status tests
+    that craft a job record by hand."""
     grid = ["--task", "synthetic", "--signals", "importance_only", "random", "--seeds", "1", "--output-root",
             str(tmp_path)]
     folder = tmp_path / "grid" / "submitit" / "x"
     folder.mkdir(parents=True)
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
+    return grid, folder, ended.pid
+
+
+def submitit_record(job_id, folder, **extra):
+    return {"job_id": str(job_id), "launcher": "submitit-local", "submitted_at": "2026-01-01T00:00:00+00:00",
+            "log_folder": str(folder), **extra}
+
+
+def test_status_reads_no_pickle_from_the_output_root(tmp_path, capsys):
+    """A result file planted in the job folder would run code if unpickled; --status reads the job's log instead."""
+    import pickle
+
+    grid, folder, ended = crafted_submitit_jobs(tmp_path)
     book = {}
-    for signal_name, job_id in (("importance_only", ended.pid), ("random", ended.pid + 100000)):
-        book[f"synthetic/{signal_name}/1"] = {
-            "task": "synthetic", "signal": signal_name, "seed": 1, "job_id": str(job_id), "launcher": "submitit-local",
-            "submitted_at": "2026-01-01T00:00:00+00:00", "log_folder": str(folder)}
+    for signal_name, job_id in (("importance_only", ended), ("random", ended + 100000)):
+        book[f"synthetic/{signal_name}/1"] = submitit_record(job_id, folder, task="synthetic", signal=signal_name,
+                                                             seed=1)
         marker = tmp_path / f"pwned-{signal_name}"
         (folder / f"{job_id}_0_result.pkl").write_bytes(pickle.dumps(("error", RunsCode(marker))))
     (tmp_path / "grid" / "jobs.json").write_text(json.dumps({"runs": book}))
-    (folder / f"{ended.pid}_0_log.err").write_text(
+    (folder / f"{ended}_0_log.err").write_text(
         "submitit ERROR (2026-01-01 00:00:00,000) - Submitted job triggered an exception\n"
         "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
         "adalora_ablation.errors.UsageError: /data/glu holds no RTE files\n")
@@ -353,9 +364,9 @@ def test_status_reads_no_pickle_from_the_output_root(tmp_path, capsys):
     assert ablate_main([*grid, "--status"]) == 0
     out = capsys.readouterr().out
     assert not list(tmp_path.glob("pwned-*")), "--status unpickled a file from the output root"
-    assert (f"| synthetic | importance_only | 1 | FAILED | job {ended.pid} (submitit-local), "
+    assert (f"| synthetic | importance_only | 1 | FAILED | job {ended} (submitit-local), "
             f"adalora_ablation.errors.UsageError: /data/glu holds no RTE files |") in out
-    assert f"| synthetic | random | 1 | INTERRUPTED | job {ended.pid + 100000} (submitit-local) |" in out
+    assert f"| synthetic | random | 1 | INTERRUPTED | job {ended + 100000} (submitit-local) |" in out
 
 
 FAKE_TRAIN_THREADS = """
@@ -433,22 +444,14 @@ def test_slurm_runs_wait_for_their_shared_warmup(tmp_path, fake_slurm, capsys):
 def test_status_says_which_shared_warmup_a_run_waits_for_or_lost(tmp_path, capsys):
     """--status notes a run's shared warm-up: still running (the run waits for it) or ended without success (with its
     error line, read from its logs as text)."""
-    grid = ["--task", "synthetic", "--signals", "importance_only", "random", "--seeds", "1", "--output-root",
-            str(tmp_path)]
-    folder = tmp_path / "grid" / "submitit" / "x"
-    folder.mkdir(parents=True)
-    ended = subprocess.Popen([sys.executable, "-c", "pass"])
-    ended.wait()
-    lost = ended.pid + 100000  # a process id that is not running (the next ones may be: the one below)
+    grid, folder, ended = crafted_submitit_jobs(tmp_path)
+    lost = ended + 100000  # a process id that is not running (the next ones may be: the one below)
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        def record(job_id, **extra):
-            return {"job_id": str(job_id), "launcher": "submitit-local", "submitted_at": "2026-01-01T00:00:00+00:00",
-                    "log_folder": str(folder), **extra}
-
-        runs = {f"synthetic/{name}/1": record(ended.pid, task="synthetic", signal=name, seed=1, warmup=warmup)
+        runs = {f"synthetic/{name}/1": submitit_record(ended, folder, task="synthetic", signal=name, seed=1,
+                                                       warmup=warmup)
                 for name, warmup in (("importance_only", "failed-w"), ("random", "running-w"))}
-        warmups = {"failed-w": record(lost), "running-w": record(alive.pid)}
+        warmups = {"failed-w": submitit_record(lost, folder), "running-w": submitit_record(alive.pid, folder)}
         (tmp_path / "grid" / "jobs.json").write_text(json.dumps({"runs": runs, "warmups": warmups}))
         (folder / f"{lost}_0_log.out").write_text(
             "submitit ERROR (2026-01-01 00:00:00,000) - Submitted job triggered an exception\n")
