@@ -13,6 +13,11 @@ from transformers import AutoModelForSequenceClassification
 from adalora_ablation.adalora.model import detect_target_modules, tiny_deberta_config
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Tests spread over workers (pytest -n): one torch thread per worker and per run it starts, or the workers'
+    # threads spin against each other on the machine's cores and every test runs many times slower.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 GLUE_DIR = ROOT.parent / "shared" / "data" / "glue"
 
