@@ -37,15 +37,21 @@ def test_recall_and_share_on_crafted_rank_patterns():
     assert planted_recall({"a": 1, "b": 1}, spec) == 2 / 6 and planted_share({"a": 0, "b": 0}, spec) == 0.0
 
 
-def test_default_spec_concentrates_a_rank_a_uniform_budget_cannot_hold():
-    names = [f"layer.{i}.{m}" for i in range(6) for m in ("attention.self.query", "attention.self.key",
-                                                           "attention.self.value", "attention.output.dense",
-                                                           "intermediate.dense", "output.dense")]
-    for init_r, target_r in ((8, 2), (8, 1), (12, 4)):
+def test_default_spec_spreads_a_rank_a_uniform_budget_cannot_hold_over_layers_and_types():
+    types = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+             "intermediate.dense", "output.dense")
+    for layers, init_r, target_r, rank in ((6, 8, 1, 8), (6, 8, 2, 8), (6, 12, 4, 12), (2, 8, 1, 6), (2, 8, 2, 8)):
+        names = [f"layer.{i}.{m}" for i in range(layers) for m in types]
         spec = default_planted_spec(names, init_r=init_r, target_r=target_r)
         check_planted_spec(spec, names, init_r=init_r, target_r=target_r)  # fits
-        # one module, the last layer's attention output, at --init-r: far above a uniform spread's --target-r
-        assert spec == {"layer.5.attention.output.dense": init_r}
+        # the last layer's attention output and the first layer's FFN input, each at half the budget (at most
+        # --init-r): far above a uniform spread's --target-r
+        assert spec == {f"layer.{layers - 1}.attention.output.dense": rank, "layer.0.intermediate.dense": rank}
+        assert rank > target_r
+    # a decoder's names: o_proj and up_proj are its O and FFN-in
+    names = [f"layers.{i}.{m}" for i in range(4) for m in ("self_attn.q_proj", "self_attn.o_proj", "mlp.up_proj")]
+    assert default_planted_spec(names, init_r=8, target_r=1) == {"layers.3.self_attn.o_proj": 6,
+                                                                 "layers.0.mlp.up_proj": 6}
 
 
 @pytest.mark.parametrize("spec, fragment", [

@@ -116,14 +116,16 @@ class DataArguments:
     planted_modules: str | None = field(
         default=None,
         metadata={"help": "Task planted: NAME=RANK,NAME=RANK,... (short module names as in final_ranks, e.g. "
-                          "layer.1.attention.self.value_proj=4); default: the last layer's attention output at "
-                          "--init-r (at most 3/4 of the final budget), far above what a uniform spread keeps there."},
+                          "layer.1.attention.self.value_proj=4); default: the last layer's attention output and the "
+                          "first layer's FFN input, each at half the final budget (at most --init-r), far above what "
+                          "a uniform spread keeps there."},
     )
     planted_seed: int = field(default=0, metadata={"help": "Task planted: seed of the planted updates and the "
                                                              "inputs, independent of --seed."})
     planted_strength: float = field(
-        default=1.0, metadata={"help": "Task planted: every planted singular value is this times the module's "
-                                       "largest singular value."})
+        default=2.0, metadata={"help": "Task planted: every planted singular value is this times the module's "
+                                       "largest singular value (larger: the teacher disagrees with the base model "
+                                       "on more inputs)."})
     planted_train_rows: int = field(default=2000, metadata={"help": "Task planted: training rows."})
     planted_train_head: bool = field(
         default=False, metadata={"help": "Task planted: train the head too (default: it stays the teacher's, so the "

@@ -161,8 +161,10 @@ def _train(argv: list[str], stopper: StopOnSignal, warmup=None) -> dict | None:
     allocator = (warmup.install_allocator(peft_model, signal_config) if warmup
                  else install_allocator(peft_model, run_args.signal, signal_config))
     params = count_parameters(peft_model)
-    logger.info(f"[model] {model_args.model}: {len(target_modules)} adapted modules, trained in full: "
-                f"{modules_to_save}; trainable parameters {params['trainable']:,} of {params['total']:,}")
+    head = ("frozen (the teacher's head)" if task.planted and not data_args.planted_train_head
+            else f"trained in full: {modules_to_save}")
+    logger.info(f"[model] {model_args.model}: {len(target_modules)} adapted modules, {head}; "
+                f"trainable parameters {params['trainable']:,} of {params['total']:,}")
     if task.synthetic:
         logger.info("[data] task 'synthetic' is a SYNTHETIC keyword task for offline demos, not GLUE")
 
