@@ -54,6 +54,27 @@ def test_default_spec_spreads_a_rank_a_uniform_budget_cannot_hold_over_layers_an
                                                                  "layers.0.mlp.up_proj": 6}
 
 
+def test_a_planted_run_made_with_another_default_rule_is_another_run(monkeypatch):
+    """The default spec's modules are chosen from the model, so --planted-modules stays empty in the settings; the
+    rule itself is recorded, so that a finished run made with another default is never taken for this one."""
+    from adalora_ablation.args import parse_train_args, run_config
+    from adalora_ablation.data import planted_spec
+    from adalora_ablation.run.identity import differing, identity
+
+    default = identity(run_config(*parse_train_args(["--task", "planted"])))
+    assert default["settings"]["planted_default"] == planted_spec.default_rule()
+    assert "FFN-in" in planted_spec.default_rule() and "last layer O" in planted_spec.default_rule()
+    given = identity(run_config(*parse_train_args(["--task", "planted", "--planted-modules",
+                                                   "layer.0.output.dense=2"])))
+    assert "planted_default" not in given["settings"]  # an explicit spec is its own setting
+    assert "planted_default" not in identity(run_config(*parse_train_args(["--task", "rte"])))["settings"]
+
+    monkeypatch.setattr(planted_spec, "DEFAULT_PLANTED_PLACES", (("last", "O"),))
+    other = identity(run_config(*parse_train_args(["--task", "planted"])))
+    assert other["fingerprint"] != default["fingerprint"]
+    assert differing(default["settings"], other["settings"]) == ["planted_default"]
+
+
 @pytest.mark.parametrize("spec, fragment", [
     ({"layer.9.nope": 2}, "not adapted; choose from: layer.0.a"),
     ({"layer.0.a": 9}, "above --init-r 8"),

@@ -19,6 +19,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from .errors import OneLineArgumentParser, UsageError, first_line
 from .signals import NORMALIZE_METHODS, PLASTICITY_NORMS, SIGNALS, describe_signals
+from .data.planted_spec import default_rule
 from .data.tasks import CUSTOM, TASK_CHOICES
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -249,9 +250,11 @@ def parse_train_args(argv: list[str]):
 def run_config(run_args, model_args, data_args, ada_args, training_args) -> dict:
     """Every resolved setting, by group, as the summary records it (run/identity.py picks those that decide the
     result from it)."""
-    return {"run": dataclasses.asdict(run_args), "model": dataclasses.asdict(model_args),
-            "data": dataclasses.asdict(data_args), "adalora": dataclasses.asdict(ada_args),
-            "training": training_args.to_dict()}
+    data = dataclasses.asdict(data_args)
+    if run_args.task == "planted" and not data_args.planted_modules:
+        data["planted_default"] = default_rule()  # the default's modules depend on the model; its rule is the setting
+    return {"run": dataclasses.asdict(run_args), "model": dataclasses.asdict(model_args), "data": data,
+            "adalora": dataclasses.asdict(ada_args), "training": training_args.to_dict()}
 
 
 CUSTOM_FLAGS = ("train_file", "validation_file", "test_file", "text_columns", "metric")

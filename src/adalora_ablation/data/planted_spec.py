@@ -14,6 +14,13 @@ from ..module_names import layer_index, module_type
 DEFAULT_PLANTED_PLACES = (("last", "O"), ("first", "FFN-in"))  # (layer, matrix type); other models: the nearest
 
 
+def default_rule() -> str:
+    """The default spec's rule in words, recorded in a planted run's settings when --planted-modules is not given:
+    the modules it picks depend on the model, so this text is what tells a run made with another default apart."""
+    places = ", ".join(f"{where} layer {kind}" for where, kind in DEFAULT_PLANTED_PLACES)
+    return f"{places}; each 1/{len(DEFAULT_PLANTED_PLACES)} of the final budget, at most init_r"
+
+
 def parse_planted_spec(text: str) -> dict[str, int]:
     """``NAME=RANK,NAME=RANK`` -> {NAME: RANK}; a malformed entry is a UsageError naming it."""
     spec: dict[str, int] = {}
