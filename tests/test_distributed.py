@@ -28,6 +28,7 @@ def test_two_ddp_processes_apply_identical_masks_and_write_once(tmp_path):
     # 640 rows / 16 per device / 2 processes = 20 optimizer steps per epoch, 3 epochs; the Trainer agreed
     # (the callback stops the run if its max_steps differs from AdaLoRA's total_step).
     assert summary["total_step"] == 60
+    assert summary["settings"]["world_size"] == 2  # the global batch is part of what the run is
     consistency = json.loads((run_dir / "ddp_consistency.json").read_text())
     digests = consistency["mask_digests"]
     assert consistency["world_size"] == 2 and set(digests) == {"0", "1"}
@@ -42,6 +43,7 @@ def test_bf16_end_to_end(tmp_path):
     summary = train([*TINY, "--signal", "importance_only", "--output-root", str(tmp_path), "--max-steps", "60",
                      "--bf16", "True"])
     assert summary["config"]["training"]["bf16"] is True
+    assert summary["settings"]["world_size"] == 1 and summary["settings"]["bf16"] is True
     assert summary["budget_check_passed"] and summary["total_rank"] == summary["target_budget"]
     assert summary["nonfinite_steps"] == 0
 

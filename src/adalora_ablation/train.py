@@ -288,9 +288,11 @@ def _train(argv: list[str], stopper: StopOnSignal, warmup=None) -> dict | None:
 
 
 def result_config(task, run_args, model_args, data_args, ada_args, training_args) -> dict:
-    """What the run's identity is computed from: its resolved settings and, for your own data (--task custom), the
-    contents of its files (a file edited under the same name is other data)."""
+    """What the run's identity is computed from: its resolved settings, the number of processes it trains in (the
+    global batch is per-device batch x processes) and, for your own data (--task custom), the contents of its files
+    (a file edited under the same name is other data)."""
     config = run_config(run_args, model_args, data_args, ada_args, training_args)
+    config["processes"] = {"world_size": training_args.world_size}
     if task.custom_files:
         config["task"] = {"data_files_sha256": {split: digest for split, (_, digest) in task.custom_files.items()}}
     return config
