@@ -4,7 +4,7 @@ Adding a GLUE task is one entry."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -13,10 +13,11 @@ class Task:
     name: str
     text_keys: tuple[str, ...]  # the hub's text columns, one or two (also in a hub snapshot or save_to_disk folder)
     labels: tuple[str, ...]  # label names in the hub's id order; empty for a regression task (one output, MSE)
-    hub_config: str | None  # load_dataset("nyu-mll/glue", hub_config); also the sub-folder of a hub-style local copy
-    local_dir: str | None  # sub-folder of a GLUE-download style --data-dir (TSV files)
-    train_split: str
-    eval_splits: dict[str, str]  # eval set name -> split; several sets log as eval_<name>_<metric>
+    hub_config: str | None = None  # load_dataset("nyu-mll/glue", hub_config); also a hub-style local copy's folder
+    local_dir: str | None = None  # sub-folder of a GLUE-download style --data-dir (TSV files)
+    train_split: str = "train"
+    # eval set name -> split; several sets log as eval_<name>_<metric>
+    eval_splits: dict[str, str] = field(default_factory=lambda: {"": "validation"})
     # data/metrics.py names; the first is the main metric (the report's tests, the controls' band, adapter effect)
     metrics: tuple[str, ...] = ("accuracy",)
     tsv_text_columns: tuple[str, ...] = ("sentence1", "sentence2")  # the text columns of the GLUE TSV files
@@ -51,7 +52,6 @@ TASKS = {
         labels=("entailment", "neutral", "contradiction"),
         hub_config="mnli",
         local_dir="MNLI",
-        train_split="train",
         eval_splits={"matched": "validation_matched", "mismatched": "validation_mismatched"},
         field_suffixes=("", "_mm"),
         tsv_label_columns=("gold_label", "label"),
@@ -62,8 +62,6 @@ TASKS = {
         labels=("entailment", "not_entailment"),
         hub_config="rte",
         local_dir="RTE",
-        train_split="train",
-        eval_splits={"": "validation"},
     ),
     "cola": Task(
         name="cola",
@@ -71,8 +69,6 @@ TASKS = {
         labels=("unacceptable", "acceptable"),
         hub_config="cola",
         local_dir="CoLA",
-        train_split="train",
-        eval_splits={"": "validation"},
         metrics=("matthews", "accuracy"),
         tsv_text_columns=("sentence",),
         tsv_columns=("source", "label", "original_judgement", "sentence"),  # GLUE's CoLA train/dev: no header
@@ -83,8 +79,6 @@ TASKS = {
         labels=("negative", "positive"),
         hub_config="sst2",
         local_dir="SST-2",
-        train_split="train",
-        eval_splits={"": "validation"},
         tsv_text_columns=("sentence",),
     ),
     "mrpc": Task(
@@ -93,8 +87,6 @@ TASKS = {
         labels=("not_equivalent", "equivalent"),
         hub_config="mrpc",
         local_dir="MRPC",
-        train_split="train",
-        eval_splits={"": "validation"},
         metrics=("accuracy", "f1"),
         tsv_text_columns=("#1 String", "#2 String"),
         tsv_label_columns=("Quality",),
@@ -105,8 +97,6 @@ TASKS = {
         labels=("not_duplicate", "duplicate"),
         hub_config="qqp",
         local_dir="QQP",
-        train_split="train",
-        eval_splits={"": "validation"},
         metrics=("accuracy", "f1"),
         tsv_text_columns=("question1", "question2"),
         tsv_label_columns=("is_duplicate",),
@@ -117,8 +107,6 @@ TASKS = {
         labels=("entailment", "not_entailment"),
         hub_config="qnli",
         local_dir="QNLI",
-        train_split="train",
-        eval_splits={"": "validation"},
         tsv_text_columns=("question", "sentence"),
     ),
     "stsb": Task(
@@ -127,8 +115,6 @@ TASKS = {
         labels=(),  # a similarity score in [0, 5]: regression
         hub_config="stsb",
         local_dir="STS-B",
-        train_split="train",
-        eval_splits={"": "validation"},
         metrics=("pearson", "spearman"),
         tsv_label_columns=("score",),
     ),
@@ -136,20 +122,12 @@ TASKS = {
         name="synthetic",
         text_keys=("sentence1", "sentence2"),
         labels=("entailment", "not_entailment"),
-        hub_config=None,
-        local_dir=None,
-        train_split="train",
-        eval_splits={"": "validation"},
         synthetic=True,
     ),
     "planted": Task(
         name="planted",
         text_keys=("sentence1", "sentence2"),
         labels=tuple(f"class_{i}" for i in range(8)),  # several classes: see data/planted.py
-        hub_config=None,
-        local_dir=None,
-        train_split="train",
-        eval_splits={"": "validation"},
         planted=True,
     ),
 }
@@ -225,8 +203,7 @@ def custom_task_name(train_file: str | Path) -> str:
 
 def custom_task(train_file, text_columns: tuple[str, ...], label_column: str, labels: tuple[str, ...],
                 metrics: tuple[str, ...], files: dict[str, tuple[str, str]]) -> Task:
-    return Task(name=custom_task_name(train_file), text_keys=text_columns, labels=labels, hub_config=None,
-                local_dir=None, train_split="train", eval_splits={"": "validation"}, metrics=metrics,
+    return Task(name=custom_task_name(train_file), text_keys=text_columns, labels=labels, metrics=metrics,
                 custom_files=files, label_column=label_column)
 
 
@@ -239,6 +216,5 @@ def task_spec(task: Task) -> dict:
 def task_from_spec(spec: dict) -> Task:
     """The custom task a run recorded in task.json (the name is the run folder's, whatever the files are called)."""
     return Task(name=spec["name"], text_keys=tuple(spec["text_columns"]), labels=tuple(spec["labels"]),
-                hub_config=None, local_dir=None, train_split="train", eval_splits={"": "validation"},
                 metrics=tuple(spec["metrics"]), custom_files={s: tuple(f) for s, f in spec["files"].items()},
                 label_column=spec["label_column"])
