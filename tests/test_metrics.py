@@ -86,3 +86,17 @@ def test_stsb_is_regression_scored_by_pearson_then_spearman():
     assert list(got) == ["pearson", "spearman"]
     assert got["pearson"] == pytest.approx(stats.pearsonr(outputs[:, 0], scores).statistic)
     assert got["spearman"] == pytest.approx(stats.spearmanr(outputs[:, 0], scores).statistic)
+
+
+def test_planted_metrics_take_the_teachers_logits_or_its_classes():
+    rng = np.random.default_rng(2)
+    teacher = rng.normal(size=(50, 8))
+    student = teacher + rng.normal(scale=0.5, size=teacher.shape)
+    got = compute(TASKS["planted"].metrics, student, teacher, regression=False)
+    assert list(got) == ["agreement", "logit_mse"]
+    assert got["agreement"] == pytest.approx(np.mean(student.argmax(1) == teacher.argmax(1)))
+    assert got["logit_mse"] == pytest.approx(np.mean((student - teacher) ** 2))
+    assert compute(("agreement",), teacher, teacher, regression=False)["agreement"] == 1.0
+    # --planted-targets labels: the rows hold the teacher's classes; the logits' MSE is undefined there
+    hard = compute(TASKS["planted"].metrics, student, teacher.argmax(1), regression=False)
+    assert hard["agreement"] == got["agreement"] and math.isnan(hard["logit_mse"])

@@ -1,5 +1,6 @@
 """The planted task: its spec and recovery metrics, the teacher, the rows it labels, the oracle, the CLI's errors."""
 
+import copy
 import csv
 import io
 import json
@@ -87,37 +88,95 @@ def test_spec_errors_name_the_fix(spec, fragment):
         parse_planted_spec("layer.0.a=2,layer.0.b")
 
 
+def tiny_setup(spec, targets="logits", strength="auto", seed=3, train_rows=320, eval_rows=80):
+    return planted.PlantedSetup(spec=spec, seed=seed, strength=strength, train_rows=train_rows, eval_rows=eval_rows,
+                                classes=len(TASK.labels), targets=targets)
+
+
 @pytest.fixture(scope="module")
-def tiny_teacher():
+def tiny_model():
     set_seed(0)
     model, tokenizer = load_model_and_tokenizer("tiny-deberta", TASK.labels)
-    names = [short_module_name(n) for n in detect_target_modules(model)]
-    setup = planted.PlantedSetup(spec=default_planted_spec(names, 8, 2), seed=3, strength=1.0, train_rows=320,
-                                 eval_rows=80, classes=len(TASK.labels), agree_share=1 / len(TASK.labels))
-    teacher, pairs, record = planted.prepare_teacher(model, tokenizer, TASK, setup, None, 24, log=lambda _: None)
+    return model, tokenizer, [short_module_name(n) for n in detect_target_modules(model)]
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tiny_model):
+    model, tokenizer, names = tiny_model
+    model = copy.deepcopy(model)  # prepare_teacher centres and scales this model's head
+    setup = tiny_setup(default_planted_spec(names, 8, 2))
+    teacher, pairs, record, updates = planted.prepare_teacher(model, tokenizer, TASK, setup, None, 24,
+                                                              log=lambda _: None)
     return model, tokenizer, setup, teacher, pairs, record
 
 
 def predictions(model, tokenizer, rows):
+    return logits_of(model, tokenizer, rows).argmax(-1).tolist()
+
+
+def logits_of(model, tokenizer, rows):
     batch = planted._encode(tokenizer, TASK, list(zip(rows["sentence1"], rows["sentence2"])), 24)
-    return planted._logits(model, batch).argmax(-1).tolist()
+    return planted._logits(model, batch)
 
 
-def test_labels_are_the_teachers_and_change_without_the_planted_updates(tiny_teacher):
-    model, tokenizer, setup, teacher, pairs, _ = tiny_teacher
-    rows = planted.label_rows(model, teacher, tokenizer, TASK, setup, pairs, 24, log=lambda _: None)
+def test_rows_carry_the_teachers_logits_and_the_base_model_is_far_from_them(tiny_teacher):
+    model, tokenizer, setup, teacher, pairs, record = tiny_teacher
+    rows = planted.label_rows(teacher, tokenizer, TASK, setup, pairs, 24)
+    assert len(rows["validation"]) == setup.eval_rows and len(rows["train"]) == setup.train_rows
     for split in ("train", "validation"):
-        labels = rows[split]["label"]
-        assert predictions(teacher, tokenizer, rows[split]) == labels
-        counts = Counter(labels)
-        assert set(counts) == set(range(setup.classes)) and max(counts.values()) - min(counts.values()) <= 3
-        # Without the planted updates (the base model) only about the chance share of labels remains.
-        agree = sum(p == y for p, y in zip(predictions(model, tokenizer, rows[split]), labels)) / len(labels)
-        assert abs(agree - 1 / setup.classes) < 0.05, (split, agree)
+        taught = logits_of(teacher, tokenizer, rows[split])
+        assert torch.allclose(torch.tensor(rows[split]["label"]), taught, atol=1e-5)  # the teacher's own logits
+        counts = Counter(taught.argmax(-1).tolist())  # the centred head: every class predicted, none dominates
+        assert set(counts) == set(range(setup.classes)) and max(counts.values()) < 3 * len(taught) / setup.classes
+        # Without the planted updates (the base model) the arg-max agrees on at most about half of the rows
+        agree = sum(p == y for p, y in zip(predictions(model, tokenizer, rows[split]), taught.argmax(-1).tolist()))
+        assert agree / len(taught) < planted.BASE_AGREEMENT + 0.1, (split, agree)
+    assert record["strength"] == "auto" and record["strength_used"] in planted.STRENGTH_LADDER
+    assert record["base_agreement"] <= planted.BASE_AGREEMENT
+    assert 0.8 < float(taught.std(0).mean()) < 1.25  # the head is scaled to a logit spread of about 1
     # The updates are what differs: the teacher with them removed is the base model, bit for bit.
     no_updates = planted.make_teacher(model, {n: torch.zeros_like(u) for n, u in
                                               planted.planted_updates(model, setup).items()})
     assert predictions(no_updates, tokenizer, rows["validation"]) == predictions(model, tokenizer, rows["validation"])
+
+
+# rank-1 and rank-2 modules in Q, K, V and FFN of either layer (one refused to build before rows were not selected)
+BUILD_SPECS = [{"layer.0.attention.self.query_proj": 2, "layer.1.intermediate.dense": 2},
+               {"layer.0.attention.self.query_proj": 1}, {"layer.1.attention.self.key_proj": 1},
+               {"layer.0.attention.self.value_proj": 2}, {"layer.1.output.dense": 1},
+               {"layer.0.attention.self.key_proj": 2, "layer.1.attention.self.value_proj": 1,
+                "layer.0.output.dense": 2}]
+
+
+@pytest.mark.parametrize("spec", BUILD_SPECS, ids=lambda spec: "+".join(f"{n}={r}" for n, r in spec.items()))
+def test_every_valid_spec_builds_and_its_strength_is_recorded(tiny_model, spec):
+    model, tokenizer, names = tiny_model
+    model = copy.deepcopy(model)
+    check_planted_spec(spec, names, init_r=8, target_r=1)
+    setup = tiny_setup(spec, train_rows=64, eval_rows=32)
+    teacher, pairs, record, updates = planted.prepare_teacher(model, tokenizer, TASK, setup, None, 24,
+                                                              log=lambda _: None)
+    rows = planted.label_rows(teacher, tokenizer, TASK, setup, pairs, 24)
+    assert len(rows["train"]) == 64 and len(rows["validation"]) == 32
+    # auto: the smallest rung that gets the base model's agreement down to the target, or the ladder's top
+    used = record["strength_used"]
+    assert record["base_agreement"] <= planted.BASE_AGREEMENT or used == planted.STRENGTH_LADDER[-1]
+    assert used == planted.STRENGTH_LADDER[0] or record["base_agreement"] <= planted.BASE_AGREEMENT
+    assert {n: torch.linalg.matrix_rank(u).item() for n, u in updates.items()} == spec
+    scale = {n: torch.linalg.matrix_norm(u, ord=2).item() for n, u in updates.items()}
+    unit = {n: torch.linalg.matrix_norm(u, ord=2).item() for n, u in planted.planted_updates(model, setup).items()}
+    assert all(abs(scale[n] - used * unit[n]) < 1e-4 * scale[n] for n in spec)
+
+
+def test_labels_mode_gives_the_teachers_classes_and_a_fixed_strength_is_kept(tiny_model):
+    model, tokenizer, names = tiny_model
+    model = copy.deepcopy(model)
+    setup = tiny_setup({"layer.1.output.dense": 2}, targets="labels", strength=3.0, train_rows=64, eval_rows=32)
+    teacher, pairs, record, _ = planted.prepare_teacher(model, tokenizer, TASK, setup, None, 24, log=lambda _: None)
+    rows = planted.label_rows(teacher, tokenizer, TASK, setup, pairs, 24)
+    assert record["strength_used"] == 3.0
+    for split in ("train", "validation"):
+        assert rows[split]["label"] == predictions(teacher, tokenizer, rows[split])  # classes, not logits
 
 
 def test_planted_updates_have_the_planted_rank_and_depend_on_the_planted_seed_only(tiny_teacher):
@@ -128,7 +187,7 @@ def test_planted_updates_have_the_planted_rank_and_depend_on_the_planted_seed_on
     again = planted.planted_updates(model, setup)
     assert all(torch.equal(first[n], again[n]) for n in first)
     assert all(torch.linalg.matrix_rank(u).item() == setup.spec[n] for n, u in first.items())
-    other = planted.planted_updates(model, planted.PlantedSetup(**{**setup.record(), "seed": setup.seed + 1}))
+    other = planted.planted_updates(model, tiny_setup(setup.spec, seed=setup.seed + 1))
     assert not any(torch.equal(first[n], other[n]) for n in first)
 
 
@@ -165,6 +224,8 @@ def test_oracle_recall_is_one_and_the_task_ignores_the_training_seed(tmp_path):
         assert allocations and all(rec["planted_recall"] == 1.0 for rec in allocations)
     assert a["planted"]["rows_digest"] == b["planted"]["rows_digest"]  # --seed does not change the task
     assert a["planted"]["head_bias_shift"] == b["planted"]["head_bias_shift"]
+    assert a["planted"]["strength_used"] == b["planted"]["strength_used"] in planted.STRENGTH_LADDER
+    assert a["planted"]["targets"] == "logits" and 0 <= a["eval_agreement"] <= 1 and a["eval_logit_mse"] >= 0
     assert c["planted"]["rows_digest"] != a["planted"]["rows_digest"]  # --planted-seed does
     assert c["planted_recall"] < 1.0  # uniform cannot hold ranks above --target-r
     # the head stays the teacher's: only the adapters train (init_r 8 triplets of in + out + 1 per module)
@@ -205,7 +266,7 @@ def test_report_has_recovery_columns_with_mean_and_std_over_seeds(tmp_path):
             run_dir = tmp_path / "planted" / signal / str(seed)
             run_dir.mkdir(parents=True)
             ranks = {"layer.0.a": int(2 * recall), "layer.0.b": 4 - int(2 * recall)}
-            write_summary(run_dir, {"eval_accuracy": 0.5, "total_rank": 4, "target_budget": 4,
+            write_summary(run_dir, {"eval_agreement": 0.5, "total_rank": 4, "target_budget": 4,
                                     "budget_check_passed": True, "final_ranks": ranks,
                                     "planted_recall": planted_recall(ranks, spec),
                                     "planted_share": planted_share(ranks, spec), "planted": {"spec": spec}})

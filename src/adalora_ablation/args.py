@@ -123,10 +123,15 @@ class DataArguments:
     )
     planted_seed: int = field(default=0, metadata={"help": "Task planted: seed of the planted updates and the "
                                                              "inputs, independent of --seed."})
-    planted_strength: float = field(
-        default=2.0, metadata={"help": "Task planted: every planted singular value is this times the module's "
-                                       "largest singular value (larger: the teacher disagrees with the base model "
-                                       "on more inputs)."})
+    planted_strength: str = field(
+        default="auto", metadata={"help": "Task planted: every planted singular value is this times the module's "
+                                          "largest singular value; auto (default): the smallest of 0.5, 0.71, 1, ..., "
+                                          "16 at which the base model agrees with the teacher on at most half of the "
+                                          "calibration inputs (recorded as planted.strength_used)."})
+    planted_targets: str = field(
+        default="logits", metadata={"help": "Task planted: what the student learns from: logits (default: MSE on the "
+                                            "teacher's logits, distillation) or labels (the teacher's classes, "
+                                            "cross-entropy)."})
     planted_train_rows: int = field(default=2000, metadata={"help": "Task planted: training rows."})
     planted_train_head: bool = field(
         default=False, metadata={"help": "Task planted: train the head too (default: it stays the teacher's, so the "

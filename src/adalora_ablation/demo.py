@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from .errors import OneLineArgumentParser
 from .analysis.markdown import table
+from .data.tasks import TASKS, metric_fields
 from .run.folder import run_dir_for
 from .signals import SIGNALS, expand_signals, group_names
 from .train import train
@@ -16,11 +17,12 @@ DEFAULT_SIGNALS = {"planted": ["seed", "oracle", "uniform", "random"], "syntheti
 
 def comparison_table(summaries: list[dict]) -> str:
     planted = any("planted_recall" in s for s in summaries)
-    header = ["signal", "accuracy", "adapter effect"] + (["planted recall", "planted share"] if planted else [])
+    main = metric_fields(TASKS[summaries[0]["task"]], main_only=True)[0]  # planted: agreement with the teacher
+    header = ["signal", main.label, "adapter effect"] + (["planted recall", "planted share"] if planted else [])
     rows = []
     for s in summaries:
         effect = s.get("adapter_effect")
-        row = [s["signal"], f"{s['eval_accuracy']:.4f}", "—" if effect is None else f"{effect:+.4f}"]
+        row = [s["signal"], f"{s[main.field]:.4f}", "—" if effect is None else f"{effect:+.4f}"]
         if planted:
             row += [f"{s['planted_recall']:.3f}", f"{s['planted_share']:.3f}"]
         rows.append(row + [s["total_rank"], s["target_budget"], "pass" if s["budget_check_passed"] else "FAIL"])

@@ -135,11 +135,13 @@ def _train(argv: list[str], stopper: StopOnSignal, warmup=None) -> dict | None:
     if task.planted:
         set_seed(seed)  # the adapters' initialisation and the data order follow --seed, as on every task
     target_modules = detect_target_modules(model, model_args.target_modules)
-    planted_setup, planted_record, build = None, None, {}
+    planted_setup, planted_record, planted_deltas, build = None, None, None, {}
     if task.planted:
         planted_setup = planted_setup_from_args(data_args, ada_args, [short_module_name(n) for n in target_modules])
-        planted_record, build["build"], build["build_key"] = prepare_planted_data(
+        planted_record, build["build"], build["build_key"], planted_deltas = prepare_planted_data(
             model, tokenizer, task, planted_setup, data_args, model_args.model, log=logger.info)
+        if planted_setup.targets == "logits":  # distillation: every model's own loss is then MSE on the logits,
+            model.config.problem_type = "regression"  # to which PEFT adds AdaLoRA's orthogonal regulariser as always
     data = load_tokenized(task, data_args, tokenizer, model_args.model, log=logger.info, **build)
     train_set = data[task.train_split]
     eval_sets = {name: data[split] for name, split in task.eval_splits.items()}

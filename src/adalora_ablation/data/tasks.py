@@ -128,6 +128,8 @@ TASKS = {
         name="planted",
         text_keys=("sentence1", "sentence2"),
         labels=tuple(f"class_{i}" for i in range(8)),  # several classes: see data/planted.py
+        # agreement with the teacher's class; the MSE between the student's and the teacher's logits beside it
+        metrics=("agreement", "logit_mse"),
         planted=True,
     ),
 }
@@ -168,8 +170,8 @@ class MetricField:
         return f"{self.eval_set} {METRIC_LABELS.get(self.name, self.name)}".strip()
 
 
-METRIC_LABELS = {"accuracy": "accuracy", "f1": "F1", "matthews": "Matthews corr.", "pearson": "Pearson",
-                 "spearman": "Spearman"}
+METRIC_LABELS = {"accuracy": "accuracy", "agreement": "agreement", "logit_mse": "logit MSE", "f1": "F1",
+                 "matthews": "Matthews corr.", "pearson": "Pearson", "spearman": "Spearman"}
 
 
 def metric_fields(task: Task, main_only: bool = False) -> list[MetricField]:
