@@ -15,23 +15,11 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-NORMALIZE_METHODS = ("zscore", "minmax", "rank")
-PLASTICITY_NORMS = ("l2", "rms")
+# A signal's settings, here for every reader of the registry (defined apart: the signals' modules need them too)
+from .config import NORMALIZE_METHODS as NORMALIZE_METHODS, PLASTICITY_NORMS as PLASTICITY_NORMS
+from .config import SignalConfig as SignalConfig
+
 ROLES = ("baseline", "signal", "control")
-
-
-@dataclass
-class SignalConfig:
-    beta1: float = 0.85  # PEFT's sensitivity EMA (baseline only)
-    beta2: float = 0.85  # PEFT's uncertainty EMA (baseline only)
-    ema_decay: float = 0.9  # EMA decay of the replacement signals
-    combo_lambda: float = 1.0
-    normalize_method: str = "zscore"
-    plasticity_norm: str = "l2"  # combo's plasticity part: "l2" (plasticity_only) or "rms" (plasticity_rms)
-    seed: int = 0  # for signals that draw random numbers
-    planted: dict[str, int] | None = None  # task planted: short module name -> planted rank (the oracle's answer)
-
-
 
 
 @dataclass(frozen=True)
