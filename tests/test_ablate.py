@@ -8,7 +8,8 @@ import pytest
 from adalora_ablation.run.folder import read_summary
 
 TRAIN = ["--max-steps", "40", "--tinit", "5", "--tfinal", "10", "--deltaT", "5", "--save-strategy", "no",
-         "--eval-strategy", "no", "--max-train-samples", "256", "--max-eval-samples", "128", "--adapter-effect", "False"]
+         "--eval-strategy", "no", "--max-train-samples", "256", "--max-eval-samples", "128",
+         "--adapter-effect", "False"]
 
 
 def ablate(*args):
