@@ -19,7 +19,7 @@ from matplotlib.patches import Rectangle
 
 from .. import module_names
 from ..errors import OneLineArgumentParser, UsageError
-from ..signals import ordered_signals, signal_names
+from ..signals import add_include_flag, included_modules, load_signals, ordered_signals, signal_names
 from ..module_names import module_type, ordered_types, ranks_by_layer_and_type
 from ..data.tasks import METRIC_LABELS
 from ..run.folder import RANK_PATTERN, SIGNAL_SCORES, Run, accuracies, compare_dir, discover, run_dir_for
@@ -363,11 +363,13 @@ def compare_runs(output_root: str, task: str, signals: list[str], seed: int, var
 
 # -- command line ----------------------------------------------------------------------------------------------
 def plot_main(argv: list[str]) -> int:
+    load_signals(included_modules(argv))
     names = signal_names()
     parser = OneLineArgumentParser(
         prog="adalora-ablation plot",
         description="One run: rank_evolution.png, signal_heatmap.png, final_rank_heatmap.png in its folder. "
                     "--compare: <output-root>/<task>/compare/compare_seed<seed>.png.")
+    add_include_flag(parser)
     parser.add_argument("--task", required=True, help="mnli, rte or synthetic")
     parser.add_argument("--signal", choices=names, metavar="SIGNAL",
                         help=f"the run's signal (one run): {', '.join(names)}")

@@ -201,8 +201,10 @@ FORMATS = {"markdown": reports_markdown, "csv": reports_csv, "json": reports_jso
 
 
 def report_main(argv: list[str]) -> int:
+    registry.load_signals(registry.included_modules(argv))  # a signal of your own: its role and --signals
     parser = OneLineArgumentParser(prog="adalora-ablation report",
                                    description="Accuracy, rank and allocation statistics over seeds, per signal.")
+    registry.add_include_flag(parser)
     parser.add_argument("--task", required=True,
                         help="task folder under the output root (a GLUE task, synthetic, or custom-<name>)")
     names = registry.signal_names()
