@@ -352,6 +352,10 @@ def test_include_imports_a_module_whose_signals_register_themselves(registry, tm
     write_signal_module(tmp_path, "own_signals_b", "own_other")
     argv = ["--task", "rte", "--include", "own_signals_a", "--signals", "x", "--include", "own_signals_b"]
     assert registry.included_modules(argv) == ["own_signals_a", "own_signals_b"]
+    assert registry.included_modules(["--task", "rte", "--include"]) == []
+    assert main(["report", "--task", "rte", "--include"]) == 2
+    assert capsys.readouterr().err == ("adalora-ablation: error: argument --include: expected at least one argument "
+                                       "(see 'adalora-ablation report --help')\n")
     registry.load_signals(registry.included_modules(argv))
     registry.load_signals(["own_signals_a"])  # again (every command and each run's parser do): nothing twice
     assert registry.SIGNALS["own_magnitude"].where == "own_signals_a:OwnSignal"

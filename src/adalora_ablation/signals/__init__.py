@@ -102,9 +102,12 @@ def add_include_flag(parser: argparse.ArgumentParser) -> None:
 def included_modules(argv: list[str]) -> list[str]:
     """The modules named by ``--include MODULE [MODULE ...]`` (repeatable) in a command's arguments, read before
     the command's own parser, whose signal choices must already hold them."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     add_include_flag(parser)
-    return parser.parse_known_args(argv)[0].include
+    try:
+        return parser.parse_known_args(argv)[0].include
+    except argparse.ArgumentError:  # "--include" without a module: the command's own parser says so, in one line
+        return []
 
 
 def load_signals(modules: list[str] | tuple = ()) -> None:
