@@ -140,7 +140,8 @@ def test_signals_of_your_own_reach_every_run_and_the_shared_warmup_of_a_grid(tmp
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))}
     root = tmp_path / "out"
     grid = ["--task", "synthetic", "--signals", "weight_magnitude", "entry_magnitude", "--seeds", "1",
-            "--output-root", str(root), "--include", "my_signals", *TRAIN]
+            "--output-root", str(root), "--include", "my_signals", *TRAIN, "--max-steps", "20",
+            "--max-train-samples", "128", "--max-eval-samples", "64"]
 
     result = ablate(*grid, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
