@@ -8,12 +8,13 @@ import pytest
 from adalora_ablation.run.folder import read_summary
 
 TRAIN = ["--max-steps", "40", "--tinit", "5", "--tfinal", "10", "--deltaT", "5", "--save-strategy", "no",
-         "--eval-strategy", "no", "--max-train-samples", "256", "--max-eval-samples", "128", "--adapter-effect", "False"]
+         "--eval-strategy", "no", "--max-train-samples", "256", "--max-eval-samples", "128",
+         "--adapter-effect", "False"]
 
 
-def ablate(*args):
-    return subprocess.run([sys.executable, "-m", "adalora_ablation", "ablate", *args], capture_output=True,
-                          text=True, timeout=900)
+def ablate(*args, env=None, command="ablate"):
+    return subprocess.run([sys.executable, "-m", "adalora_ablation", command, *args], capture_output=True,
+                          text=True, timeout=900, env=env)
 
 
 @pytest.mark.slow
@@ -118,3 +119,36 @@ def test_a_budget_sweep_gives_one_folder_per_variant_and_a_report_per_variant(tm
                     tmp_path / "synthetic" / "baseline_adalora" / "1")
     with pytest.raises(UsageError, match="target_r: 4 in synthetic/baseline_adalora/1, 2 in synthetic/combo/1"):
         build_reports(tmp_path, "synthetic")
+
+
+@pytest.mark.slow
+def test_signals_of_your_own_reach_every_run_and_the_shared_warmup_of_a_grid(tmp_path):
+    """A signal in a module outside the package (--include) and one of an installed entry point: ablate checks
+    their names, and every process it starts (the shared warm-up, each run) imports them again. (The name checks of
+    report and ablate in one process: tests/test_signals.py.)"""
+    import os
+
+    from test_signals import write_entry_point, write_signal_module
+
+    from adalora_ablation.run.folder import read_shared_warmup
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    write_signal_module(plugins, "my_signals", "weight_magnitude")
+    write_signal_module(plugins, "entry_signals", "entry_magnitude", cls="EntryMagnitude", decorate=False)
+    write_entry_point(plugins, "entry_magnitude", "entry_signals:EntryMagnitude")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))}
+    root = tmp_path / "out"
+    grid = ["--task", "synthetic", "--signals", "weight_magnitude", "entry_magnitude", "--seeds", "1",
+            "--output-root", str(root), "--include", "my_signals", *TRAIN, "--max-steps", "20",
+            "--max-train-samples", "128", "--max-eval-samples", "64"]
+
+    result = ablate(*grid, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[grid warm-up] " in result.stdout and "2 finished, 0 skipped, 0 failed" in result.stdout
+    for signal in ("weight_magnitude", "entry_magnitude"):
+        run_dir = root / "synthetic" / signal / "1"
+        summary = read_summary(run_dir)
+        assert summary["signal"] == signal and summary["budget_check_passed"]
+        assert read_shared_warmup(run_dir) is not None  # continued from the warm-up, which tracked its signal
+        assert f"| {signal} | 1 |" in result.stdout  # the grid's report

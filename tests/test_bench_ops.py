@@ -29,7 +29,6 @@ def test_the_counter_sees_ops_and_host_synchronisations(bench_ops):
         "Tensor.tolist": 1, "aten::_local_scalar_dense": 1, "aten::lift_fresh": 1}
 
 
-@pytest.mark.slow
 def test_every_signal_meets_the_op_and_sync_targets(bench_ops):
     # The counts depend on the model's structure (DeBERTa's six matrices per layer), not its width.
     result = bench_ops.main(["--layers", "2", "--hidden", "64", "--no-peft"])

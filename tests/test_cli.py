@@ -95,7 +95,6 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.slow
 def test_finished_run_is_refused_without_overwrite(tmp_path, capsys):
     from adalora_ablation.cli import main
 
@@ -122,7 +121,6 @@ def test_run_scripts_pass_signal_seed_and_extra_args(tmp_path):
     assert usage.returncode == 2 and "SIGNAL SEED" in usage.stderr
 
 
-@pytest.mark.slow
 def test_help_and_readme_show_every_signals_role_and_description(capsys):
     from pathlib import Path
 

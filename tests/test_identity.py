@@ -109,7 +109,6 @@ time.sleep(600)
 """
 
 
-@pytest.mark.slow  # resolves train's settings, which loads transformers
 def test_a_run_in_progress_with_other_settings_is_never_taken_as_the_grids(tmp_path):
     from adalora_ablation.args import parse_train_args, run_config
     from adalora_ablation.grid.ablate import GridRun

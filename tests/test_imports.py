@@ -29,22 +29,64 @@ def layer_of(module: str) -> int:
     return next(i for i, layer in enumerate(LAYERS) if top in layer)
 
 
-def top_level_imports(path: Path) -> set[str]:
-    """The package modules (dotted, relative to the package) that a file imports at its top level."""
-    here = path.relative_to(PACKAGE).with_suffix("").parts[:-1]  # the subpackage the file lives in
+def imports_of(path: Path, package: Path = PACKAGE) -> set[str]:
+    """The package modules (dotted, relative to the package) that a file imports, at its top level or inside a
+    function (a lazy import is a dependency all the same)."""
+    here = path.relative_to(package).with_suffix("").parts[:-1]  # the subpackage the file lives in
     found = set()
-    for node in ast.parse(path.read_text()).body:
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.level >= 1:
             base = list(here[: len(here) - (node.level - 1)])
             if node.module:
                 found.add(".".join([*base, node.module]))
             else:
                 found |= {".".join([*base, alias.name]) for alias in node.names}
+        else:  # absolute imports of the package itself
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else (
+                [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            found |= {n.removeprefix(f"{package.name}.") for n in names if n.startswith(f"{package.name}.")}
     return {m for m in found if m}
 
 
-def package_modules() -> dict[str, Path]:
-    return {".".join(p.relative_to(PACKAGE).with_suffix("").parts): p for p in PACKAGE.rglob("*.py")}
+def package_modules(package: Path = PACKAGE) -> dict[str, Path]:
+    return {".".join(p.relative_to(package).with_suffix("").parts): p for p in package.rglob("*.py")}
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the package modules it imports; a package is its __init__ ("signals"), and a name imported from a
+    module ("from .folder import Run") counts as that module."""
+    modules = {name.removesuffix(".__init__"): path for name, path in package_modules(package).items()}
+    graph = {}
+    for name, path in modules.items():
+        graph[name] = set()
+        for imported in imports_of(path, package):
+            parts = imported.split(".")
+            while parts and ".".join(parts) not in modules:
+                parts.pop()  # "signals.SignalConfig" -> "signals"
+            if parts and ".".join(parts) != name:
+                graph[name].add(".".join(parts))
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every circle of imports (one per set of modules that import each other, directly or through others)."""
+    circles, done = [], set()
+    for start in sorted(graph):
+        path, seen = [start], {start}
+        stack = [iter(sorted(graph[start]))]
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                stack.pop()
+                seen.discard(path.pop())
+            elif nxt == start and frozenset(path) not in done:
+                done.add(frozenset(path))
+                circles.append([*path, start])
+            elif nxt not in seen and nxt > start:  # each circle is found once, from its smallest module
+                path.append(nxt)
+                seen.add(nxt)
+                stack.append(iter(sorted(graph.get(nxt, ()))))
+    return circles
 
 
 def test_every_module_has_a_layer():
@@ -57,30 +99,49 @@ def test_imports_go_one_way():
     for name, path in package_modules().items():
         if name.endswith("__init__") and "." not in name:
             continue
-        for imported in top_level_imports(path):
+        for imported in imports_of(path):
             if layer_of(imported) > layer_of(name):
                 wrong.append(f"{name} imports {imported}")
     assert wrong == []
 
 
-def test_the_layer_check_sees_a_wrong_import(tmp_path):
+def test_the_layer_check_sees_a_wrong_import_also_inside_a_function(tmp_path):
     bad = PACKAGE / "run" / "_probe_for_test.py"
-    bad.write_text("from ..adalora.schedule import budget_at\n")
+    bad.write_text("from ..errors import UsageError\n\n\ndef later():\n    from ..adalora.schedule import budget_at\n")
     try:
         assert "run._probe_for_test" in package_modules()
-        assert top_level_imports(bad) == {"adalora.schedule"}
+        assert imports_of(bad) == {"errors", "adalora.schedule"}
         assert layer_of("adalora.schedule") > layer_of("run._probe_for_test")
     finally:
         bad.unlink()
 
 
+def test_no_circle_of_imports_not_even_inside_a_folder():
+    """Layers only order folders; inside one (analysis/report.py and analysis/variants.py) imports go one way too."""
+    assert import_circles(import_graph()) == []
+
+
+def test_the_circle_check_sees_a_circle_through_a_lazy_import(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "analysis").mkdir(parents=True)
+    for path, text in [("__init__.py", ""), ("analysis/__init__.py", ""),
+                       ("analysis/report.py", "def report_main():\n    from .variants import FORMATS\n"),
+                       ("analysis/variants.py", "from .report import build_report\nfrom .markdown import table\n"),
+                       ("analysis/markdown.py", "import pkg.analysis.stats\n"), ("analysis/stats.py", "")]:
+        (package / path).write_text(text)
+    graph = import_graph(package)
+    assert graph["analysis.report"] == {"analysis.variants"}  # seen inside the function
+    assert graph["analysis.markdown"] == {"analysis.stats"}  # an absolute import of the package
+    assert import_circles(graph) == [["analysis.report", "analysis.variants", "analysis.report"]]
+
+
 def test_nothing_imports_the_command_line():
     assert not any(m.split(".")[0] == "cli" for name, p in package_modules().items() if name != "__main__"
-               for m in top_level_imports(p))
+               for m in imports_of(p))
 
 
 def test_registry_reports_and_grid_status_load_no_torch_peft_or_transformers():
-    code = ("import sys, adalora_ablation.analysis.report, adalora_ablation.analysis.plots, "
+    code = ("import sys, adalora_ablation.analysis.variants, adalora_ablation.analysis.plots, "
             "adalora_ablation.run.folder, adalora_ablation.grid.ablate, adalora_ablation.signals as s; "
             "s.describe_signals(); s.expand_signals(['all']); "
             f"print(sorted({HEAVY!r} & set(sys.modules)))")

@@ -18,7 +18,8 @@ from adalora_ablation.grid.launchers import parse_gpus, parse_slurm_time
 from adalora_ablation.run.folder import latest_complete_checkpoint, read_jsonl, read_summary
 
 TRAIN = ["--max-steps", "40", "--tinit", "5", "--tfinal", "10", "--deltaT", "5", "--save-strategy", "no",
-         "--eval-strategy", "no", "--max-train-samples", "256", "--max-eval-samples", "128", "--adapter-effect", "False"]
+         "--eval-strategy", "no", "--max-train-samples", "256", "--max-eval-samples", "128",
+         "--adapter-effect", "False"]
 
 
 def ablate(*args):
@@ -85,7 +86,6 @@ json.dump({"eval_accuracy": 0.5}, open(os.path.join(run_dir, "final_summary.json
 """
 
 
-@pytest.mark.slow
 def test_gpus_run_concurrently_each_on_its_own_gpu(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(launchers, "train_command",
                         lambda run, root, extra: [sys.executable, "-c", FAKE_TRAIN, str(run.run_dir)])
@@ -211,7 +211,6 @@ def test_several_gpus_per_run_train_as_one_distributed_run(tmp_path, one_thread)
     assert consistency["world_size"] == 2 and consistency["identical"]
 
 
-@pytest.mark.slow
 def test_running_job_is_left_alone(tmp_path, capsys):
     pytest.importorskip("submitit")
     grid = ["--task", "synthetic", "--signals", "importance_only", "--seeds", "1", "--output-root", str(tmp_path)]
@@ -262,7 +261,6 @@ def fake_slurm(tmp_path, monkeypatch):
     return bin_dir
 
 
-@pytest.mark.slow
 def test_slurm_submits_a_job_array_and_resubmits_only_what_ended(tmp_path, fake_slurm, capsys):
     root = tmp_path / "out"
     grid = ["--task", "synthetic", "--signals", "importance_only", "random", "--seeds", "1", "--output-root", str(root),

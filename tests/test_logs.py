@@ -24,7 +24,6 @@ def test_main_process_logs_at_the_trainers_level(tmp_path, restore_level, log_le
     assert PACKAGE_LOGGER.level == expected
 
 
-@pytest.mark.slow
 def test_progress_on_stdout_warnings_on_stderr():
     code = ("import logging; from adalora_ablation.logs import configure_console; configure_console(); "
             "configure_console(); log = logging.getLogger('adalora_ablation.x'); log.info('progress'); "

@@ -16,8 +16,11 @@ from adalora_ablation.cli import main
 from adalora_ablation.adalora.model import tiny_tokenizer
 from adalora_ablation.module_names import MODULE_TYPES, module_type
 from adalora_ablation.analysis.plots import (
-    load_run, plot_comparison, plot_final_rank_heatmap, plot_rank_evolution, plot_signal_heatmap,
+    eval_curves, load_run, plot_comparison, plot_final_rank_heatmap, plot_rank_evolution, plot_signal_heatmap,
 )
+from adalora_ablation.data.tasks import custom_task
+from adalora_ablation.errors import UsageError
+from adalora_ablation.run.folder import Run, append_jsonl, run_dir_for, write_task_spec
 from adalora_ablation.train import train
 
 SEED = 42
@@ -81,6 +84,21 @@ def assert_png(path, min_w=400, min_h=300):
 ])
 def test_module_type(name, kind):
     assert module_type(name) == kind
+
+
+def test_a_custom_task_run_in_a_sweep_is_plotted_by_its_own_metric(tmp_path):
+    """A sweep's run (<task>/<signal>/<variant>/<seed>) of a custom task scored by F1: its curves are F1's, read
+    from the task folder's task.json, and a missing run names the output root to train it under."""
+    task = custom_task("reviews_train.csv", ("text",), "label", ("negative", "positive"), ("f1", "accuracy"), {})
+    (tmp_path / task.name).mkdir()
+    write_task_spec(tmp_path, task)
+    run_dir = run_dir_for(tmp_path, task.name, "combo", 1, "target_r=2")
+    run_dir.mkdir(parents=True)
+    for step, f1 in ((20, 0.6), (40, 0.7)):
+        append_jsonl(run_dir / "metrics.jsonl", {"step": step, "eval_f1": f1, "eval_accuracy": 0.5})
+    assert eval_curves(Run.from_dir(run_dir)) == {"": ([20, 40], [0.6, 0.7])}
+    with pytest.raises(UsageError, match=f"--output-root {tmp_path}' or fix"):
+        load_run(run_dir_for(tmp_path, task.name, "combo", 2, "target_r=2"))
 
 
 @pytest.mark.slow

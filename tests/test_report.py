@@ -17,7 +17,10 @@ from test_report_stats import power_by_integration
 
 from adalora_ablation.analysis.report import ZERO_VARIANCE
 from adalora_ablation.cli import main
-from adalora_ablation.run.folder import append_jsonl, write_summary
+from adalora_ablation.data.tasks import custom_task
+from adalora_ablation.run.folder import (
+    append_jsonl, discover, run_dir_for, run_headline, write_summary, write_task_spec,
+)
 from adalora_ablation.train import train
 
 # In the report's signal order (baseline first, then the built-in signals' order).
@@ -281,19 +284,21 @@ def by_size(name):  # the planted size-driven allocation: the FFN matrices get e
     return INIT_R if sum(MODULE_SHAPES[name]) > 1000 else 0
 
 
-def craft(root, accuracies, task="rte", effects=None, allocate=None, shapes=True, mismatched=None):
+def craft(root, accuracies, task="rte", effects=None, allocate=None, shapes=True, mismatched=None, variant="",
+          metric="eval_accuracy"):
     """Run folders as train writes them: final_summary.json and one rank_pattern.jsonl record per run; seed i + 1
     holds the i-th value, and a None value is a seed without a run. ``effects``: signal -> per-seed adapter effects
-    (absent: an older run without the field); ``mismatched``: signal -> per-seed MNLI mismatched accuracies."""
+    (absent: an older run without the field); ``mismatched``: signal -> per-seed MNLI mismatched accuracies;
+    ``variant``: a sweep's variant folder; ``metric``: the summary field of the main metric."""
     effects, allocate, mismatched = effects or {}, allocate or {}, mismatched or {}
     for signal, values in accuracies.items():
         for seed, accuracy in enumerate(values, start=1):
             if accuracy is None:
                 continue
-            run_dir = root / task / signal / str(seed)
+            run_dir = run_dir_for(root, task, signal, seed, variant)
             run_dir.mkdir(parents=True)
             ranks = {m: allocate.get(signal, by_layer)(m) for m in MODULE_SHAPES}
-            summary = {"eval_accuracy": accuracy, "total_rank": sum(ranks.values()),
+            summary = {metric: accuracy, "total_rank": sum(ranks.values()),
                        "target_budget": sum(ranks.values()), "budget_check_passed": True, "final_ranks": ranks}
             if signal in mismatched:
                 summary["eval_accuracy_mm"] = mismatched[signal][seed - 1]
@@ -318,7 +323,6 @@ def independent_holm(p_values):
     return adjusted
 
 
-@pytest.mark.slow
 def test_holm_adjusts_the_paired_tests_over_the_signals(tmp_path, capsys):
     root = craft(tmp_path, ACCURACIES)
     base = ACCURACIES["baseline_adalora"]
@@ -341,7 +345,6 @@ def test_holm_adjusts_the_paired_tests_over_the_signals(tmp_path, capsys):
     assert "Holm correction applied over 3 comparisons" in markdown
 
 
-@pytest.mark.slow
 def test_one_comparison_is_not_corrected(tmp_path, capsys):
     root = craft(tmp_path, {s: ACCURACIES[s] for s in ("baseline_adalora", "combo")})
     markdown = report(capsys, root, task="rte", fmt="markdown")
@@ -355,7 +358,6 @@ def exact_mde(sd, n, comparisons):
                            xtol=1e-12)
 
 
-@pytest.mark.slow
 def test_smallest_detectable_difference_over_the_tests_actually_run(tmp_path, capsys):
     # importance_only shares 4 seeds with the baseline, plasticity_only 3 (tested), combo 2 (no test).
     accuracies = {"baseline_adalora": (0.70, 0.72, 0.71, 0.69), "importance_only": (0.72, 0.75, 0.73, 0.70),
@@ -389,7 +391,6 @@ def test_smallest_detectable_difference_over_the_tests_actually_run(tmp_path, ca
     assert report(capsys, without_combo, task="rte")["detectable_difference"] == result["detectable_difference"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", ["two seeds", "constant shifts"])
 def test_no_detectable_difference_without_a_test(tmp_path, capsys, case):
     base = (0.70, 0.72, 0.71)
@@ -406,7 +407,6 @@ def test_no_detectable_difference_without_a_test(tmp_path, capsys, case):
     assert "would likely go undetected" not in markdown
 
 
-@pytest.mark.slow
 def test_a_constant_shift_has_one_label_whatever_the_rounding(tmp_path, capsys):
     rows = 277  # every seed: exactly 3 more of the 277 evaluation rows right than the baseline
     exact, rounded = (10, 20, 30), (100, 150, 200)
@@ -431,7 +431,57 @@ def strict_json(text):
     return json.loads(text, parse_constant=refuse)
 
 
-@pytest.mark.slow
+def write_literal(run_dir, field, literal):
+    """Set a summary field to a literal that another writer's json.dumps leaves for a non-finite float (NaN)."""
+    path = run_dir / "final_summary.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: "<x>"}).replace('"<x>"', literal))
+
+
+@pytest.mark.parametrize("variant", ["", "target_r=2"])
+def test_the_json_report_is_strict_in_and_outside_a_sweep(tmp_path, capsys, variant):
+    """Non-finite numbers that reach the report (a finished run's planted recall and share, and in a budget sweep
+    its trainable-parameter count, as another writer left them) are null: the output is JSON, on both paths."""
+    root = craft(tmp_path, ACCURACIES, variant=variant)
+    write_literal(run_dir_for(root, "rte", "combo", 1, variant), "planted_recall", "NaN")
+    write_literal(run_dir_for(root, "rte", "combo", 2, variant), "planted_share", "-Infinity")
+    write_literal(run_dir_for(root, "rte", "baseline_adalora", 1, variant), "trainable_parameters", "Infinity")
+
+    assert main(["report", "--task", "rte", "--output-root", str(root), "--format", "json"]) == 0
+    result = strict_json(capsys.readouterr().out)
+    report_ = result["variants"][0] if variant else result
+    assert report_["variant"] == variant and not report_["missing_or_partial"]  # the runs are finished
+    combo = row_of(report_, "combo")
+    assert combo["planted_recall"]["n"] == combo["planted_share"]["n"] == 1
+    assert combo["planted_recall"]["mean"] is None and combo["planted_share"]["mean"] is None
+    if variant:
+        baseline = next(p for p in result["budget"] if p["signal"] == "baseline_adalora")
+        assert baseline["value"] == "2" and baseline["trainable_parameters"] is None
+
+
+@pytest.mark.parametrize("variant", ["", "target_r=2"])
+def test_a_custom_task_is_read_by_its_own_metric_in_and_outside_a_sweep(tmp_path, capsys, variant):
+    """A custom task scored by F1 (its metrics in task.json in the task folder): its runs are finished and a NaN F1
+    is not, whether a run sits in <task>/<signal>/<seed> or in a sweep's <task>/<signal>/<variant>/<seed>."""
+    task = custom_task("reviews_train.csv", ("text",), "label", ("negative", "positive"), ("f1", "accuracy"), {})
+    (tmp_path / task.name).mkdir()
+    write_task_spec(tmp_path, task)
+    root = craft(tmp_path, {"baseline_adalora": (0.70, 0.72, 0.71), "combo": (0.80, 0.79, 0.83)}, task=task.name,
+                 variant=variant, metric="eval_f1")
+    write_literal(run_dir_for(root, task.name, "combo", 3, variant), "eval_f1", "NaN")
+
+    runs = {(r.signal, r.seed): r for r in discover(root, task.name)}
+    assert runs["combo", 3].problem == "unfinished: metric is NaN (eval_f1 is nan in final_summary.json)"
+    assert [r.problem for key, r in runs.items() if key != ("combo", 3)] == [None] * 5
+    assert runs["combo", 1].task_dir == root / task.name
+    assert run_headline(runs["combo", 1].run_dir, runs["combo", 1].summary) == "F1 0.8000"
+    assert main(["report", "--task", task.name, "--output-root", str(root), "--format", "json"]) == 0
+    result = strict_json(capsys.readouterr().out)
+    report_ = result["variants"][0] if variant else result
+    assert report_["metrics"] == {"eval_f1": "F1"}
+    assert row_of(report_, "combo")["eval_f1"]["n"] == 2 and row_of(report_, "baseline_adalora")["eval_f1"]["n"] == 3
+    assert [(p["signal"], p["seed"]) for p in report_["missing_or_partial"]] == [("combo", 3)]
+
+
 def test_a_nan_metric_makes_the_run_unfinished(tmp_path, capsys):
     root = craft(tmp_path, ACCURACIES, effects={s: (0.05, 0.06, 0.055) for s in ACCURACIES})
     for signal, seed, field, value in (("combo", 2, "eval_accuracy", "NaN"),
@@ -460,7 +510,6 @@ def test_a_nan_metric_makes_the_run_unfinished(tmp_path, capsys):
     assert "- combo / seed 2: unfinished: metric is NaN" in markdown and "nan" not in markdown_row(markdown, "combo")
 
 
-@pytest.mark.slow
 def test_signals_not_above_random_by_a_one_sided_paired_test(tmp_path, capsys):
     random = (0.70, 0.72, 0.74)
     shifted = lambda deltas: tuple(r + d for r, d in zip(random, deltas))  # noqa: E731
@@ -494,7 +543,6 @@ def test_signals_not_above_random_by_a_one_sided_paired_test(tmp_path, capsys):
     assert "one-sided: signal > random), Holm-adjusted over these tests" in markdown
 
 
-@pytest.mark.slow
 def test_mnli_matched_and_mismatched_are_one_holm_family(tmp_path, capsys):
     mismatched = {s: tuple(v - 0.01 * (i + 1) * (k + 1) for i, v in enumerate(values))
                   for k, (s, values) in enumerate(ACCURACIES.items())}
@@ -515,7 +563,6 @@ def test_mnli_matched_and_mismatched_are_one_holm_family(tmp_path, capsys):
             "comparisons") in markdown and "α=0.05/6" in markdown
 
 
-@pytest.mark.slow
 def test_adapter_effect_column_and_flag(tmp_path, capsys):
     near_zero = {s: (0.001, -0.002, 0.0005) for s in ACCURACIES}
     flat = craft(tmp_path / "flat", ACCURACIES, effects=near_zero)
@@ -538,7 +585,6 @@ def test_adapter_effect_column_and_flag(tmp_path, capsys):
         capsys, older, task="rte", fmt="markdown")
 
 
-@pytest.mark.slow
 def test_size_bias_recovers_a_planted_size_driven_allocation(tmp_path, capsys):
     root = craft(tmp_path, ACCURACIES, allocate={"plasticity_only": by_size})
     result = {b["signal"]: b for b in report(capsys, root, task="rte")["size_bias"]}
@@ -576,7 +622,6 @@ def along_size(name):  # the mirror image: every FFN matrix above every attentio
     return INIT_R - against_size(name)
 
 
-@pytest.mark.slow
 def test_size_bias_is_flagged_in_either_direction_against_the_attainable_rho(tmp_path, capsys):
     root = craft(tmp_path, ACCURACIES, allocate={"plasticity_only": along_size, "combo": against_size})
     result = {b["signal"]: b for b in report(capsys, root, task="rte")["size_bias"]}

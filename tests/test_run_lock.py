@@ -44,7 +44,6 @@ def finished_pid():
     return proc.pid
 
 
-@pytest.mark.slow
 def test_a_second_process_cannot_take_a_live_lock(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
@@ -76,7 +75,6 @@ def test_a_lock_of_another_host_is_live_until_its_heartbeat_goes_stale(tmp_path)
         assert "has not renewed its heartbeat" in messages[0]
 
 
-@pytest.mark.slow
 def test_a_dead_local_owner_is_taken_over_and_release_leaves_a_foreign_lock_alone(tmp_path):
     write_lock(tmp_path, os.uname().nodename, finished_pid())
     lock = RunLock(tmp_path, log=lambda *a: None).acquire()

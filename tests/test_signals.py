@@ -1,7 +1,7 @@
 """Each signal's formula against numbers computed independently here, on small tensors."""
 
 import math
-
+import sys
 from pathlib import Path
 
 import pytest
@@ -289,3 +289,102 @@ def test_every_signal_class_of_the_package_has_a_registry_entry():
                     if issubclass(cls, Signal) and cls is not Signal and cls.__module__ == module.__name__}
     assert {cls.name for cls in classes} == set(SIGNALS)
     assert all(signals.signal_class(cls.name) is cls for cls in classes)
+
+
+# -- signals of other code: --include MODULE and the adalora_ablation.signals entry point group ------------------
+OWN_SIGNAL = '''
+from adalora_ablation.signals import Signal, ema_, register_signal
+
+
+@register_signal
+class {cls}(Signal):
+    name = "{name}"
+    description = "EMA of |w|"
+    role = "{role}"
+
+    def __init__(self, layout, config):
+        super().__init__(layout, config)
+        self.avg = self._buffer("avg", layout.numel)
+
+    def update(self, w, g, finite):
+        ema_(self.avg, w.abs(), self.config.ema_decay, finite)
+
+    def scores(self):
+        return self.layout.combine_elements(self.avg)
+'''
+
+
+def write_signal_module(folder, module, name, cls="OwnSignal", role="signal", decorate=True):
+    text = OWN_SIGNAL.format(cls=cls, name=name, role=role)
+    (folder / f"{module}.py").write_text(text if decorate else text.replace("@register_signal\n", ""))
+
+
+def write_entry_point(folder, name, target):
+    """What pip installs for a package that declares [project.entry-points."adalora_ablation.signals"]."""
+    info = folder / "own_signals-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: own-signals\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[adalora_ablation.signals]\n{name} = {target}\n")
+
+
+@pytest.fixture
+def registry(monkeypatch, tmp_path):
+    """The real registry, put back as it was afterwards (with the modules these tests import forgotten)."""
+    from adalora_ablation import signals
+
+    saved, classes, modules = dict(signals.SIGNALS), dict(signals._CLASSES), set(sys.modules)
+    monkeypatch.syspath_prepend(tmp_path)
+    yield signals
+    signals.SIGNALS.clear()
+    signals.SIGNALS.update(saved)
+    signals._CLASSES.clear()
+    signals._CLASSES.update(classes)
+    for name in set(sys.modules) - modules:
+        if getattr(sys.modules[name], "__file__", "") and str(tmp_path) in sys.modules[name].__file__:
+            del sys.modules[name]
+    signals._entry_points_read_for = None  # read them again without tmp_path
+
+
+def test_include_imports_a_module_whose_signals_register_themselves(registry, tmp_path, capsys):
+    from adalora_ablation.cli import main
+
+    write_signal_module(tmp_path, "own_signals_a", "own_magnitude", role="control")
+    write_signal_module(tmp_path, "own_signals_b", "own_other")
+    argv = ["--task", "rte", "--include", "own_signals_a", "--signals", "x", "--include", "own_signals_b"]
+    assert registry.included_modules(argv) == ["own_signals_a", "own_signals_b"]
+    assert registry.included_modules(["--task", "rte", "--include"]) == []
+    assert main(["report", "--task", "rte", "--include"]) == 2
+    assert capsys.readouterr().err == ("adalora-ablation: error: argument --include: expected at least one argument "
+                                       "(see 'adalora-ablation report --help')\n")
+    registry.load_signals(registry.included_modules(argv))
+    registry.load_signals(["own_signals_a"])  # again (every command and each run's parser do): nothing twice
+    assert registry.SIGNALS["own_magnitude"].where == "own_signals_a:OwnSignal"
+    assert registry.signal_names("control")[-1] == "own_magnitude" and "own_other" in registry.signal_names()
+    assert registry.signal_class("own_magnitude").__module__ == "own_signals_a"
+    # The commands' name checks see them (report: past --signals to "no runs"; ablate: a dry run plans them).
+    assert main(["report", "--task", "rte", "--include", "own_signals_a", "--signals", "own_magnitude",
+                 "--output-root", str(tmp_path / "none")]) == 2
+    assert "error: no runs for task 'rte'" in capsys.readouterr().err
+    assert main(["ablate", "--task", "rte", "--include", "own_signals_b", "--signals", "own_other", "--seeds", "1",
+                 "--output-root", str(tmp_path / "grid"), "--dry-run"]) == 0
+    assert "| rte | own_other | 1 | would run |" in capsys.readouterr().out
+
+    assert main(["report", "--include", "no_such_module", "--task", "rte"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("adalora-ablation: error: cannot import --include no_such_module (No module named "
+                   "'no_such_module'); put the folder that holds it on PYTHONPATH (every run of a grid imports it "
+                   "too), or install it")
+    write_signal_module(tmp_path, "own_signals_c", "combo")
+    assert main(["ablate", "--include", "own_signals_c", "--dry-run"]) == 2
+    assert "error: --include own_signals_c: a signal named 'combo' is already registered" in capsys.readouterr().err
+
+
+def test_an_installed_entry_point_registers_its_signal(registry, tmp_path):
+    write_signal_module(tmp_path, "own_entry", "own_entry_signal", decorate=False)  # the entry point names the class
+    write_entry_point(tmp_path, "own_entry_signal", "own_entry:OwnSignal")
+    registry.load_signals()
+    assert registry.SIGNALS["own_entry_signal"].where == "own_entry:OwnSignal"
+    registry.load_signals()
+    registry._entry_points_read_for = None
+    registry.load_signals()  # read again: the class is registered already, nothing twice
+    assert registry.signal_names().count("own_entry_signal") == 1

@@ -135,6 +135,7 @@ def test_grouping_by_everything_but_signal_settings_and_budget(tmp_path):
     (group,) = plan_warmups(runs, lambda run: argvs[id(run)], tmp_path)
     assert [r.signal for r in group.members] == ["combo", "random", "fisher"]
     assert group.tinit == 7 and group.saved_steps == 14 and group.folder.parent == tmp_path / "grid" / "warmup"
+    assert warmup_key([*argvs[id(runs[0])], "--include", "my_signals"]) == warmup_key(argvs[id(runs[0])])
     assert not group.folder.exists()  # planning writes nothing
     # A group of one run needs no warm-up of its own ...
     assert plan_warmups(runs[3:], lambda run: argvs[id(run)], tmp_path) == []

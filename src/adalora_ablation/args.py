@@ -18,7 +18,9 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from .errors import OneLineArgumentParser, UsageError, first_line
-from .signals import NORMALIZE_METHODS, PLASTICITY_NORMS, SIGNALS, describe_signals
+from .signals import (
+    INCLUDE_HELP, NORMALIZE_METHODS, PLASTICITY_NORMS, SIGNALS, describe_signals, included_modules, load_signals,
+)
 from .data.planted_spec import default_rule
 from .data.tasks import CUSTOM, TASK_CHOICES
 
@@ -33,6 +35,7 @@ class RunArguments:
                                                        "planted low-rank updates), or custom (your own files: "
                                                        "--train-file, --validation-file, --text-columns)."})
     signal: str = field(default="baseline_adalora", metadata={"help": "Scoring signal (see 'signals' below)."})
+    include: list[str] | None = field(default=None, metadata={"help": INCLUDE_HELP})
     preset: str = field(
         default="default",
         metadata={"help": "Task preset from configs/: 'default' (quick) or 'paper' (AdaLoRA paper settings)."},
@@ -239,6 +242,7 @@ def parse_train_args(argv: list[str]):
     if not torch.cuda.is_available():
         base["use_cpu"] = True  # lets --bf16 run on CPU instead of failing "your setup doesn't support bf16/gpu"
     full = _to_argv(base) + _to_argv(preset_options) + user_argv
+    load_signals(included_modules(user_argv))  # before --signal is checked (and --help lists the signals)
     parser = TrainArgumentParser()
     try:
         *parsed, unknown = parser.parse_args_into_dataclasses(args=full, return_remaining_strings=True)

@@ -18,7 +18,7 @@ COMMANDS = {  # name: (module, entry point, one-line description)
     "demo": ("demo", "demo_main",
              "offline comparison of the main signals and controls on tiny-deberta + the planted task"),
     "plot": ("analysis.plots", "plot_main", "figures of one run, or of several signals with --compare ('plot --help')"),
-    "report": ("analysis.report", "report_main",
+    "report": ("analysis.variants", "report_main",
                "per-signal accuracy/rank table over seeds, allocation similarity, churn ('report --help')"),
     "ablate": ("grid.ablate", "ablate_main",
                "run a task x signal x seed grid, skipping finished runs and resuming broken ones ('ablate --help')"),

@@ -8,7 +8,7 @@ from .errors import OneLineArgumentParser
 from .analysis.markdown import table
 from .data.tasks import TASKS, metric_fields
 from .run.folder import run_dir_for
-from .signals import SIGNALS, expand_signals, group_names
+from .signals import SIGNALS, add_include_flag, expand_signals, group_names, included_modules, load_signals
 from .train import train
 
 DEMO_TASKS = ("planted", "synthetic")
@@ -30,7 +30,9 @@ def comparison_table(summaries: list[dict]) -> str:
 
 
 def demo_main(argv: list[str]) -> int:
+    load_signals(included_modules(argv))
     parser = OneLineArgumentParser(prog="adalora-ablation demo", description=__doc__)
+    add_include_flag(parser)
     parser.add_argument("--task", choices=DEMO_TASKS, default="planted",
                         help="planted (default: the answer is known) or synthetic (the keyword task)")
     parser.add_argument("--output-root", "--output_root", default="outputs/demo",

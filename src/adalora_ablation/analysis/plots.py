@@ -19,7 +19,7 @@ from matplotlib.patches import Rectangle
 
 from .. import module_names
 from ..errors import OneLineArgumentParser, UsageError
-from ..signals import ordered_signals, signal_names
+from ..signals import add_include_flag, included_modules, load_signals, ordered_signals, signal_names
 from ..module_names import module_type, ordered_types, ranks_by_layer_and_type
 from ..data.tasks import METRIC_LABELS
 from ..run.folder import RANK_PATTERN, SIGNAL_SCORES, Run, accuracies, compare_dir, discover, run_dir_for
@@ -52,7 +52,7 @@ def load_run(run_dir: Path) -> Run:
     run = Run.from_dir(run_dir)
     if not run.run_dir.is_dir():
         raise UsageError(f"no run folder {run.run_dir}; train it with 'adalora-ablation train --task {run.task} "
-                         f"--signal {run.signal} --seed {run.seed} --output-root {run.run_dir.parents[2]}' or fix "
+                         f"--signal {run.signal} --seed {run.seed} --output-root {run.task_dir.parent}' or fix "
                          "--output-root")
     if not run.allocations or not run.scores:
         raise UsageError(f"{run.run_dir} has no allocation records ({RANK_PATTERN}, {SIGNAL_SCORES}): the run "
@@ -110,7 +110,7 @@ def eval_curves(run: Run) -> dict[str, tuple[list[int], list[float]]]:
     """Eval accuracy over steps per eval set (the eval set's name, "" for a task with one). The evaluation after
     training repeats the last step: keep one."""
     curves: dict[str, dict[int, float]] = {}
-    for accuracy in accuracies(run.task, run.run_dir.parent.parent):
+    for accuracy in accuracies(run.task, run.task_dir):
         for line in run.metrics:
             if line.get(accuracy.metric) is not None:
                 curves.setdefault(accuracy.eval_set, {})[line["step"]] = line[accuracy.metric]
@@ -305,7 +305,7 @@ def plot_comparison(runs: dict[str, Run], missing: list[str] = ()) -> Figure:
 def draw_accuracy(ax, runs: dict[str, Run]) -> None:
     """Final eval accuracy per signal as points (not bars: a zero-based bar axis would hide the differences)."""
     first = next(iter(runs.values()))
-    sets = accuracies(first.task, first.run_dir.parent.parent)
+    sets = accuracies(first.task, first.task_dir)
     keys = [(a.field, MARKERS[i % len(MARKERS)], a.eval_set or a.name) for i, a in enumerate(sets)]
     signals = list(runs)
     for key, marker, label in keys:
@@ -337,7 +337,7 @@ def draw_eval_curves(ax, runs: dict[str, Run]) -> None:
                     color=f"C{i}", label=name)
     ax.set_xlabel("optimizer step")
     first = next(iter(runs.values()))
-    main = accuracies(first.task, first.run_dir.parent.parent)[0]
+    main = accuracies(first.task, first.task_dir)[0]
     ax.set_ylabel(f"eval {METRIC_LABELS.get(main.name, main.name)}")
     ax.set_title(f"Eval {METRIC_LABELS.get(main.name, main.name)} during training")
     ax.legend(fontsize=8)
@@ -363,11 +363,13 @@ def compare_runs(output_root: str, task: str, signals: list[str], seed: int, var
 
 # -- command line ----------------------------------------------------------------------------------------------
 def plot_main(argv: list[str]) -> int:
+    load_signals(included_modules(argv))
     names = signal_names()
     parser = OneLineArgumentParser(
         prog="adalora-ablation plot",
         description="One run: rank_evolution.png, signal_heatmap.png, final_rank_heatmap.png in its folder. "
                     "--compare: <output-root>/<task>/compare/compare_seed<seed>.png.")
+    add_include_flag(parser)
     parser.add_argument("--task", required=True, help="mnli, rte or synthetic")
     parser.add_argument("--signal", choices=names, metavar="SIGNAL",
                         help=f"the run's signal (one run): {', '.join(names)}")

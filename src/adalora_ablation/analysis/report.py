@@ -1,4 +1,5 @@
-"""``adalora-ablation report``: one table over seeds per signal, read from the run folders' final files.
+"""The report of one variant: one table over seeds per signal, read from the run folders' final files (the
+``report`` command, analysis/variants.py, makes one per sweep variant).
 
 Per signal: accuracy mean, sample std and a 95% t confidence interval; the difference to baseline_adalora with a
 paired t-test over shared seeds (Holm-adjusted over every signal and accuracy as one family); final total rank and
@@ -14,9 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-import sys
 from itertools import combinations
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 from scipy import stats
 
 from .. import signals as registry
-from ..errors import OneLineArgumentParser, UsageError
+from ..errors import UsageError
 from .markdown import table
 from ..module_names import module_type, ordered_types, ranks_by_layer_and_type
 from .stats import (
@@ -654,47 +653,3 @@ def to_csv(report: dict) -> str:
                         f"{key}_test": diff.get("test") or diff.get("note") or ""})
         writer.writerow(out)
     return buffer.getvalue()
-
-
-def _finite(value):
-    """JSON has no NaN/Inf: a non-finite number (an undefined statistic) is written as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
-def to_json(report: dict) -> str:
-    return json.dumps(_finite(report), indent=2, allow_nan=False)
-
-
-FORMATTERS = {"markdown": to_markdown, "csv": to_csv, "json": to_json}
-
-
-def report_main(argv: list[str]) -> int:
-    parser = OneLineArgumentParser(prog="adalora-ablation report",
-                                   description="Accuracy, rank and allocation statistics over seeds, per signal.")
-    parser.add_argument("--task", required=True,
-                        help="task folder under the output root (a GLUE task, synthetic, or custom-<name>)")
-    names = registry.signal_names()
-    parser.add_argument("--signals", nargs="+", choices=names, metavar="SIGNAL",
-                        help=f"some of {', '.join(names)} (default: every signal folder found)")
-    parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
-                        help="seeds to report (default: every seed folder found)")
-    parser.add_argument("--format", choices=list(FORMATTERS), default="markdown",
-                        help="markdown (default): all tables; csv: the per-signal table; json: everything")
-    parser.add_argument("--output-root", "--output_root", default="outputs",
-                        help="runs are read from <output-root>/<task>/<signal>/[<variant>/]<seed>/ (default "
-                             "outputs); each sweep variant gets its own report")
-    args = parser.parse_args(argv)
-    from .variants import FORMATS, build_reports, write_budget_curve  # (it builds on this module)
-
-    reports = build_reports(args.output_root, args.task, args.signals, args.seeds)  # one per sweep variant
-    print(FORMATS[args.format](reports))
-    curve = write_budget_curve(reports)
-    if curve is not None:
-        print(f"[report] budget curve: {curve}", file=sys.stderr)
-    return 0

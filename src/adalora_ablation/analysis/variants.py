@@ -1,4 +1,5 @@
-"""Reports over a sweep: one report per variant, the gap to the baseline per budget, and the budget curve.
+"""``adalora-ablation report``: one report per variant of a sweep, the gap to the baseline per budget, and the
+budget curve.
 
 Each variant (a sweep's point, ``target_r=2``; "" for runs outside a sweep) gets its own report from report.py, so
 its rows, its paired tests against ``baseline_adalora`` and their Holm correction only ever see runs of that
@@ -10,13 +11,15 @@ and ``budget_curve.png`` in the task's ``compare/`` folder.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from .. import signals as registry
-from ..run.folder import Run, compare_dir, discover
+from ..errors import OneLineArgumentParser
+from ..run.folder import Run, compare_dir, discover, strict_json
 from ..run.identity import parse_variant, variant_name, variant_sort_key
 from .markdown import table
 from .report import build_report, to_csv, to_markdown
@@ -188,9 +191,36 @@ def reports_csv(reports: list[dict]) -> str:
 
 
 def reports_json(reports: list[dict]) -> str:
+    """Strict JSON (an undefined statistic, or a NaN another writer left in a summary, is null)."""
     if len(reports) == 1 and not reports[0]["variant"]:
-        return json.dumps(reports[0], indent=2)
-    return json.dumps({"variants": reports, "budget": budget_points(reports)}, indent=2)
+        return strict_json(reports[0])
+    return strict_json({"variants": reports, "budget": budget_points(reports)})
 
 
 FORMATS = {"markdown": reports_markdown, "csv": reports_csv, "json": reports_json}
+
+
+def report_main(argv: list[str]) -> int:
+    registry.load_signals(registry.included_modules(argv))  # a signal of your own: its role and --signals
+    parser = OneLineArgumentParser(prog="adalora-ablation report",
+                                   description="Accuracy, rank and allocation statistics over seeds, per signal.")
+    registry.add_include_flag(parser)
+    parser.add_argument("--task", required=True,
+                        help="task folder under the output root (a GLUE task, synthetic, or custom-<name>)")
+    names = registry.signal_names()
+    parser.add_argument("--signals", nargs="+", choices=names, metavar="SIGNAL",
+                        help=f"some of {', '.join(names)} (default: every signal folder found)")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                        help="seeds to report (default: every seed folder found)")
+    parser.add_argument("--format", choices=list(FORMATS), default="markdown",
+                        help="markdown (default): all tables; csv: the per-signal table; json: everything")
+    parser.add_argument("--output-root", "--output_root", default="outputs",
+                        help="runs are read from <output-root>/<task>/<signal>/[<variant>/]<seed>/ (default "
+                             "outputs); each sweep variant gets its own report")
+    args = parser.parse_args(argv)
+    reports = build_reports(args.output_root, args.task, args.signals, args.seeds)  # one per sweep variant
+    print(FORMATS[args.format](reports))
+    curve = write_budget_curve(reports)
+    if curve is not None:
+        print(f"[report] budget curve: {curve}", file=sys.stderr)
+    return 0

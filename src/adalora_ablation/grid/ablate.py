@@ -139,6 +139,7 @@ def build_parser(registry) -> OneLineArgumentParser:
                         choices=registry.group_names() + registry.signal_names(),
                         help=f"signals and named groups: {groups}, all (every signal); default: seed")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
+    registry.add_include_flag(parser)
     parser.add_argument("--sweep", action="append", default=[], type=_checked(parse_sweep), metavar="NAME=V1,V2",
                         help="a grid axis over any train setting, e.g. --sweep target_r=2,4,8 (repeatable: the grid "
                              "is tasks x signals x seeds x every sweep's values); each run goes to "
@@ -257,7 +258,10 @@ def counts_line(runs: list[GridRun], statuses) -> str:
 
 
 def ablate_main(argv: list[str]) -> int:
+    registry.load_signals(registry.included_modules(argv))  # before --signals is checked against the names
     args, extra = build_parser(registry).parse_known_args(argv)
+    if args.include:  # every run (and shared warm-up) imports them too: its --signal must be known there
+        extra = ["--include", *args.include, *extra]
     check_launcher_flags(args)
     controls = registry.signal_names("control") if args.with_controls else []
     signals = registry.expand_signals(args.signals + controls)

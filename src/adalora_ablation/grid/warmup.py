@@ -24,7 +24,8 @@ from ..run.folder import grid_dir, write_json_atomic
 # state), the final budget (the schedule keeps the initial budget until tinit), and where/whether a run trains.
 SIGNAL_FLAGS = ("signal", "combo_lambda", "ema_decay", "normalize_method", "plasticity_norm", "beta1", "beta2")
 BUDGET_FLAGS = ("target_r",)
-PLACE_FLAGS = ("output_root", "resume", "resume_fallback", "overwrite", "variant")  # variant: a folder name
+# variant: a folder name; include: where a signal's code is found
+PLACE_FLAGS = ("output_root", "resume", "resume_fallback", "overwrite", "variant", "include")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_TINIT = 200  # AdaLoraArguments.tinit
 

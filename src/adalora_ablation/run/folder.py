@@ -130,11 +130,16 @@ def headline(task: str, summary: dict, task_dir: str | Path | None = None) -> st
 
 
 
+def task_dir_of(run_dir: str | Path) -> Path:
+    """The task folder <output-root>/<task> of the run in <output-root>/<task>/<signal>/[<variant>/]<seed>/ (a
+    custom task's task.json is there)."""
+    run_dir = Path(run_dir)
+    return run_dir.parents[2] if _is_variant(run_dir.parent.name) else run_dir.parents[1]
+
+
 def run_headline(run_dir: str | Path, summary: dict) -> str:
-    """headline() for the run in <output-root>/<task>/<signal>/[<variant>/]<seed>/ (custom tasks: from their
-    task.json in the task's folder)."""
-    parents = Path(run_dir).parents
-    task_dir = next((p for p in parents if p.name == summary.get("task")), parents[1])
+    """headline() for the run in <output-root>/<task>/<signal>/[<variant>/]<seed>/."""
+    task_dir = task_dir_of(run_dir)
     return headline(task_dir.name, summary, task_dir)
 
 
@@ -197,8 +202,13 @@ def write_error(path: Path, exc: BaseException) -> RunFileError:
                         f"resumable: free space, then run the same command with --resume True")
 
 
+def strict_json(data, indent: int | None = 2) -> str:
+    """JSON that strict readers accept: every NaN/Inf written as null (run files, checkpoint manifests, the report)."""
+    return json.dumps(_clean(data), indent=indent, allow_nan=False)
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(_clean(data), indent=2) + "\n").encode("utf-8")))
+    atomic_write(path, lambda f: f.write((strict_json(data) + "\n").encode("utf-8")))
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
@@ -207,7 +217,7 @@ def write_summary(run_dir: Path, summary: dict) -> None:
 
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one record as one line with a single O_APPEND write: a killed process leaves whole lines only."""
-    data = (json.dumps(_clean(record)) + "\n").encode("utf-8")
+    data = (strict_json(record, indent=None) + "\n").encode("utf-8")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # less the umask, as open() does
         try:
@@ -356,6 +366,11 @@ class Run:
         return cls(task, signal, int(seed) if seed.isdigit() else seed, folder, variant)
 
     @property
+    def task_dir(self) -> Path:
+        """<output-root>/<task>: where a custom task records its metrics (task.json)."""
+        return task_dir_of(self.run_dir)
+
+    @property
     def name(self) -> str:
         return "/".join(str(p) for p in (self.task, self.signal, self.variant, self.seed) if p != "")
 
@@ -383,12 +398,13 @@ class Run:
             return "no run folder"
         if self.summary is None:
             return "no valid final_summary.json (unfinished, killed or corrupt run)"
-        required = [a.field for a in accuracies(self.task, self.run_dir.parent.parent)] + list(REQUIRED_FIELDS)
+        main = accuracies(self.task, self.task_dir)
+        required = [a.field for a in main] + list(REQUIRED_FIELDS)
         absent = [f for f in required if self.summary.get(f) is None]  # NaN is written as null: just as unusable
         if absent:
             return f"final_summary.json has no value for {', '.join(absent)}"
         # json reads a literal NaN/Infinity (another writer's file): such a metric would turn every mean into nan.
-        for a in accuracies(self.task):
+        for a in main:
             for field in (a.field, a.adapter_effect_field, a.without_adapters_field):
                 value = self.summary.get(field)
                 if isinstance(value, float) and not math.isfinite(value):

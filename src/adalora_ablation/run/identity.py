@@ -20,7 +20,8 @@ IDENTITY_FILE = "run_settings.json"  # in the run folder and in every checkpoint
 
 # Per group, the fields that do not decide a run's numbers.
 _NOT_RESULT = {
-    "run": {"output_root", "overwrite", "resume", "resume_fallback", "preset", "variant", "adapter_effect"},
+    "run": {"output_root", "overwrite", "resume", "resume_fallback", "preset", "variant", "adapter_effect",
+            "include"},  # include: where a signal's code is found; the signal's name is the setting
     "model": set(),
     "data": {"cache_dir"},
     "adalora": set(),

@@ -9,11 +9,13 @@ optimizer state and the allocator's EMAs would be gone. Our checkpoints therefor
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import shutil
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import Trainer, TrainerState
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_pt_utils import nested_gather, safe_globals
@@ -102,6 +104,28 @@ def settings_difference(saved: dict | None, now: dict) -> str | None:
 
 
 
+# The Trainer's private members that this module and train.py rely on: transformers has no public hook to stage a
+# checkpoint before it counts, to save one at any moment, or to read the running train loss. So pyproject allows
+# only the transformers versions the tests ran with (TESTED_TRANSFORMERS), and tests/test_trainer_internals.py
+# checks each member on the installed one. Methods: their parameters after self; attributes: set as training starts.
+TESTED_TRANSFORMERS = "transformers>=5.25,<5.26"
+TRAINER_METHODS = {"_save_checkpoint": ("model", "trial"), "_get_output_dir": ("trial",),
+                   "_load_from_checkpoint": ("resume_from_checkpoint", "model")}
+TRAINER_ATTRIBUTES = ("_tr_loss", "_total_loss_scalar")  # the loss since the last log (a tensor), and before it
+
+
+def changed_trainer_internals() -> list[str]:
+    """How the installed transformers' Trainer differs from the private methods this tool overrides or calls."""
+    changed = []
+    for name, expected in TRAINER_METHODS.items():
+        method = getattr(Trainer, name, None)
+        found = tuple(inspect.signature(method).parameters)[1:] if callable(method) else None
+        if found != expected:
+            changed.append(f"Trainer.{name} is gone" if found is None else
+                           f"Trainer.{name} takes ({', '.join(found)}), not ({', '.join(expected)})")
+    return changed
+
+
 class AdaLoraTrainer(Trainer):
     """A Trainer whose checkpoints keep full-shape adapters and the allocator's state, appear whole or not at all,
     and are never rewritten in place.
@@ -111,6 +135,10 @@ class AdaLoraTrainer(Trainer):
     (``--save-total-limit``) only after that, so a kill at any moment leaves the last verified checkpoint in place."""
 
     def __init__(self, *args, adalora_callback, **kwargs):
+        changed = changed_trainer_internals()
+        if changed:  # before a run trains for hours and then fails at its first checkpoint
+            raise UsageError(f"transformers {transformers.__version__} changed Trainer internals this tool relies on "
+                             f"({'; '.join(changed)}); install a tested version: pip install '{TESTED_TRANSFORMERS}'")
         super().__init__(*args, **kwargs)
         self.adalora_callback = adalora_callback
         self._staging = False

@@ -12,26 +12,19 @@ registers itself with ``register_signal`` (see the README's "Adding a signal").
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import sys
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 
-NORMALIZE_METHODS = ("zscore", "minmax", "rank")
-PLASTICITY_NORMS = ("l2", "rms")
+from ..errors import UsageError, first_line
+
+# A signal's settings, here for every reader of the registry (defined apart: the signals' modules need them too)
+from .config import NORMALIZE_METHODS as NORMALIZE_METHODS, PLASTICITY_NORMS as PLASTICITY_NORMS
+from .config import SignalConfig as SignalConfig
+
 ROLES = ("baseline", "signal", "control")
-
-
-@dataclass
-class SignalConfig:
-    beta1: float = 0.85  # PEFT's sensitivity EMA (baseline only)
-    beta2: float = 0.85  # PEFT's uncertainty EMA (baseline only)
-    ema_decay: float = 0.9  # EMA decay of the replacement signals
-    combo_lambda: float = 1.0
-    normalize_method: str = "zscore"
-    plasticity_norm: str = "l2"  # combo's plasticity part: "l2" (plasticity_only) or "rms" (plasticity_rms)
-    seed: int = 0  # for signals that draw random numbers
-    planted: dict[str, int] | None = None  # task planted: short module name -> planted rank (the oracle's answer)
-
-
 
 
 @dataclass(frozen=True)
@@ -92,6 +85,55 @@ def register_signal(cls: type) -> type:
     SIGNALS[name] = SignalInfo(name, role, getattr(cls, "description", ""), f"{cls.__module__}:{cls.__qualname__}")
     _CLASSES[name] = cls
     return cls
+
+
+# -- signals of other code, in every process: installed entry points, and --include MODULE -----------------------
+ENTRY_POINT_GROUP = "adalora_ablation.signals"  # an entry point names a module (its classes register themselves)
+INCLUDE_HELP = ("Modules of your own whose signals register themselves (README, 'Adding a signal'), imported "
+                "before signal names are read; ablate passes them on to every run, which imports them too "
+                "(put their folder on PYTHONPATH, or install them)")
+_entry_points_read_for: tuple | None = None  # the sys.path they were last read from
+
+
+def add_include_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--include", nargs="+", action="extend", default=[], metavar="MODULE", help=INCLUDE_HELP)
+
+
+def included_modules(argv: list[str]) -> list[str]:
+    """The modules named by ``--include MODULE [MODULE ...]`` (repeatable) in a command's arguments, read before
+    the command's own parser, whose signal choices must already hold them."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    add_include_flag(parser)
+    try:
+        return parser.parse_known_args(argv)[0].include
+    except argparse.ArgumentError:  # "--include" without a module: the command's own parser says so, in one line
+        return []
+
+
+def load_signals(modules: list[str] | tuple = ()) -> None:
+    """Register the signals defined outside this package: those of every installed entry point of the group
+    ``adalora_ablation.signals`` (read again only when sys.path has changed), then those of each ``--include``
+    module. Each command calls this before it reads signal names, so that a signal of your own reaches every process
+    a grid starts; importing twice registers nothing twice."""
+    global _entry_points_read_for
+    if _entry_points_read_for != tuple(sys.path):
+        for point in entry_points(group=ENTRY_POINT_GROUP):
+            _load(point.load, f"entry point {point.name} = {point.value} of group {ENTRY_POINT_GROUP}")
+        _entry_points_read_for = tuple(sys.path)
+    for module in modules:
+        _load(lambda module=module: importlib.import_module(module), f"--include {module}")
+
+
+def _load(load, where: str) -> None:
+    try:
+        found = load()
+        if isinstance(found, type) and found not in _CLASSES.values():  # an entry point may name the class itself
+            register_signal(found)
+    except ImportError as exc:
+        raise UsageError(f"cannot import {where} ({first_line(exc)}); put the folder that holds it on PYTHONPATH "
+                         f"(every run of a grid imports it too), or install it") from None
+    except ValueError as exc:  # register_signal refused a name (its decorator runs while the module is imported)
+        raise UsageError(f"{where}: {first_line(exc)}") from None
 
 
 def signal_class(name: str) -> type:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from . import NORMALIZE_METHODS, SignalConfig
+from .config import NORMALIZE_METHODS, SignalConfig
 from .layout import LoraLayout
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import PLASTICITY_NORMS
+from .config import PLASTICITY_NORMS
 from .base import Signal, ema_, normalize_rows
 from .layout import serial_on_cpu
 
