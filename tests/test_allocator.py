@@ -125,7 +125,7 @@ def test_allocator_state_round_trips():
 
 
 def test_the_readme_example_signal_plugs_in(monkeypatch):
-    """README's "Adding a signal" example, verbatim in substance: one small class, registered, then usable."""
+    """docs/signals.md's "Adding a signal" example, verbatim in substance: one small class, registered, then usable."""
     from adalora_ablation import signals
     from adalora_ablation.signals import Signal, ema_, register_signal
 

@@ -50,7 +50,7 @@ def config(family: str, vocab_size: int):
                num_key_value_heads=2, max_position_embeddings=128, **common)
 
 
-# Per family: the adapted matrices of one layer (what the README promises) and their (in, out) shapes.
+# Per family: the adapted matrices of one layer (what docs/models-and-data.md promises) and their (in, out) shapes.
 KV = HIDDEN // 2  # two key/value heads of four
 EXPECTED = {
     "llama": {"q_proj": (HIDDEN, HIDDEN), "k_proj": (HIDDEN, KV), "v_proj": (HIDDEN, KV), "o_proj": (HIDDEN, HIDDEN),

@@ -1,4 +1,4 @@
-"""Imports go one way, layer by layer (the README's Layout section), and reading runs loads no training stack."""
+"""Imports go one way, layer by layer (docs/layout.md), and reading runs loads no training stack."""
 
 import ast
 import subprocess

@@ -14,7 +14,7 @@ from adalora_ablation.data.tasks import TASK_NAMES
 
 
 @pytest.mark.parametrize("init_bgt, target_bgt, tinit, tfinal, total_step, delta_t", [
-    (864, 288, 200, 200, 1560, 10),  # the README's RTE example
+    (864, 288, 200, 200, 1560, 10),  # the RTE example of docs/outputs.md (the console)
     (96, 48, 50, 80, 300, 10),  # the demo
     (72, 24, 4, 6, 24, 2),
     (10, 1, 0, 0, 7, 1),
@@ -57,7 +57,7 @@ def test_each_schedule_warning_fires_on_a_schedule_built_for_it(schedule, fires)
     found = warnings_for(**schedule)
     assert any(fires in w for w in found), found
     assert all("--" in w for w in found)  # each says which flags to change
-    assert warnings_for() == []  # the README's RTE example schedule is fine
+    assert warnings_for() == []  # the RTE example schedule of docs/outputs.md is fine
 
 
 # Train rows of each task's full train split (GLUE; the synthetic task 2,000), for the presets' own lengths.

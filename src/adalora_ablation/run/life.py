@@ -8,7 +8,7 @@
   checked at every step (an owner that was taken over stops without writing);
 - close: the summary is written last; the lock is released by its owner however the block ends.
 
-The stop contract (README, "Pre-emption and resume"): a stop signal at any moment ends the run with exit 75 and,
+The stop contract (docs/at-scale.md): a stop signal at any moment ends the run with exit 75 and,
 where there is training state worth keeping, a complete checkpoint of the step it arrived in; before training starts
 nothing is kept (the run starts or resumes as before). Once the final adapter is being written the run finishes
 (seconds) and a signal changes nothing.

@@ -2,12 +2,12 @@
 
 Adding a signal is one small class (a ``Signal`` subclass in a module of this folder, see ``base.py``) and one
 entry in ``BUILT_IN`` below: its name, role, one-line description and where its class lives. Names, roles and
-descriptions are read from here by ``--help``, the README table, grids, ``ablate --status``, ``report`` and ``plot``
-without importing torch; the class is imported only when a run builds the signal (``build_signal``).
+descriptions are read from here by ``--help``, docs/signals.md's table, grids, ``ablate --status``, ``report``
+and ``plot`` without importing torch; the class is imported only when a run builds the signal (``build_signal``).
 
 Each signal names its ``role``: the ``baseline`` (PEFT's own score, what the others are compared to), a replacement
 ``signal``, or a ``control`` (a reference point: chance, no reallocation). A signal defined outside this package
-registers itself with ``register_signal`` (see the README's "Adding a signal").
+registers itself with ``register_signal`` (see docs/signals.md, "Adding a signal").
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ ROLES = ("baseline", "signal", "control")
 class SignalInfo:
     name: str
     role: str  # one of ROLES
-    description: str  # one line, shown by --help and in the README's table
+    description: str  # one line, shown by --help and in docs/signals.md's table
     where: str  # "module:Class", the module relative to this package
     only_task: str | None = None  # a signal that reads a task's known answer runs on that task only
 
@@ -89,7 +89,7 @@ def register_signal(cls: type) -> type:
 
 # -- signals of other code, in every process: installed entry points, and --include MODULE -----------------------
 ENTRY_POINT_GROUP = "adalora_ablation.signals"  # an entry point names a module (its classes register themselves)
-INCLUDE_HELP = ("Modules of your own whose signals register themselves (README, 'Adding a signal'), imported "
+INCLUDE_HELP = ("Modules of your own whose signals register themselves (docs/signals.md, 'Adding a signal'), imported "
                 "before signal names are read; ablate passes them on to every run, which imports them too "
                 "(put their folder on PYTHONPATH, or install them)")
 _entry_points_read_for: tuple | None = None  # the sys.path they were last read from
@@ -206,7 +206,7 @@ def describe_signals() -> str:
 
 
 def __getattr__(name: str):
-    # The base class and the EMA, for a signal defined outside this package (README, "Adding a signal"): imported on
+    # The base class and the EMA, for a signal defined outside this package (docs/signals.md): imported on
     # first use, so that reading the registry never loads torch.
     if name in ("Signal", "ema_"):
         from . import base
