@@ -128,3 +128,37 @@ def test_tiny_decoder_trains_with_an_exact_budget_over_the_detected_modules(tmp_
     for name, (din, dout) in summary["module_shapes"].items():
         assert (din, dout) == EXPECTED[family][next(s for s in EXPECTED[family] if name.endswith(s))]
     assert 0 <= summary["eval_accuracy"] <= 1
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_the_planted_task_builds_on_a_decoder_with_rank_1_and_2_modules(tmp_path, glue_dir, family):
+    """A bias-less score head (scaled, not centred) and GPT-2's Conv1D weights (in x out) take the planted
+    updates the right way round: the teacher's weight is the base weight + ΔW in the module's own layout."""
+    from adalora_ablation.data import planted
+    from adalora_ablation.data.tasks import TASKS
+
+    task = TASKS["planted"]
+    tokenizer = word_tokenizer(glue_dir)
+    torch.manual_seed(0)
+    cfg = config(family, len(tokenizer))
+    cfg.num_labels = len(task.labels)  # a base model whose (new) head has the planted task's classes
+    AutoModelForSequenceClassification.from_config(cfg).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model, tokenizer = load_model_and_tokenizer(str(tmp_path), task.labels)
+    names = [short_module_name(n) for n in detect_target_modules(model)]
+    spec = {names[0]: 1, names[-1]: 2}  # the first layer's attention input, the last layer's FFN output
+    setup = planted.PlantedSetup(spec=spec, seed=0, strength="auto", train_rows=48, eval_rows=16,
+                                 classes=len(task.labels))
+    teacher, pairs, record, updates = planted.prepare_teacher(model, tokenizer, task, setup, None, 24,
+                                                              log=lambda _: None)
+    rows = planted.label_rows(teacher, tokenizer, task, setup, pairs, 24)
+    assert len(rows["train"]) == 48 and len(torch.tensor(rows["validation"]["label"])[0]) == len(task.labels)
+    modules, taught = dict(model.named_modules()), dict(teacher.named_modules())
+    for full in detect_target_modules(model):
+        name = short_module_name(full)
+        difference = (taught[full].weight - modules[full].weight).detach()
+        if family == "gpt2":
+            difference = difference.T  # Conv1D: in x out
+        expected = updates.get(name, torch.zeros_like(difference))
+        torch.testing.assert_close(difference, expected, atol=1e-6, rtol=1e-5)
+    assert record["base_agreement"] <= planted.BASE_AGREEMENT or record["strength_used"] == planted.STRENGTH_LADDER[-1]

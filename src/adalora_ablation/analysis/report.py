@@ -25,6 +25,7 @@ from scipy import stats
 from .. import signals as registry
 from ..errors import UsageError
 from .markdown import table
+from .power import seed_plan, seed_plan_csv_columns, seed_plan_csv_values, seed_plan_markdown
 from ..module_names import module_type, ordered_types, ranks_by_layer_and_type
 from .stats import (
     ALPHA,
@@ -366,9 +367,10 @@ def _largest_types(runs: list[Run]) -> list[str]:
 
 # -- the report ------------------------------------------------------------------------------------------------
 def build_report(output_root: str | Path, task: str, signals: list[str] | None = None,
-                 seeds: list[int] | None = None, variant: str = "") -> dict:
+                 seeds: list[int] | None = None, variant: str = "", detect: list[float] | None = None) -> dict:
     """The report of one variant (analysis/variants.py builds one per variant): its rows, paired tests and Holm
-    correction never see another variant's runs, and runs with other settings in it are an error."""
+    correction never see another variant's runs, and runs with other settings in it are an error. ``detect``: the
+    differences in the main metric the seed plan is for (default: analysis/power.py's)."""
     runs = collect_runs(output_root, task, signals, seeds, variant)
     refuse_mixed_settings(runs)
     runs_by_signal: dict[str, list[Run]] = {}
@@ -399,6 +401,7 @@ def build_report(output_root: str | Path, task: str, signals: list[str] | None =
         "multiple_comparisons": {key: {"method": "holm", "comparisons": comparisons, "applied": comparisons > 1,
                                        "family": list(metrics)} for key in metrics},
         "detectable_difference": {key: detectable_difference(rows, key, comparisons) for key in metrics},
+        "seed_plan": seed_plan(rows, metrics, baseline, task, detect, MIN_TEST_SEEDS),
         "controls": controls,
         "reference_band": band,
         "adapter_effect": adapter_check(runs, rows, next(iter(metrics))),
@@ -490,7 +493,8 @@ def to_markdown(report: dict) -> str:
                   f"modules (1.0: every planted module holds its planted rank); planted share = the final rank held "
                   f"by planted modules / total final rank. {ORACLE} keeps the planted ranks by construction: the "
                   f"upper reference.", ""]
-    lines += detectable_difference_lines(report) + reference_band_lines(report) + adapter_effect_lines(report)
+    lines += detectable_difference_lines(report) + seed_plan_markdown(report)
+    lines += reference_band_lines(report) + adapter_effect_lines(report)
     lines += size_bias_markdown(report)
     lines += similarity_markdown(report["similarity"]) + churn_markdown(report["churn"])
     lines += ["### Missing or unfinished runs", ""]
@@ -621,6 +625,7 @@ def to_csv(report: dict) -> str:
         columns += [f"{key}_{part}" for part in ("mean", "std", "ci95_low", "ci95_high")]
         columns += [f"{key}_diff_vs_baseline", f"{key}_shared_seeds", f"{key}_p_value", f"{key}_p_value_holm",
                     f"{key}_test", f"{adapter_effect_field(key)}_mean", f"{adapter_effect_field(key)}_std"]
+        columns += seed_plan_csv_columns(key)
     secondary = report.get("secondary_metrics", {})
     columns += [f"{key}_{part}" for key in secondary for part in ("mean", "std")]
     columns += [f"{field}_{part}" for field in RECOVERY_FIELDS for part in ("mean", "std")]
@@ -651,5 +656,6 @@ def to_csv(report: dict) -> str:
                         f"{adapter_effect_field(key)}_mean": row["adapter_effect"][key]["mean"],
                         f"{adapter_effect_field(key)}_std": row["adapter_effect"][key]["std"],
                         f"{key}_test": diff.get("test") or diff.get("note") or ""})
+            out.update(seed_plan_csv_values(report, row["signal"], key))
         writer.writerow(out)
     return buffer.getvalue()

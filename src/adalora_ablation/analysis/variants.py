@@ -18,10 +18,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .. import signals as registry
-from ..errors import OneLineArgumentParser
-from ..run.folder import Run, compare_dir, discover, strict_json
+from ..errors import OneLineArgumentParser, RunFileError, UsageError, first_line
+from ..run.folder import Run, atomic_write, compare_dir, discover, strict_json
 from ..run.identity import parse_variant, variant_name, variant_sort_key
 from .markdown import table
+from .power import detect_difference
 from .report import build_report, to_csv, to_markdown
 
 BUDGET_SETTINGS = ("target_r", "init_r")  # a sweep over one of these moves the budget
@@ -34,8 +35,9 @@ def variants_of(output_root: str | Path, task: str) -> list[str]:
     return sorted(names, key=variant_sort_key) or [""]
 
 
-def build_reports(output_root: str | Path, task: str, signals=None, seeds=None) -> list[dict]:
-    return [build_report(output_root, task, signals, seeds, variant) for variant in variants_of(output_root, task)]
+def build_reports(output_root: str | Path, task: str, signals=None, seeds=None, detect=None) -> list[dict]:
+    return [build_report(output_root, task, signals, seeds, variant, detect)
+            for variant in variants_of(output_root, task)]
 
 
 # -- across variants: the budget axis ------------------------------------------------------------------------------
@@ -198,6 +200,7 @@ def reports_json(reports: list[dict]) -> str:
 
 
 FORMATS = {"markdown": reports_markdown, "csv": reports_csv, "json": reports_json}
+HTML_DEFAULT = "<output-root>/<task>/compare/report.html"
 
 
 def report_main(argv: list[str]) -> int:
@@ -212,15 +215,49 @@ def report_main(argv: list[str]) -> int:
                         help=f"some of {', '.join(names)} (default: every signal folder found)")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
                         help="seeds to report (default: every seed folder found)")
-    parser.add_argument("--format", choices=list(FORMATS), default="markdown",
-                        help="markdown (default): all tables; csv: the per-signal table; json: everything")
+    parser.add_argument("--format", choices=[*FORMATS, "html"], default="markdown",
+                        help="markdown (default): all tables; csv: the per-signal table; json: everything; html: "
+                             f"one self-contained page (the tables and figures), written to {HTML_DEFAULT}")
+    parser.add_argument("--output", metavar="PATH",
+                        help="write the report to PATH instead of printing it (html: default " + HTML_DEFAULT + ")")
+    parser.add_argument("--detect", nargs="+", type=detect_difference, metavar="DIFFERENCE",
+                        help="the seed plan's targets: absolute differences in the main metric (0.005: half a point "
+                             "of accuracy); default: the smallest of 0.005, 0.01 and the largest observed difference")
     parser.add_argument("--output-root", "--output_root", default="outputs",
                         help="runs are read from <output-root>/<task>/<signal>/[<variant>/]<seed>/ (default "
                              "outputs); each sweep variant gets its own report")
     args = parser.parse_args(argv)
-    reports = build_reports(args.output_root, args.task, args.signals, args.seeds)  # one per sweep variant
-    print(FORMATS[args.format](reports))
+    output = Path(args.output) if args.output else None
+    if output is not None and not output.parent.is_dir():
+        raise UsageError(f"--output {output}: no folder {output.parent}; create it or write elsewhere")
+    reports = build_reports(args.output_root, args.task, args.signals, args.seeds, args.detect)  # one per variant
+    if args.format == "html":
+        from .html_report import reports_html  # (figures of every run: only for this format)
+
+        points = budget_points(reports)
+        curve = plot_budget_curve(points, next(iter(reports[0]["metrics"].values()))) if points else None
+        text = reports_html(reports, reports_markdown(reports), curve)
+        if output is None:
+            output = compare_dir(args.output_root, args.task) / "report.html"
+            output.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        text = FORMATS[args.format](reports)
+    if output is None:
+        print(text)
+    else:
+        write_report(output, text)
+        print(output)
     curve = write_budget_curve(reports)
     if curve is not None:
         print(f"[report] budget curve: {curve}", file=sys.stderr)
     return 0
+
+
+def write_report(path: Path, text: str) -> None:
+    """The whole file or none of it (a report read while it is written is never half a report)."""
+    try:
+        atomic_write(path, lambda f: f.write((text + "\n").encode("utf-8")))
+    except (OSError, RunFileError) as exc:  # (atomic_write's own message speaks of a run: name the cause)
+        cause = exc.__context__ if isinstance(exc, RunFileError) and exc.__context__ else exc
+        reason = getattr(cause, "strerror", None) or first_line(cause)
+        raise UsageError(f"cannot write {path} ({reason}); choose another --output or free space") from None

@@ -15,7 +15,6 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 CLASSIFICATION = {
     "accuracy": lambda y, p: accuracy_score(y, p),
-    "agreement": lambda y, p: accuracy_score(y, p),  # the planted task: with the teacher's class
     "f1": lambda y, p: f1_score(y, p, average="binary", pos_label=1, zero_division=0.0),
     "matthews": lambda y, p: matthews_corrcoef(y, p),
 }
@@ -23,8 +22,10 @@ REGRESSION = {
     "pearson": lambda y, p: stats.pearsonr(p, y).statistic,
     "spearman": lambda y, p: stats.spearmanr(p, y).statistic,
 }
-DISTILLATION = ("logit_mse",)  # of the logits against the teacher's (the planted task's --planted-targets logits)
-METRICS = (*CLASSIFICATION, *REGRESSION, *DISTILLATION)
+# The planted task's: agreement with the teacher's class, and the logits' MSE against the teacher's (targets logits)
+TEACHER = {"agreement": lambda y, p: accuracy_score(y, p)}
+DISTILLATION = ("logit_mse",)
+METRICS = (*CLASSIFICATION, *REGRESSION, *TEACHER, *DISTILLATION)
 
 
 def _array(logits) -> np.ndarray:
@@ -39,7 +40,7 @@ def predictions(logits, regression: bool) -> np.ndarray:
 def compute(names: tuple[str, ...], logits, labels, regression: bool) -> dict[str, float]:
     """Each named metric of the predictions against the labels. A correlation of constant predictions is
     undefined and comes out as NaN (written as null), never as a made-up number."""
-    table = REGRESSION if regression else CLASSIFICATION
+    table = REGRESSION if regression else {**CLASSIFICATION, **TEACHER}
     labels = np.asarray(labels)
     soft = not regression and labels.ndim == 2  # the teacher's logits, one row per input
     preds, targets = predictions(logits, regression), labels.argmax(-1) if soft else labels.reshape(-1)

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from datasets import Dataset, DatasetDict
+from transformers.pytorch_utils import Conv1D
 
 from ..errors import UsageError
 from ..module_names import short_module_name
@@ -62,21 +63,32 @@ class PlantedSetup:
 
 
 # -- the teacher -------------------------------------------------------------------------------------------------
+def _adapted(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Short name -> every Linear, and GPT-2's Conv1D (its weight stored in x out)."""
+    return {short_module_name(n): m for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))}
+
+
+def _out_in(module: torch.nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """A weight (or update) of ``module`` as out x in, nn.Linear's layout (Conv1D's is its transpose)."""
+    return tensor.T if isinstance(module, Conv1D) else tensor
+
+
 def planted_updates(model: torch.nn.Module, setup: PlantedSetup, strength: float = 1.0) -> dict[str, torch.Tensor]:
     """ΔW (out x in) per planted module: U·diag(σ)·Vᵀ with random orthonormal U, V (so its rank is exactly the
     planted rank) and every σ = ``strength`` x the module's largest singular value. Drawn from ``setup.seed`` alone,
     module by module in name order, so the same seed gives the same directions whatever the training seed and the
     strength."""
-    linears = {short_module_name(n): m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    modules = _adapted(model)
     generator = torch.Generator().manual_seed(setup.seed)
     updates = {}
     for name in sorted(setup.spec):
-        weight, rank = linears[name].weight.detach().float().cpu(), setup.spec[name]
+        module, rank = modules[name], setup.spec[name]
+        weight = _out_in(module, module.weight.detach().float().cpu())
         out_f, in_f = weight.shape
         u = torch.linalg.qr(torch.randn(out_f, rank, generator=generator)).Q
         v = torch.linalg.qr(torch.randn(in_f, rank, generator=generator)).Q
         sigma = strength * torch.linalg.matrix_norm(weight, ord=2)
-        updates[name] = (sigma * u @ v.T).to(linears[name].weight.dtype)
+        updates[name] = (sigma * u @ v.T).to(module.weight.dtype)
     return updates
 
 
@@ -90,21 +102,26 @@ def make_teacher(model: torch.nn.Module, updates: dict[str, torch.Tensor]) -> to
 @torch.no_grad()
 def set_updates(teacher: torch.nn.Module, model: torch.nn.Module, updates: dict[str, torch.Tensor]) -> None:
     """The teacher's planted modules := the model's weight + their update (the teacher is a copy of the model)."""
-    originals = dict(model.named_modules())
-    for name, module in teacher.named_modules():
-        if isinstance(module, torch.nn.Linear) and short_module_name(name) in updates:
+    originals = _adapted(model)
+    for name, module in _adapted(teacher).items():
+        if name in updates:
             base = originals[name].weight
-            module.weight.copy_(base + updates[short_module_name(name)].to(base.device, base.dtype))
+            module.weight.copy_(base + _out_in(module, updates[name]).to(base.device, base.dtype))
 
 
 def classifier_layer(model: torch.nn.Module) -> torch.nn.Linear | None:
-    """The head's last Linear (DeBERTa/BERT ``classifier``, decoders' ``score``), if it has a bias to centre."""
+    """The head's last Linear (DeBERTa/BERT ``classifier``, decoders' ``score``, which has no bias)."""
     for name in ("classifier", "score"):
         layer = getattr(model, name, None)
         layer = getattr(layer, "out_proj", layer)  # RoBERTa's head keeps its Linear in out_proj
-        if isinstance(layer, torch.nn.Linear) and layer.bias is not None:
+        if isinstance(layer, torch.nn.Linear):
             return layer
     return None
+
+
+def _has_bias(model) -> bool:
+    head = classifier_layer(model)
+    return head is not None and head.bias is not None
 
 
 def balancing_shift(logits: torch.Tensor) -> torch.Tensor:
@@ -154,7 +171,7 @@ def calibrate(model, unit_updates: dict[str, torch.Tensor], encoded: list[dict],
     for rung in (STRENGTH_LADDER if strength == "auto" else (float(strength),)):
         set_updates(teacher, model, {n: rung * u for n, u in unit_updates.items()})
         teacher_logits = _all_logits(teacher, encoded)
-        shift = balancing_shift(teacher_logits) if classifier_layer(model) is not None else \
+        shift = balancing_shift(teacher_logits) if _has_bias(model) else \
             torch.zeros(teacher_logits.shape[1], dtype=torch.float64)
         agreed = agreement(base_logits, teacher_logits, shift)
         if agreed <= BASE_AGREEMENT:
@@ -166,15 +183,17 @@ def calibrate(model, unit_updates: dict[str, torch.Tensor], encoded: list[dict],
 
 
 def rescale_heads(shift: torch.Tensor, scale: float, *models: torch.nn.Module) -> None:
-    """Every model's head := its class biases shifted by ``shift``, then weights and biases times ``scale`` (the
-    same for all: the student starts from the teacher's head). Scaling all logits keeps every arg-max."""
+    """Every model's head := its class biases (if any) shifted by ``shift``, then weights and biases times
+    ``scale`` (the same for all: the student starts from the teacher's head). Scaling all logits keeps every arg-max."""
     with torch.no_grad():
         for model in models:
             head = classifier_layer(model)
-            if head is not None:
+            if head is None:
+                continue
+            if head.bias is not None:
                 head.bias += shift.to(head.bias.dtype)
                 head.bias *= scale
-                head.weight *= scale
+            head.weight *= scale
 
 
 # -- candidate inputs ----------------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ from ..module_names import layer_index, module_type
 
 # The default spec spreads the planted rank over layers and matrix types: the last layer's attention output and the
 # first layer's FFN input, each at half the final budget (at most --init-r). A uniform spread gives each of them
-# --target-r, far below that; the oracle holds both. Where the rank is planted decides how much allocation matters
-# (docs/planted.md, "What it shows (as measured)").
+# --target-r, far below that; the oracle holds both. One spec says little on its own: --planted-suite draws many
+# (docs/planted.md); this one is the demo's.
 DEFAULT_PLANTED_PLACES = (("last", "O"), ("first", "FFN-in"))  # (layer, matrix type); other models: the nearest
 
 

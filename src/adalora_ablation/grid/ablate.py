@@ -128,6 +128,32 @@ def _at_least(minimum):
     return check
 
 
+SEED_COUNT = "n="  # --seeds n=5: seeds 1..5
+
+
+def parse_seed(text: str) -> int | range:
+    """One --seeds value: a seed number, or n=N for the seeds 1..N."""
+    if text.startswith(SEED_COUNT):
+        count = text.removeprefix(SEED_COUNT)
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"{text!r}: n= takes a number of seeds >= 1, e.g. --seeds n=5 for seeds 1..5")
+        return range(1, int(count) + 1)
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a seed number; give seeds (--seeds 1 2 3) or a count "
+                         f"(--seeds n=5: seeds 1..5)") from None
+
+
+def seed_list(values: list[int | range]) -> list[int]:
+    """The seeds of --seeds; a count stands alone (with other seeds it would be unclear which are meant)."""
+    counts = [v for v in values if isinstance(v, range)]
+    if counts and len(values) > 1:
+        raise UsageError(f"--seeds {SEED_COUNT}{len(counts[0])} stands alone: give either a count or the seeds "
+                         f"themselves (--seeds 1 2 3)")
+    return list(counts[0]) if counts else values
+
+
 def build_parser(registry) -> OneLineArgumentParser:
     parser = OneLineArgumentParser(prog="adalora-ablation ablate", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -138,7 +164,9 @@ def build_parser(registry) -> OneLineArgumentParser:
     parser.add_argument("--signals", nargs="+", default=["seed"], metavar="SIGNAL_OR_GROUP",
                         choices=registry.group_names() + registry.signal_names(),
                         help=f"signals and named groups: {groups}, all (every signal); default: seed")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[42])
+    parser.add_argument("--seeds", nargs="+", type=_checked(parse_seed), default=[42], metavar="SEED",
+                        help="seeds to run, e.g. --seeds 1 2 3 (default 42); --seeds n=N: the N seeds 1..N (as the "
+                             "report's seed plan gives them)")
     registry.add_include_flag(parser)
     parser.add_argument("--sweep", action="append", default=[], type=_checked(parse_sweep), metavar="NAME=V1,V2",
                         help="a grid axis over any train setting, e.g. --sweep target_r=2,4,8 (repeatable: the grid "
@@ -260,6 +288,7 @@ def counts_line(runs: list[GridRun], statuses) -> str:
 def ablate_main(argv: list[str]) -> int:
     registry.load_signals(registry.included_modules(argv))  # before --signals is checked against the names
     args, extra = build_parser(registry).parse_known_args(argv)
+    args.seeds = seed_list(args.seeds)
     if args.include:  # every run (and shared warm-up) imports them too: its --signal must be known there
         extra = ["--include", *args.include, *extra]
     check_launcher_flags(args)
