@@ -144,15 +144,15 @@ def planted_subspace_by_module(run: Run) -> dict[str, float | None]:
     return (run.summary or {}).get("planted_subspace_by_module") or {}
 
 
-# What the number after a planted cell's rank is (the figures' titles say it)
-SUBSPACE_NOTE = "planted r · x.xx: share of ΔW_planted in the learned top-r directions"
+# A planted cell with a recorded subspace recovery reads "r=<planted rank> · <recovery>"; the titles say what it is
+SUBSPACE_NOTE = "r=planted rank · x.xx: share of ΔW_planted in the learned top-r directions"
 
 
 def draw_rank_grid(ax, final_ranks: dict[str, int], norm: Normalize, planted: dict[str, int] | None = None,
                    subspace: dict[str, float | None] | None = None):
     """Layers (rows) x matrix types (columns), colour and number = final rank; absent cells stay blank. A planted
-    module (the planted task) is framed in red and reads "planted <planted rank>", followed by " · <its subspace
-    recovery>" where the run recorded one (``subspace``)."""
+    module (the planted task) is framed in red and reads "planted <planted rank>", or "r=<planted rank> ·
+    <its subspace recovery>" where the run recorded one (``subspace``; as short, so it fits a narrow panel)."""
     layers = sorted({layer_index(m) for m in final_ranks})
     types = ordered_types(final_ranks)
     grid = np.full((len(layers), len(types)), np.nan)
@@ -170,7 +170,7 @@ def draw_rank_grid(ax, final_ranks: dict[str, int], norm: Normalize, planted: di
             row, col = layers.index(layer_index(name)), types.index(module_type(name))
             ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
             recovered = (subspace or {}).get(name)
-            label = f"planted {planted_rank}" + ("" if recovered is None else f" · {recovered:.2f}")
+            label = f"planted {planted_rank}" if recovered is None else f"r={planted_rank} · {recovered:.2f}"
             ax.text(col, row + 0.3, label, ha="center", va="center", fontsize=font * 0.8, color="red")
     ax.set_xticks(range(len(types)), types, fontsize=8)
     ax.set_yticks(range(len(layers)), [f"layer {i}" for i in layers], fontsize=font)
