@@ -222,6 +222,16 @@ def test_oracle_recall_is_one_and_the_task_ignores_the_training_seed(tmp_path):
         allocations = [json.loads(line) for line in
                        (tmp_path / "planted" / "oracle" / str(summary["seed"]) / "rank_pattern.jsonl").open()]
         assert allocations and all(rec["planted_recall"] == 1.0 for rec in allocations)
+        # the planted directions: a number in [0, 1] for every planted module, in the summary and at every
+        # allocation, and the run's number is their planted-rank-weighted mean
+        spec = summary["planted"]["spec"]
+        for record in (summary, *allocations):
+            by_module = record["planted_subspace_by_module"]
+            assert set(by_module) == set(spec) and all(0.0 <= by_module[m] <= 1.0 for m in spec)
+            assert record["planted_subspace"] == pytest.approx(sum(spec[m] * by_module[m] for m in spec)
+                                                               / sum(spec.values()))
+        assert len({rec["planted_subspace"] for rec in allocations}) > 1  # measured at each allocation, as it trains
+    assert 0.0 <= c["planted_subspace"] <= 1.0 and set(c["planted_subspace_by_module"]) == set(c["planted"]["spec"])
     assert a["planted"]["rows_digest"] == b["planted"]["rows_digest"]  # --seed does not change the task
     assert a["planted"]["head_bias_shift"] == b["planted"]["head_bias_shift"]
     assert a["planted"]["strength_used"] == b["planted"]["strength_used"] in planted.STRENGTH_LADDER
@@ -256,26 +266,49 @@ def test_oracle_on_another_task_is_one_line_exit_2_and_writes_nothing(tmp_path):
 
 
 def test_report_has_recovery_columns_with_mean_and_std_over_seeds(tmp_path):
-    from adalora_ablation.analysis.report import build_report, to_csv, to_markdown
+    from adalora_ablation.analysis.report import build_report, to_csv, to_json, to_markdown
     from adalora_ablation.run.folder import append_jsonl, write_summary
 
     spec = {"layer.0.a": 2}
     recalls = {"oracle": (1.0, 1.0), "uniform": (0.5, 0.0)}
+    subspaces = {"oracle": (0.9, 0.7), "uniform": (0.25, 0.0)}  # the learned directions: not the rank counts
     for signal, values in recalls.items():
         for seed, recall in enumerate(values, start=1):
             run_dir = tmp_path / "planted" / signal / str(seed)
             run_dir.mkdir(parents=True)
             ranks = {"layer.0.a": int(2 * recall), "layer.0.b": 4 - int(2 * recall)}
+            subspace = subspaces[signal][seed - 1]
             write_summary(run_dir, {"eval_agreement": 0.5, "total_rank": 4, "target_budget": 4,
                                     "budget_check_passed": True, "final_ranks": ranks,
-                                    "planted_recall": planted_recall(ranks, spec),
+                                    "planted_recall": planted_recall(ranks, spec), "planted_subspace": subspace,
+                                    "planted_subspace_by_module": {"layer.0.a": subspace},
                                     "planted_share": planted_share(ranks, spec), "planted": {"spec": spec}})
             append_jsonl(run_dir / "rank_pattern.jsonl", {"step": 1, "budget": 4, "total_rank": 4, "ranks": ranks,
                                                           "kept": {m: [1] * r for m, r in ranks.items()}})
     report = build_report(tmp_path, "planted")
     markdown = to_markdown(report)
-    assert "planted recall mean ± std" in markdown
-    assert "| oracle | 2 |" in markdown and "1.0000 ± 0.0000 | 0.5000 ± 0.0000 |" in markdown
-    assert "0.2500 ± 0.3536 | 0.1250 ± 0.1768 |" in markdown  # uniform: recall (0.5, 0), share (0.25, 0)
+    assert "| planted recall mean ± std | subspace recovery mean ± std | planted share mean ± std |" in markdown
+    # oracle: recall (1, 1), subspace (0.9, 0.7), share (0.5, 0.5); uniform: (0.5, 0), (0.25, 0), (0.25, 0)
+    assert "| oracle | 2 |" in markdown and "1.0000 ± 0.0000 | 0.8000 ± 0.1414 | 0.5000 ± 0.0000 |" in markdown
+    assert "0.2500 ± 0.3536 | 0.1250 ± 0.1768 | 0.1250 ± 0.1768 |" in markdown
+    assert "subspace recovery = the share of each planted update" in markdown
     rows = {r["signal"]: r for r in csv.DictReader(io.StringIO(to_csv(report)))}
     assert float(rows["uniform"]["planted_recall_mean"]) == 0.25 and float(rows["oracle"]["planted_share_std"]) == 0
+    assert float(rows["oracle"]["planted_subspace_mean"]) == pytest.approx(0.8)
+    assert float(rows["uniform"]["planted_subspace_std"]) == pytest.approx(0.1768, abs=1e-4)
+    signals = {r["signal"]: r for r in json.loads(to_json(report))["signals"]}
+    assert signals["oracle"]["planted_subspace"]["mean"] == pytest.approx(0.8)
+    assert signals["oracle"]["planted_subspace"]["n"] == 2
+
+    # the final-rank heatmap writes each planted cell's recovery and says what it is
+    from adalora_ablation.analysis.plots import SUBSPACE_NOTE, plot_comparison, plot_final_rank_heatmap
+    from adalora_ablation.run.folder import Run
+
+    append_jsonl(tmp_path / "planted" / "oracle" / "1" / "signal_scores.jsonl", {"step": 1, "modules": {}})
+    oracle = Run.from_dir(tmp_path / "planted" / "oracle" / "1")
+    ax = plot_final_rank_heatmap(oracle).axes[0]
+    assert "r=2 · 0.90" in [t.get_text() for t in ax.texts]
+    assert "subspace 0.90" in ax.get_title() and SUBSPACE_NOTE in ax.get_title()
+    comparison = plot_comparison({"oracle": oracle, "uniform": Run.from_dir(tmp_path / "planted" / "uniform" / "1")})
+    cells = {t.get_text() for axis in comparison.axes for t in axis.texts}
+    assert {"r=2 · 0.90", "r=2 · 0.25"} <= cells and SUBSPACE_NOTE in comparison.get_suptitle()

@@ -18,13 +18,16 @@ DEFAULT_SIGNALS = {"planted": ["seed", "oracle", "uniform", "random"], "syntheti
 def comparison_table(summaries: list[dict]) -> str:
     planted = any("planted_recall" in s for s in summaries)
     main = metric_fields(TASKS[summaries[0]["task"]], main_only=True)[0]  # planted: agreement with the teacher
-    header = ["signal", main.label, "adapter effect"] + (["planted recall", "planted share"] if planted else [])
+    header = ["signal", main.label, "adapter effect"] + (["planted recall", "subspace", "planted share"] if planted
+                                                          else [])
     rows = []
     for s in summaries:
         effect = s.get("adapter_effect")
         row = [s["signal"], f"{s[main.field]:.4f}", "—" if effect is None else f"{effect:+.4f}"]
         if planted:
-            row += [f"{s['planted_recall']:.3f}", f"{s['planted_share']:.3f}"]
+            subspace = s.get("planted_subspace")
+            row += [f"{s['planted_recall']:.3f}", "—" if subspace is None else f"{subspace:.3f}",
+                    f"{s['planted_share']:.3f}"]
         rows.append(row + [s["total_rank"], s["target_budget"], "pass" if s["budget_check_passed"] else "FAIL"])
     return table(header + ["total rank", "budget", "budget check"], rows)
 
@@ -61,7 +64,8 @@ def demo_main(argv: list[str]) -> int:
         spec = ", ".join(f"{name}={rank}" for name, rank in summaries[0]["planted"]["spec"].items())
         print(f"\nPLANTED task (tiny random DeBERTa; labels from a teacher with planted low-rank updates in {spec}; "
               f"final budget {summaries[0]['target_budget']} triplets). Planted recall 1.0: every planted module "
-              "holds its planted rank; oracle is the upper reference.")
+              "holds its planted rank; subspace: the share of the planted updates that lies in the learned updates' "
+              "top directions (1.0: learned them); oracle is the upper reference.")
     else:
         print("\nSYNTHETIC demo (tiny random DeBERTa, keyword task): these numbers say nothing about GLUE.")
     print(comparison_table(summaries))

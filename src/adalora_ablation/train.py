@@ -19,6 +19,7 @@ from .adalora.adapter_effect import accuracy_without_adapters
 from .adalora.allocator import install_allocator
 from .args import help_text, parse_train_args, run_config
 from .adalora.callback import AdaLoraCallback
+from .adalora.recovery import subspace_fields
 from .data.loading import load_tokenized
 from .data.metrics import compute_metrics_for
 from .data.planted import freeze_head, planted_setup_from_args, prepare_planted_data, rows_digest
@@ -183,7 +184,7 @@ def _train(argv: list[str], stopper: StopOnSignal, warmup=None) -> dict | None:
                                                                 allocator.signal_config, found)):
         if is_main and task.custom_files:  # what the report and the figures read the custom task's metrics from
             write_task_spec(run_args.output_root, task)
-        callback = AdaLoraCallback(peft_model, allocator, run_dir, write_files=is_main)
+        callback = AdaLoraCallback(peft_model, allocator, run_dir, write_files=is_main, planted_deltas=planted_deltas)
         checkpoint = run.checkpoint
         if checkpoint is not None:
             logger.info(f"[run] resuming {run_dir} from {checkpoint.name}")
@@ -280,6 +281,7 @@ def _train(argv: list[str], stopper: StopOnSignal, warmup=None) -> dict | None:
         }
         if planted_setup is not None:  # how much of the known answer the allocation found
             summary.update(planted_recovery(summary["final_ranks"], planted_setup.spec))
+            summary.update(subspace_fields(peft_model, planted_deltas, planted_setup.spec))
             summary["planted"] = {**planted_record, "rows": {s: len(d) for s, d in data.items()},
                                   "rows_digest": rows_digest(data)}
         run.write_summary(summary)

@@ -17,6 +17,7 @@ from torch.amp.grad_scaler import OptState
 from transformers import TrainerCallback
 
 from .allocator import SignalRankAllocator
+from .recovery import subspace_fields
 from ..data.planted_spec import planted_recovery
 from ..module_names import ranks_by_layer_and_type
 from ..run.resume import run_settings, settings_difference
@@ -56,8 +57,10 @@ def score_aggregates(stats: list[tuple[float, float, float, float]], names: list
 
 
 class AdaLoraCallback(TrainerCallback):
-    def __init__(self, peft_model, allocator: SignalRankAllocator, run_dir: Path, write_files: bool):
+    def __init__(self, peft_model, allocator: SignalRankAllocator, run_dir: Path, write_files: bool,
+                 planted_deltas: dict[str, torch.Tensor] | None = None):
         self.peft_model = peft_model
+        self.planted_deltas = planted_deltas  # the planted task's ΔW per planted module: the subspace recovery
         self.allocator = allocator
         self.run_dir = Path(run_dir)
         self.write_files = write_files
@@ -163,9 +166,13 @@ class AdaLoraCallback(TrainerCallback):
 
     # -- allocation records --------------------------------------------------------------------------------------
     def _planted_recovery(self, ranks: dict[str, int]) -> dict:
-        """On the planted task, recall and share at this allocation: when did the signal find the planted modules?"""
+        """On the planted task, recall and share at this allocation (when did the signal find the planted modules?)
+        and how much of the planted updates the adapters hold now (did they learn the planted directions?)."""
         planted = self.allocator.signal_config.planted
-        return planted_recovery(ranks, planted) if planted else {}
+        if not planted:
+            return {}
+        subspace = subspace_fields(self.peft_model, self.planted_deltas, planted) if self.planted_deltas else {}
+        return {**planted_recovery(ranks, planted), **subspace}
 
     def _record_allocation(self, step: int, epoch, allocation: dict) -> None:
         # Everything here is on the host already: the allocator fetched it with one transfer.

@@ -139,9 +139,20 @@ def planted_spec(run: Run) -> dict[str, int]:
     return ((run.summary or {}).get("planted") or {}).get("spec") or {}
 
 
-def draw_rank_grid(ax, final_ranks: dict[str, int], norm: Normalize, planted: dict[str, int] | None = None):
+def planted_subspace_by_module(run: Run) -> dict[str, float | None]:
+    """The planted task's subspace recovery per planted module (final_summary.json); empty when not recorded."""
+    return (run.summary or {}).get("planted_subspace_by_module") or {}
+
+
+# A planted cell with a recorded subspace recovery reads "r=<planted rank> · <recovery>"; the titles say what it is
+SUBSPACE_NOTE = "r=planted rank · x.xx: share of ΔW_planted in the learned top-r directions"
+
+
+def draw_rank_grid(ax, final_ranks: dict[str, int], norm: Normalize, planted: dict[str, int] | None = None,
+                   subspace: dict[str, float | None] | None = None):
     """Layers (rows) x matrix types (columns), colour and number = final rank; absent cells stay blank. A planted
-    module (the planted task) is framed in red and reads "rank/planted rank"."""
+    module (the planted task) is framed in red and reads "planted <planted rank>", or "r=<planted rank> ·
+    <its subspace recovery>" where the run recorded one (``subspace``; as short, so it fits a narrow panel)."""
     layers = sorted({layer_index(m) for m in final_ranks})
     types = ordered_types(final_ranks)
     grid = np.full((len(layers), len(types)), np.nan)
@@ -158,8 +169,9 @@ def draw_rank_grid(ax, final_ranks: dict[str, int], norm: Normalize, planted: di
         if name in final_ranks:
             row, col = layers.index(layer_index(name)), types.index(module_type(name))
             ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
-            ax.text(col, row + 0.3, f"planted {planted_rank}", ha="center", va="center", fontsize=font * 0.8,
-                    color="red")
+            recovered = (subspace or {}).get(name)
+            label = f"planted {planted_rank}" if recovered is None else f"r={planted_rank} · {recovered:.2f}"
+            ax.text(col, row + 0.3, label, ha="center", va="center", fontsize=font * 0.8, color="red")
     ax.set_xticks(range(len(types)), types, fontsize=8)
     ax.set_yticks(range(len(layers)), [f"layer {i}" for i in layers], fontsize=font)
     ax.set_xlabel("matrix type")
@@ -238,10 +250,12 @@ def plot_final_rank_heatmap(run: Run) -> Figure:
     layers = len({layer_index(m) for m in ranks})
     fig = Figure(figsize=(6.5, max(3.5, 0.36 * layers + 1.8)), layout="constrained")
     ax = fig.subplots()
-    planted = planted_spec(run)
-    image = draw_rank_grid(ax, ranks, Normalize(0, init_rank(run)), planted)
+    planted, subspace = planted_spec(run), planted_subspace_by_module(run)
+    image = draw_rank_grid(ax, ranks, Normalize(0, init_rank(run)), planted, subspace)
     fig.colorbar(image, ax=ax, label="final rank")
     note = f"; red: planted modules, recall {run.summary['planted_recall']:.2f}" if planted else ""
+    if planted and run.summary.get("planted_subspace") is not None:
+        note += f", subspace {run.summary['planted_subspace']:.2f}\n{SUBSPACE_NOTE}"
     ax.set_title(f"Final rank: {title(run)}\ntotal {sum(ranks.values())}{note}", fontsize=10)
     return fig
 
@@ -275,7 +289,7 @@ def plot_comparison(runs: dict[str, Run], missing: list[str] = ()) -> Figure:
     heat_axes = np.atleast_1d(top.subplots(1, len(signals), sharey=True))
     norm = Normalize(0, max(init_rank(run) for run in runs.values()))
     for ax, (signal, run) in zip(heat_axes, runs.items()):
-        image = draw_rank_grid(ax, run.final_ranks, norm, planted_spec(run))
+        image = draw_rank_grid(ax, run.final_ranks, norm, planted_spec(run), planted_subspace_by_module(run))
         ax.set_title(f"{signal}\ntotal rank {sum(run.final_ranks.values())}", fontsize=10)
     top.colorbar(image, ax=list(heat_axes), label="final rank", shrink=0.8)
 
@@ -298,6 +312,8 @@ def plot_comparison(runs: dict[str, Run], missing: list[str] = ()) -> Figure:
     heading = f"{first.task}: signals compared at seed {first.seed}"
     if missing:
         heading += f"  (no run for: {', '.join(missing)})"
+    if any(planted_subspace_by_module(run) for run in runs.values()):
+        heading += f"\nred: planted modules; {SUBSPACE_NOTE}"
     fig.suptitle(heading)
     return fig
 

@@ -56,7 +56,9 @@ SIZE_FOLLOWED = "allocation follows matrix size"
 SIZE_OPPOSED = "allocation goes against matrix size"
 ADAPTERS_CARRY_LITTLE = "the adapters carry little here; differences between signals cannot show"
 MODULE_SHAPES = "module_shapes"  # final_summary.json: {module name: [in_features, out_features]}
-RECOVERY_FIELDS = ("planted_recall", "planted_share")  # final_summary.json of a planted run
+# final_summary.json of a planted run -> the markdown column's name (the csv and json use the field names)
+RECOVERY_FIELDS = {"planted_recall": "planted recall", "planted_subspace": "subspace recovery",
+                   "planted_share": "planted share"}
 ORACLE = "oracle"  # the planted task's upper reference
 
 
@@ -467,7 +469,7 @@ def to_markdown(report: dict) -> str:
     header += [f"{column['label']} mean ± std" for column in secondary.values()]
     header += ["adapter effect mean ± std"]
     recovery = [f for f in RECOVERY_FIELDS if any(f in row for row in report["signals"])]
-    header += [f"{field.replace('_', ' ')} mean ± std" for field in recovery]
+    header += [f"{RECOVERY_FIELDS[field]} mean ± std" for field in recovery]
     header += ["final total rank (budget)", "budget check", "flags"]
     first = next(iter(metrics))
     holm_applied = {key: report["multiple_comparisons"][key]["applied"] for key in metrics}
@@ -490,9 +492,12 @@ def to_markdown(report: dict) -> str:
               "shared seeds whose differences vary.", multiple_comparisons_note(report), ""]
     if recovery:
         lines += [f"Planted task: planted recall = Σ min(final rank, planted rank) / Σ planted rank over the planted "
-                  f"modules (1.0: every planted module holds its planted rank); planted share = the final rank held "
-                  f"by planted modules / total final rank. {ORACLE} keeps the planted ranks by construction: the "
-                  f"upper reference.", ""]
+                  f"modules (1.0: every planted module holds its planted rank); subspace recovery = the share of "
+                  f"each planted update ΔW_p (energy, ||·||_F²) that lies in the learned update's r strongest "
+                  f"directions (its top-r left and right singular vectors, r the planted rank), averaged over the "
+                  f"planted modules with weights r (1.0: the planted directions were learned, 0: none of them); "
+                  f"planted share = the final rank held by planted modules / total final rank. {ORACLE} keeps the "
+                  f"planted ranks by construction: the upper reference.", ""]
     lines += detectable_difference_lines(report) + seed_plan_markdown(report)
     lines += reference_band_lines(report) + adapter_effect_lines(report)
     lines += size_bias_markdown(report)
