@@ -38,8 +38,9 @@ def draw_rule() -> str:
 
 
 def draw_planted_spec(names: list[str], init_r: int, target_r: int, seed: int, index: int) -> dict[str, int]:
-    """Spec number ``index`` of the suite drawn from ``seed`` for these adapted modules: a function of (names,
-    init_r, target_r, seed, index) only, so draws do not depend on each other or on the order they are made in.
+    """Spec number ``index`` of the suite drawn from ``seed`` for these adapted modules: a function of (the set of
+    names, init_r, target_r, seed, index) only, so draws do not depend on each other or on the order they are made
+    in.
 
     Half the draws fill the final budget (target_r x modules) with planted rank, which takes at least
     ceil(budget / init_r) modules; the others plant less than the budget in 1..DRAW_MAX_MODULES modules. Modules are
@@ -69,7 +70,7 @@ def draw_planted_spec(names: list[str], init_r: int, target_r: int, seed: int, i
 
 def _spread_picks(names: list[str], count: int, rng: random.Random) -> list[str]:
     """``count`` modules, each from the layer and matrix type used least by the ones picked before it."""
-    pool = list(names)
+    pool = sorted(names)  # the set of names decides, not the order they come in
     rng.shuffle(pool)  # ties go to the first in this random order
     layers: dict = {}
     types: dict = {}
