@@ -114,6 +114,13 @@ def test_misplaced_suite_flags_are_one_line_errors(tmp_path):
     assert result.stderr.strip() == ("adalora-ablation: error: --planted-suite draws planted specs: it needs --task "
                                      "planted alone (got --task rte)")
     assert not (tmp_path / "o").exists()
+    from adalora_ablation.grid.ablate import planted_suite_sweep
+
+    assert planted_suite_sweep(3, ["planted"], [], []) == ("planted_draw", ["0", "1", "2"])
+    with pytest.raises(UsageError, match="^--planted-suite draws every run's spec; drop --planted-modules$"):
+        planted_suite_sweep(3, ["planted"], [], ["--planted-modules", "layer.0.output.dense=2"])
+    with pytest.raises(UsageError, match="drop --sweep planted_draw"):
+        planted_suite_sweep(3, ["planted"], [("planted_draw", ["0", "1"])], [])
     # train's check runs while parsing, before anything is loaded or written (UsageError: one line, exit 2)
     with pytest.raises(UsageError) as error:
         parse_train_args(["--task", "planted", "--planted-draw", "1", "--planted-modules", "layer.0.output.dense=2"])

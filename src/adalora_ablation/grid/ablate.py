@@ -156,6 +156,12 @@ def seed_list(values: list[int | range]) -> list[int]:
     return list(counts[0]) if counts else values
 
 
+def _suite_size(n: int) -> int:
+    if n < 2:  # a sweep of one value names no folder: the report could not tell it is a suite
+        raise ValueError(f"must be at least 2 (got {n}); for one drawn spec pass --planted-draw 0 through to train")
+    return n
+
+
 def build_parser(registry) -> OneLineArgumentParser:
     parser = OneLineArgumentParser(prog="adalora-ablation ablate", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -174,7 +180,7 @@ def build_parser(registry) -> OneLineArgumentParser:
                         help="a grid axis over any train setting, e.g. --sweep target_r=2,4,8 (repeatable: the grid "
                              "is tasks x signals x seeds x every sweep's values); each run goes to "
                              "<task>/<signal>/<NAME=V>/<seed>; a sweep of one value is the same as the plain flag")
-    parser.add_argument("--planted-suite", "--planted_suite", type=_checked(_at_least(2), int), metavar="N",
+    parser.add_argument("--planted-suite", "--planted_suite", type=_checked(_suite_size, int), metavar="N",
                         help="--task planted: a benchmark over N planted specs drawn from --planted-seed, the same "
                              "as --sweep planted_draw=0,...,N-1: each run goes to <task>/<signal>/planted_draw=K/"
                              "<seed>, and the report adds the suite's regret against the oracle")
