@@ -283,7 +283,7 @@ def test_suite_outputs_markdown_csv_and_strict_json(crafted_suite, capsys):
     import csv
     import io
 
-    from adalora_ablation.analysis.report import report_main
+    from adalora_ablation.analysis.variants import report_main
     from adalora_ablation.analysis.suite import build_suites, suite_csv, suite_markdown
 
     suites = build_suites(crafted_suite)
@@ -320,3 +320,8 @@ def test_suite_outputs_markdown_csv_and_strict_json(crafted_suite, capsys):
             assert data["suites"][0]["specs"] == [0, 1, 2] and len(data["per_variant"]["variants"]) == 3
         else:
             assert out.startswith("kind,rest,signal,draw,spec")
+    page = crafted_suite / "report.html"
+    assert report_main(["--task", "planted", "--output-root", str(crafted_suite), "--format", "html", "--output",
+                        str(page)]) == 0
+    html = page.read_text()
+    assert html.index("benchmark over 3 planted specs") < html.index("Variant: planted_draw=0")

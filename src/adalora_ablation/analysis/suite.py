@@ -24,10 +24,10 @@ import numpy as np
 
 from .. import signals as registry
 from ..data.planted_spec import spec_text
-from ..run.folder import Run, discover
+from ..run.folder import Run, discover, strict_json
 from ..run.identity import parse_variant, variant_name
 from .markdown import table
-from .report import accuracy_labels, describe, to_json
+from .report import accuracy_labels, describe
 
 SUITE_SETTING = "planted_draw"  # the variant setting that numbers a suite's specs
 ORACLE, ORACLE_FIXED = "oracle", "oracle_fixed"
@@ -307,12 +307,12 @@ def _parts(prefix: str, entry: dict | None) -> dict:
 
 
 def suite_json(suites: list[dict]) -> str:
-    return to_json({"suites": suites})
+    return strict_json({"suites": suites})
 
 
 def with_suite(fmt: str, per_variant: str, output_root, task: str, signals=None, seeds=None) -> str:
-    """What ``report`` prints: for a planted suite, the suite first (markdown: then every spec's own report; csv:
-    the suite's table; json: {"suites", "per_variant"}); anything else, and other formats, unchanged."""
+    """What ``report`` prints: for a planted suite, the suite first (markdown, and so html: then every spec's own
+    report; csv: the suite's table; json: {"suites", "per_variant"}); anything else unchanged."""
     if not is_suite(output_root, task):
         return per_variant
     suites = build_suites(output_root, task, signals, seeds)
@@ -321,5 +321,5 @@ def with_suite(fmt: str, per_variant: str, output_root, task: str, signals=None,
     if fmt == "csv":
         return suite_csv(suites)
     if fmt == "json":
-        return to_json({"suites": suites, "per_variant": json.loads(per_variant)})
+        return strict_json({"suites": suites, "per_variant": json.loads(per_variant)})
     return per_variant
