@@ -10,6 +10,7 @@ from adalora_ablation.signals import SIGNALS, SignalConfig
 from conftest import tiny_adalora
 
 TOTAL, TINIT, TFINAL, DELTA_T = 60, 10, 10, 3
+BUDGETED = sorted(name for name, info in SIGNALS.items() if not info.fixed_pattern)  # oracle_fixed keeps a pattern
 
 
 def train_loop(peft_model, steps=TOTAL, zero_lora_grads=False, nan_at=()):
@@ -54,7 +55,7 @@ def test_baseline_matches_plain_peft_at_every_allocation():
     assert isinstance(model.base_model.rankallocator, RankAllocator)
 
 
-@pytest.mark.parametrize("signal", sorted(SIGNALS))
+@pytest.mark.parametrize("signal", BUDGETED)
 def test_every_signal_keeps_exactly_the_scheduled_budget(signal):
     model = tiny_adalora()
     allocator = install_allocator(model, signal, SignalConfig())
@@ -76,7 +77,7 @@ def test_every_signal_keeps_exactly_the_scheduled_budget(signal):
         assert torch.all(e.detach().view(-1)[~torch.tensor(keep)] == 0)
 
 
-@pytest.mark.parametrize("signal", sorted(SIGNALS))
+@pytest.mark.parametrize("signal", BUDGETED)
 def test_ties_from_zero_gradients_still_keep_exactly_the_budget(signal):
     """With all adapter gradients zero every score ties; PEFT's `<= threshold` would prune everything."""
     model = tiny_adalora()
@@ -86,6 +87,44 @@ def test_ties_from_zero_gradients_still_keep_exactly_the_budget(signal):
     kept = total_rank(patterns[-1])
     budget = model.base_model.rankallocator.budget_schedule(second_allocation)[0]
     assert kept == budget and 0 < kept < 72
+
+
+def test_a_fixed_pattern_holds_at_every_step_whatever_the_budget():
+    """oracle_fixed: from the first step to the last, E is zero outside the planted pattern; every allocation keeps
+    exactly the pattern while the scheduled budget falls."""
+    model = tiny_adalora()
+    layout_names = install_allocator(model, "baseline_adalora", SignalConfig()).layout.names
+    spec = {layout_names[1]: 4, layout_names[8]: 2}
+    model = tiny_adalora()
+    allocator = install_allocator(model, "oracle_fixed", SignalConfig(planted=spec))
+    pattern = torch.tensor([[j < spec.get(name, 0) for j in range(6)] for name in layout_names])
+    budgets = []
+    original = allocator.mask_to_budget
+
+    def recording(m, budget):
+        kept = original(m, budget)
+        budgets.append((budget, [kept[allocator.layout.e_key(i)] for i in range(len(layout_names))]))
+        return kept
+
+    allocator.mask_to_budget = recording
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    g = torch.Generator().manual_seed(5)
+    allocator.hold_fixed_pattern()  # what the training callback does before the first step
+    moved_outside = 0
+    for step in range(TOTAL):
+        x, y = torch.randint(5, 100, (8, 12), generator=g), torch.randint(0, 2, (8,), generator=g)
+        model(input_ids=x, labels=y).loss.backward()
+        opt.step()
+        moved_outside += bool(torch.stack(allocator.layout.E).view(pattern.shape)[~pattern].any())
+        model.base_model.update_and_allocate(step)
+        held = torch.stack(allocator.layout.E).view(pattern.shape).detach()
+        assert not held[~pattern].any(), step  # zeroed again before the next forward pass
+        assert held[pattern].all(), step
+        opt.zero_grad()
+    assert moved_outside == TOTAL  # every optimizer step moves triplets outside the pattern: the hold is needed
+    assert len(budgets) >= 10 and budgets[0][0] > budgets[-1][0] == allocator.target_bgt
+    assert all(kept == pattern.tolist() for _, kept in budgets)
+    assert allocator.outside_fixed_pattern() == 0
 
 
 def test_plain_peft_over_prunes_on_ties_which_is_why_we_break_them():

@@ -253,7 +253,7 @@ def test_registry_roles_and_duplicate_names(monkeypatch):
     assert signal_names("signal") == ["importance_only", "plasticity_only", "plasticity_rms", "combo",
                                       "singular_value", "sensitivity_only", "sensitivity_snr", "fisher",
                                       "component_norm"]
-    assert signal_names("control") == ["random", "uniform", "oracle"]
+    assert signal_names("control") == ["random", "uniform", "oracle", "oracle_fixed"]
     assert all(info.description and signal_class(name).name == name for name, info in SIGNALS.items())
     monkeypatch.setattr(signals, "SIGNALS", dict(signals.SIGNALS))
     monkeypatch.setattr(signals, "_CLASSES", dict(signals._CLASSES))

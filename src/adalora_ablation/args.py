@@ -21,7 +21,7 @@ from .errors import OneLineArgumentParser, UsageError, first_line
 from .signals import (
     INCLUDE_HELP, NORMALIZE_METHODS, PLASTICITY_NORMS, SIGNALS, describe_signals, included_modules, load_signals,
 )
-from .data.planted_spec import default_rule
+from .data.planted_spec import default_rule, draw_rule
 from .data.tasks import CUSTOM, TASK_CHOICES
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -123,6 +123,12 @@ class DataArguments:
                           "layer.1.attention.self.value_proj=4); default: the last layer's attention output and the "
                           "first layer's FFN input, each at half the final budget (at most --init-r), far above what "
                           "a uniform spread keeps there."},
+    )
+    planted_draw: int | None = field(
+        default=None,
+        metadata={"help": "Task planted: instead of --planted-modules, spec number K (0, 1, ...) of the suite drawn "
+                          "from --planted-seed for this model's adapted modules, --init-r and --target-r (ablate "
+                          "--planted-suite N runs draws 0..N-1)."},
     )
     planted_seed: int = field(default=0, metadata={"help": "Task planted: seed of the planted updates and the "
                                                              "inputs, independent of --seed."})
@@ -253,6 +259,7 @@ def parse_train_args(argv: list[str]):
     run, model, data, adalora, training = parsed
     validate(run, adalora)
     validate_data(run, data)
+    validate_planted(run, data)
     return run, model, data, adalora, training
 
 
@@ -260,8 +267,12 @@ def run_config(run_args, model_args, data_args, ada_args, training_args) -> dict
     """Every resolved setting, by group, as the summary records it (run/identity.py picks those that decide the
     result from it)."""
     data = dataclasses.asdict(data_args)
+    # The default's and a draw's modules depend on the model; the rule that picks them is the setting.
     if run_args.task == "planted" and not data_args.planted_modules:
-        data["planted_default"] = default_rule()  # the default's modules depend on the model; its rule is the setting
+        if data_args.planted_draw is None:
+            data["planted_default"] = default_rule()
+        else:
+            data["planted_draw_rule"] = draw_rule()
     return {"run": dataclasses.asdict(run_args), "model": dataclasses.asdict(model_args), "data": data,
             "adalora": dataclasses.asdict(ada_args), "training": training_args.to_dict()}
 
@@ -284,6 +295,19 @@ def validate_data(run: RunArguments, data: DataArguments) -> None:
     if given:
         raise UsageError(f"--{given[0].replace('_', '-')} is for --task custom (your own files); --task {run.task} "
                          f"reads GLUE (--data-dir for a local copy)")
+
+
+def validate_planted(run: RunArguments, data: DataArguments) -> None:
+    """--planted-draw picks the spec itself: with --planted-modules, or on another task, it is refused."""
+    if data.planted_draw is None:
+        return
+    if run.task != "planted":
+        raise UsageError(f"--planted-draw is for --task planted (it draws the planted spec); drop it for --task "
+                         f"{run.task}")
+    if data.planted_modules:
+        raise UsageError("--planted-draw and --planted-modules both choose the planted spec; give one of them")
+    if data.planted_draw < 0:
+        raise UsageError(f"--planted-draw {data.planted_draw} must be >= 0 (the draws are numbered 0, 1, ...)")
 
 
 def validate(run: RunArguments, adalora: AdaLoraArguments) -> None:

@@ -262,7 +262,7 @@ def _train(argv: list[str], stopper: StopOnSignal, warmup=None) -> dict | None:
             "total_rank": sum(callback.ranks),
             "target_budget": allocator.target_bgt,
             "initial_budget": allocator.init_bgt,
-            "budget_check_passed": callback.budget_violations == 0 and sum(callback.ranks) == allocator.target_bgt,
+            **callback.budget_check(),  # budget_check_passed, and what it checked
             "allocations": callback.allocations,
             "nonfinite_steps": int(allocator.nonfinite_steps),
             "scaler_skipped_steps": callback.scaler_skipped_steps,

@@ -8,6 +8,10 @@ triplets by that signal's scores.
 One deliberate difference to PEFT: PEFT masks every score <= the k-th smallest, so ties over-prune (zero gradients
 make ties common for some signals). We keep exactly ``budget`` triplets and break ties by position in the fixed
 module order (earlier triplets are pruned first). Without ties this is exactly PEFT's mask.
+
+A signal with a fixed pattern (``Signal.fixed_pattern``, the planted task's ``oracle_fixed``) replaces the budget:
+every allocation keeps exactly that pattern, and it is re-applied after every optimizer step from step 0 on
+(``hold_fixed_pattern``), so that no other triplet ever takes part in a forward pass.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ class SignalRankAllocator(RankAllocator):
         self.signal_config = signal_config
         self.layout = LoraLayout(model, adapter_name)
         self.signal: Signal = build_signal(signal_name, self.layout, signal_config)
+        self.fixed = self.signal.fixed_pattern()  # None, or the one pattern kept from step 0 (modules x r, bool)
+        self.fixed_kept = None if self.fixed is None else self.fixed.cpu().tolist()  # the same, on the host
         self.steps_seen = 0  # score updates (optimizer steps before the final phase)
         self.finite_steps = torch.zeros((), dtype=torch.long, device=self.layout.device)  # counted on the device
         self.last_allocation: dict | None = None  # filled by mask_to_budget, consumed by the training callback
@@ -66,7 +72,7 @@ class SignalRankAllocator(RankAllocator):
         device-to-host transfer that brings back the mask, the counters and the per-module score statistics that
         the logs need (``last_allocation``)."""
         scores, parts = self.signal.scores_and_parts()
-        keep = keep_top_k(scores, budget)
+        keep = keep_top_k(scores, budget) if self.fixed is None else self.fixed
         self.layout.mask_E_(keep)
         kept, stats, finite_steps = self._to_host(keep, {"": scores, **parts})
         self.last_allocation = {
@@ -104,6 +110,25 @@ class SignalRankAllocator(RankAllocator):
                        for k in range(4)]
             per_module[name] = list(zip(*columns))
         return kept, per_module, int(host[n_keep])
+
+    def update_and_allocate(self, model, global_step, force_mask=False):
+        """PEFT's (score update, schedule, allocation), then the fixed pattern re-applied, if the signal has one."""
+        result = super().update_and_allocate(model, global_step, force_mask)
+        self.hold_fixed_pattern()
+        return result
+
+    def hold_fixed_pattern(self) -> None:
+        """Zero every E entry outside the fixed pattern (nothing without one): after each optimizer step, and once
+        before the first, so that from step 0 on only the pattern's triplets take part in a forward pass."""
+        if self.fixed is not None:
+            self.layout.mask_E_(self.fixed)
+
+    def outside_fixed_pattern(self) -> int:
+        """How many E entries outside the fixed pattern are nonzero now (one host read; 0 without a pattern)."""
+        if self.fixed is None:
+            return 0
+        with torch.no_grad():
+            return int((torch.stack(self.layout.E).view(self.fixed.shape)[~self.fixed] != 0).sum())
 
     def mask_using_rank_pattern(self, model, rank_pattern):
         """Final phase: re-apply the fixed mask every step, from masks cached on the parameters' device."""

@@ -26,6 +26,10 @@ from .schedule import phase_of
 
 logger = logging.getLogger(__name__)
 ALLOCATION_LOG_PREFIX = "adalora/"  # allocation scalars in the Trainer's log stream (not in metrics.jsonl)
+# What the summary's budget_check_passed checked (its budget_check field):
+EXACT_BUDGET_CHECK = "exact budget: every allocation kept exactly its scheduled budget, the last the target budget"
+FIXED_PATTERN_CHECK = ("fixed pattern: every allocation kept exactly the fixed pattern (the scheduled budget does not "
+                       "apply), re-applied after every optimizer step; the final weights hold nothing outside it")
 
 
 def describe_schedule(allocator: SignalRankAllocator) -> str:
@@ -120,6 +124,7 @@ class AdaLoraCallback(TrainerCallback):
             self._apply_resume_state(self.pending_resume)
             self.pending_resume = None
             logger.info(f"[run] resumed at step {state.global_step} with the allocator state of that checkpoint")
+        self.allocator.hold_fixed_pattern()  # a fixed pattern holds before the first optimizer step too
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self._scaler_found_inf = self._unscale_and_check_overflow()
@@ -164,6 +169,20 @@ class AdaLoraCallback(TrainerCallback):
         if self.write_files and logs and not any(k.startswith(ALLOCATION_LOG_PREFIX) for k in logs):
             append_jsonl(self.run_dir / METRICS, {"step": state.global_step, **logs})
 
+    # -- the budget check ----------------------------------------------------------------------------------------
+    def budget_check(self) -> dict:
+        """The summary's budget_check_passed and budget_check (what was checked). Normally: every allocation kept
+        exactly its scheduled budget and the final total is the target budget. With a fixed pattern (oracle_fixed),
+        whose total is the pattern's and not the budget: every allocation kept exactly the pattern, the final ranks
+        are its ranks, and no E entry outside it is nonzero in the final weights."""
+        fixed = self.allocator.fixed_kept
+        if fixed is None:
+            passed = self.budget_violations == 0 and sum(self.ranks) == self.allocator.target_bgt
+            return {"budget_check_passed": passed, "budget_check": EXACT_BUDGET_CHECK}
+        passed = (self.allocations > 0 and self.budget_violations == 0 and self.ranks == [sum(r) for r in fixed]
+                  and self.allocator.outside_fixed_pattern() == 0)
+        return {"budget_check_passed": passed, "budget_check": FIXED_PATTERN_CHECK}
+
     # -- allocation records --------------------------------------------------------------------------------------
     def _planted_recovery(self, ranks: dict[str, int]) -> dict:
         """On the planted task, recall and share at this allocation (when did the signal find the planted modules?)
@@ -182,7 +201,8 @@ class AdaLoraCallback(TrainerCallback):
         new_ranks = [sum(row) for row in kept]
         total_rank = sum(new_ranks)
         budget = allocation["budget"]
-        ok = total_rank == budget
+        fixed = self.allocator.fixed_kept
+        ok = total_rank == budget if fixed is None else kept == fixed
         self.allocations += 1
         self.budget_violations += not ok
         active = sum(r > 0 for r in new_ranks)
@@ -190,8 +210,12 @@ class AdaLoraCallback(TrainerCallback):
         for name, old, new in zip(layout.names, self.ranks, new_ranks):
             if old != new:
                 logger.info(f"  {name}: rank {old} -> {new}")
-        logger.info(f"[AdaLoRA Update] Budget check: kept {total_rank} triplets, budget {budget}: "
-                    f"{'OK' if ok else 'MISMATCH'}")
+        if fixed is None:
+            logger.info(f"[AdaLoRA Update] Budget check: kept {total_rank} triplets, budget {budget}: "
+                        f"{'OK' if ok else 'MISMATCH'}")
+        else:
+            logger.info(f"[AdaLoRA Update] Fixed-pattern check: kept {total_rank} triplets, the fixed pattern's "
+                        f"(the scheduled budget {budget} does not apply): {'OK' if ok else 'MISMATCH'}")
         self.ranks = new_ranks
         # A digest of the mask per allocation lets multi-process runs prove every rank pruned the same triplets
         # (the bytes of the bool mask: one 0/1 byte per triplet, module by module).
@@ -208,6 +232,7 @@ class AdaLoraCallback(TrainerCallback):
             "nonfinite_steps": allocation["nonfinite_steps"], "score_updates": allocation["steps_seen"],
             "ranks": dict(zip(layout.names, new_ranks)),
             "kept": {n: [int(k) for k in row] for n, row in zip(layout.names, kept)},
+            **({} if fixed is None else {"check": "fixed pattern"}),  # then budget_ok says: the pattern was kept
             **self._planted_recovery(dict(zip(layout.names, new_ranks))),
         })
         stats = allocation["stats"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from transformers import TrainerCallback
 
-from ..signals import SignalConfig, build_signal
+from ..signals import SIGNALS, SignalConfig, build_signal
 from ..signals.base import Signal
 from .allocator import SignalRankAllocator
 
@@ -23,6 +23,9 @@ class SharedWarmupAllocator(SignalRankAllocator):
 
     def __init__(self, model, peft_config, adapter_name: str, variants: dict[str, tuple[str, SignalConfig]],
                  config: SignalConfig):
+        fixed = [signal for signal, _ in variants.values() if SIGNALS[signal].fixed_pattern]
+        if fixed:  # it masks from step 0: its warm-up is not the others' (grid/warmup.py never groups it)
+            raise ValueError(f"signal {fixed[0]} holds a fixed rank pattern from step 0 and cannot share a warm-up")
         first_signal = next(iter(variants.values()))[0]
         super().__init__(model, peft_config, adapter_name, first_signal, config)
         self.signal_name = shared_signal_name(variants)  # what check_same_signal compares on resume

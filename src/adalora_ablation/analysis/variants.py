@@ -24,6 +24,7 @@ from ..run.identity import parse_variant, variant_name, variant_sort_key
 from .markdown import table
 from .power import detect_difference
 from .report import build_report, to_csv, to_markdown
+from .suite import with_suite
 
 BUDGET_SETTINGS = ("target_r", "init_r")  # a sweep over one of these moves the budget
 BUDGET_CURVE = "budget_curve.png"
@@ -236,12 +237,15 @@ def report_main(argv: list[str]) -> int:
 
         points = budget_points(reports)
         curve = plot_budget_curve(points, next(iter(reports[0]["metrics"].values()))) if points else None
-        text = reports_html(reports, reports_markdown(reports), curve)
+        markdown = with_suite("markdown", reports_markdown(reports), args.output_root, args.task, args.signals,
+                              args.seeds)  # a planted suite (planted_draw variants): the benchmark over its specs first
+        text = reports_html(reports, markdown, curve)
         if output is None:
             output = compare_dir(args.output_root, args.task) / "report.html"
             output.parent.mkdir(parents=True, exist_ok=True)
     else:
-        text = FORMATS[args.format](reports)
+        text = with_suite(args.format, FORMATS[args.format](reports), args.output_root, args.task, args.signals,
+                          args.seeds)
     if output is None:
         print(text)
     else:

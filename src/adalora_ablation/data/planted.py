@@ -32,7 +32,7 @@ from transformers.pytorch_utils import Conv1D
 from ..errors import UsageError
 from ..module_names import short_module_name
 from .loading import SYNTHETIC_WORDS, data_fingerprint, find_local, read_local, tokenize
-from .planted_spec import check_planted_spec, default_planted_spec, parse_planted_spec
+from .planted_spec import check_planted_spec, default_planted_spec, draw_planted_spec, parse_planted_spec
 from .tasks import TASKS, Task
 
 CALIBRATION_ROWS = 512  # the first candidates: the head's bias is centred and the strength chosen on them
@@ -292,7 +292,7 @@ def parse_strength(text) -> float | str:
 
 
 def planted_setup_from_args(data_args, ada_args, module_names: list[str]) -> PlantedSetup:
-    """The spec (given or default), checked against the adapted modules and the budget; bad values are one-line
+    """The spec (given, drawn or default), checked against the adapted modules and the budget; bad values are one-line
     UsageErrors, raised before anything is built or written."""
     strength = parse_strength(data_args.planted_strength)
     if min(data_args.planted_train_rows, data_args.planted_eval_rows) < 16:
@@ -301,6 +301,9 @@ def planted_setup_from_args(data_args, ada_args, module_names: list[str]) -> Pla
         raise UsageError(f"--planted-targets {data_args.planted_targets!r} is not one of {', '.join(TARGETS)}")
     if data_args.planted_modules:
         spec = parse_planted_spec(data_args.planted_modules)
+    elif data_args.planted_draw is not None:  # one spec of a suite (ablate --planted-suite)
+        spec = draw_planted_spec(module_names, ada_args.init_r, ada_args.target_r, data_args.planted_seed,
+                                 data_args.planted_draw)
     else:
         spec = default_planted_spec(module_names, ada_args.init_r, ada_args.target_r)
     check_planted_spec(spec, module_names, ada_args.init_r, ada_args.target_r)

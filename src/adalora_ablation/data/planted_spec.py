@@ -3,6 +3,9 @@ much of it a rank pattern recovers. The report and the logs read these without l
 
 from __future__ import annotations
 
+import math
+import random
+
 from ..errors import UsageError
 from ..module_names import layer_index, module_type
 
@@ -18,6 +21,72 @@ def default_rule() -> str:
     the modules it picks depend on the model, so this text is what tells a run made with another default apart."""
     places = ", ".join(f"{where} layer {kind}" for where, kind in DEFAULT_PLANTED_PLACES)
     return f"{places}; each 1/{len(DEFAULT_PLANTED_PLACES)} of the final budget, at most init_r"
+
+
+# A benchmark over specs (--planted-draw K, ablate --planted-suite N) draws them by this rule. Its version is recorded
+# in a drawn run's settings (planted_draw_rule): a changed rule gives other specs for the same K, so it must never
+# match a run made under the old one. Raise the version whenever draw_planted_spec changes what it returns.
+DRAW_VERSION = 1
+DRAW_MAX_MODULES = 4  # modules of a draw that does not fill the budget (one that fills it may need more)
+
+
+def draw_rule() -> str:
+    """The drawing rule in words, with its version: what a drawn run records beside --planted-draw."""
+    return (f"draw v{DRAW_VERSION}: 1..{DRAW_MAX_MODULES} modules spread over layers and matrix types (more when "
+            f"needed to fill the budget), ranks in 1..init_r, about half the draws filling the final budget "
+            f"(where init_r allows); from (planted_seed, planted_draw)")
+
+
+def draw_planted_spec(names: list[str], init_r: int, target_r: int, seed: int, index: int) -> dict[str, int]:
+    """Spec number ``index`` of the suite drawn from ``seed`` for these adapted modules: a function of (the set of
+    names, init_r, target_r, seed, index) only, so draws do not depend on each other or on the order they are made
+    in.
+
+    Half the draws fill the final budget (target_r x modules) with planted rank, which takes at least
+    ceil(budget / init_r) modules; the others plant less than the budget in 1..DRAW_MAX_MODULES modules. Modules are
+    picked one by one from the layer and the matrix type picked least so far (ties at random), so that a draw
+    spreads over layers and types; each rank is drawn in 1..init_r, then moved one step at a time (a random module
+    each time, within 1..init_r) until the total is what the draw asks for. Every draw passes check_planted_spec."""
+    rng = random.Random(f"planted-draw:{seed}:{index}")
+    budget = target_r * len(names)
+    most = min(len(names), budget)
+    fewest_to_fill = math.ceil(budget / init_r)
+    fill = rng.random() < 0.5 and fewest_to_fill <= most
+    if fill:
+        count = rng.randint(fewest_to_fill, min(most, max(fewest_to_fill, DRAW_MAX_MODULES)))
+        total = budget
+    else:
+        count = rng.randint(1, min(most, DRAW_MAX_MODULES))
+        # below the budget where a rank of at least 1 per module leaves room (a budget of 1 is always filled)
+        total = rng.randint(count, max(count, min(budget - 1, count * init_r)))
+    picks = _spread_picks(names, count, rng)
+    ranks = {name: rng.randint(1, init_r) for name in picks}
+    while sum(ranks.values()) != total:
+        step = 1 if sum(ranks.values()) < total else -1
+        movable = [n for n in picks if 1 <= ranks[n] + step <= init_r]
+        ranks[rng.choice(movable)] += step
+    return {name: ranks[name] for name in names if name in ranks}  # in the model's module order
+
+
+def _spread_picks(names: list[str], count: int, rng: random.Random) -> list[str]:
+    """``count`` modules, each from the layer and matrix type used least by the ones picked before it."""
+    pool = sorted(names)  # the set of names decides, not the order they come in
+    rng.shuffle(pool)  # ties go to the first in this random order
+    layers: dict = {}
+    types: dict = {}
+    picks = []
+    for _ in range(count):
+        pick = min(pool, key=lambda n: layers.get(layer_index(n), 0) + types.get(module_type(n), 0))
+        pool.remove(pick)
+        picks.append(pick)
+        layers[layer_index(pick)] = layers.get(layer_index(pick), 0) + 1
+        types[module_type(pick)] = types.get(module_type(pick), 0) + 1
+    return picks
+
+
+def spec_text(spec: dict[str, int]) -> str:
+    """A spec as --planted-modules writes it: NAME=RANK,NAME=RANK."""
+    return ",".join(f"{name}={rank}" for name, rank in spec.items())
 
 
 def parse_planted_spec(text: str) -> dict[str, int]:

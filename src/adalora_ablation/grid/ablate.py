@@ -42,7 +42,7 @@ from ..analysis.markdown import table
 from ..run.lock import held_elsewhere
 from ..run.folder import latest_complete_checkpoint, read_summary, run_dir_for
 from ..data.tasks import CUSTOM, TASK_CHOICES, custom_task_name
-from .sweeps import Variant, check_sweeps, check_variants, mark_other_settings, parse_sweep, variants
+from .sweeps import Variant, flag_given, check_sweeps, check_variants, mark_other_settings, parse_sweep, variants
 
 LAUNCHERS = ("local", *SUBMITIT_LAUNCHERS)
 # Flags that only mean something to a submitit launcher: with --launcher local they would be silently ignored
@@ -97,12 +97,14 @@ def status_table(runs: list[GridRun]) -> str:
 
 def print_reports(tasks, output_root: str) -> None:
     # here, not at the top: the statistics and figures (scipy, matplotlib) would slow every --status and --dry-run
+    from ..analysis.suite import with_suite
     from ..analysis.variants import build_reports, reports_markdown, write_budget_curve
 
     for task in tasks:
         try:
             reports = build_reports(output_root, task)  # one per sweep variant
-            print(f"\n## Report: {task}\n\n{reports_markdown(reports)}")
+            text = with_suite("markdown", reports_markdown(reports), output_root, task)  # a planted suite: first
+            print(f"\n## Report: {task}\n\n{text}")
             curve = write_budget_curve(reports)
             if curve is not None:
                 print(f"\nBudget curve: {curve}")
@@ -154,6 +156,12 @@ def seed_list(values: list[int | range]) -> list[int]:
     return list(counts[0]) if counts else values
 
 
+def _suite_size(n: int) -> int:
+    if n < 2:  # a sweep of one value names no folder: the report could not tell it is a suite
+        raise ValueError(f"must be at least 2 (got {n}); for one drawn spec pass --planted-draw 0 through to train")
+    return n
+
+
 def build_parser(registry) -> OneLineArgumentParser:
     parser = OneLineArgumentParser(prog="adalora-ablation ablate", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -172,6 +180,10 @@ def build_parser(registry) -> OneLineArgumentParser:
                         help="a grid axis over any train setting, e.g. --sweep target_r=2,4,8 (repeatable: the grid "
                              "is tasks x signals x seeds x every sweep's values); each run goes to "
                              "<task>/<signal>/<NAME=V>/<seed>; a sweep of one value is the same as the plain flag")
+    parser.add_argument("--planted-suite", "--planted_suite", type=_checked(_suite_size, int), metavar="N",
+                        help="--task planted: a benchmark over N planted specs drawn from --planted-seed, the same "
+                             "as --sweep planted_draw=0,...,N-1: each run goes to <task>/<signal>/planted_draw=K/"
+                             "<seed>, and the report adds the suite's regret against the oracle")
     parser.add_argument("--with-controls", "--with_controls", action="store_true",
                         help=f"add the control signals {', '.join(registry.signal_names('control'))}")
     parser.add_argument("--output-root", "--output_root", default="outputs")
@@ -285,6 +297,19 @@ def counts_line(runs: list[GridRun], statuses) -> str:
     return ", ".join(f"{sum(r.status == s for r in runs)} {s}" for s in statuses)
 
 
+def planted_suite_sweep(n: int, tasks: list[str], sweeps, extra: list[str]) -> tuple[str, list[str]]:
+    """--planted-suite N as the sweep it is: planted_draw over 0..N-1 (each draw one spec, data/planted_spec.py)."""
+    if tasks != ["planted"]:
+        raise UsageError(f"--planted-suite draws planted specs: it needs --task planted alone (got --task "
+                         f"{' '.join(tasks)})")
+    if any(name == "planted_draw" for name, _ in sweeps):
+        raise UsageError("--planted-suite N already sweeps planted_draw over 0..N-1; drop --sweep planted_draw")
+    for flag in ("planted_draw", "planted_modules"):
+        if flag_given(flag, extra):
+            raise UsageError(f"--planted-suite draws every run's spec; drop --{flag.replace('_', '-')}")
+    return "planted_draw", [str(k) for k in range(n)]
+
+
 def ablate_main(argv: list[str]) -> int:
     registry.load_signals(registry.included_modules(argv))  # before --signals is checked against the names
     args, extra = build_parser(registry).parse_known_args(argv)
@@ -294,6 +319,8 @@ def ablate_main(argv: list[str]) -> int:
     check_launcher_flags(args)
     controls = registry.signal_names("control") if args.with_controls else []
     signals = registry.expand_signals(args.signals + controls)
+    if args.planted_suite:
+        args.sweep.append(planted_suite_sweep(args.planted_suite, args.tasks, args.sweep, extra))
     if args.sweep:
         check_sweeps(args.sweep, extra)
     folders = task_folders(args.tasks, extra)

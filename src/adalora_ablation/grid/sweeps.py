@@ -47,7 +47,7 @@ def _flag(name: str) -> str:
     return f"--{name.replace('_', '-')}"
 
 
-def _given(name: str, argv: list[str]) -> bool:
+def flag_given(name: str, argv: list[str]) -> bool:
     spellings = {f"--{name}", _flag(name)}
     return any(tok in spellings or tok.split("=", 1)[0] in spellings for tok in argv)
 
@@ -67,7 +67,7 @@ def check_sweeps(sweeps: list[tuple[str, list[str]]], extra: list[str]) -> None:
             raise UsageError(f"--sweep {name}: train has no flag {_flag(name)} (see 'adalora-ablation train --help')")
         if names.count(name) > 1:
             raise UsageError(f"--sweep {name} is given twice; list all its values in one: --sweep {name}=V1,V2")
-        if _given(name, extra):
+        if flag_given(name, extra):
             raise UsageError(f"{_flag(name)} is given both as a flag and as --sweep {name}; keep one")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from ..run.folder import grid_dir, write_json_atomic
+from ..signals import SIGNALS
 
 # Flags that do not change the weights before tinit: the signal and its settings (they only move the signal's own
 # state), the final budget (the schedule keeps the initial budget until tinit), and where/whether a run trains.
@@ -52,9 +53,24 @@ def parse_flags(argv: list[str]) -> dict[str, tuple[str, ...]]:
 
 def warmup_key(argv: list[str]) -> str:
     """Runs with the same key train identical weights until tinit: everything but the signal, its settings, the
-    final budget and the run's place. Spellings of one value that differ (1e-3, 0.001) only split a group."""
-    kept = {k: v for k, v in parse_flags(argv).items() if k not in SIGNAL_FLAGS + BUDGET_FLAGS + PLACE_FLAGS}
+    final budget (unless it decides the task) and the run's place. Spellings of one value that differ (1e-3, 0.001)
+    only split a group."""
+    flags = parse_flags(argv)
+    ignored = SIGNAL_FLAGS + PLACE_FLAGS + (() if budget_decides_task(flags) else BUDGET_FLAGS)
+    kept = {k: v for k, v in flags.items() if k not in ignored}
     return hashlib.sha256(json.dumps(sorted(kept.items())).encode()).hexdigest()[:12]
+
+
+def budget_decides_task(flags: dict[str, tuple[str, ...]]) -> bool:
+    """On the planted task, the default spec and a drawn one (--planted-draw) are chosen for the final budget: another
+    --target-r is another teacher, other rows, other weights from step 0."""
+    return flags.get("task", ("rte",))[-1] == "planted" and not flags.get("planted_modules")
+
+
+def holds_fixed_pattern(argv: list[str]) -> bool:
+    """A signal that masks from step 0 (oracle_fixed) trains no warm-up that another run could share."""
+    info = SIGNALS.get(parse_flags(argv).get("signal", ("",))[-1])
+    return info is not None and info.fixed_pattern
 
 
 def variant_of(argv: list[str]) -> str:
@@ -120,10 +136,12 @@ def tracked_variants(folder: Path) -> list[str] | None:
 def plan_warmups(runs, argv_of, output_root) -> list[WarmupGroup]:
     """Group the runs (unstarted ones: no checkpoint) by warmup_key. A group trains its warm-up when it has two or
     more members; a finished warm-up also seeds a single member. Runs whose signal variant a started warm-up does
-    not track train alone."""
+    not track, and runs of a signal with a fixed pattern, train alone."""
     groups: dict[str, WarmupGroup] = {}
     for run in runs:
         argv = argv_of(run)
+        if holds_fixed_pattern(argv):
+            continue
         key = warmup_key(argv)
         if key not in groups:
             groups[key] = WarmupGroup(key, warmup_folder(output_root, run.task, run.seed, key), tinit_of(argv))

@@ -34,6 +34,8 @@ class SignalInfo:
     description: str  # one line, shown by --help and in docs/signals.md's table
     where: str  # "module:Class", the module relative to this package
     only_task: str | None = None  # a signal that reads a task's known answer runs on that task only
+    # One rank pattern from step 0 to the end (no warm-up without masking, so it shares no warm-up with others)
+    fixed_pattern: bool = False
 
 
 BUILT_IN = [
@@ -55,6 +57,10 @@ BUILT_IN = [
     SignalInfo("oracle", "control",
                "task planted only: the planted modules keep their planted ranks, PEFT's score the rest (upper "
                "reference)", "controls:PlantedOracle", only_task="planted"),
+    SignalInfo("oracle_fixed", "control",
+               "task planted only: the planted ranks in the planted modules, rank 0 elsewhere, from step 0 and never "
+               "pruned (what the schedule itself costs)", "controls:PlantedFixed", only_task="planted",
+               fixed_pattern=True),
     # the literature's scores
     SignalInfo("singular_value", "signal", "|E_i| only (AdaLoRA Table 4, '|lambda| only')",
                "literature:SingularValue"),

@@ -124,6 +124,12 @@ class Signal:
         overrides this to compute them once."""
         return self.scores(), self.parts()
 
+    def fixed_pattern(self) -> torch.Tensor | None:
+        """A signal that holds one rank pattern for the whole run returns it (bool, modules x r): the allocator then
+        keeps exactly it from step 0 on, at every step, whatever the scheduled budget. None (every other signal):
+        the scores decide, within the budget."""
+        return None
+
     def reset(self) -> None:
         for buf in self.buffers.values():
             buf.zero_()

@@ -1,6 +1,9 @@
 """Control signals: does any signal beat chance (`random`), and does reallocation beat a fixed rank (`uniform`)?
+On the planted task: how far is a signal from the known answer (`oracle`), and what does the schedule itself cost
+(`oracle_fixed`)?
 
-They go through the same allocator, schedule and exact-budget masking as every other signal.
+They go through the same allocator and schedule as every other signal; all but `oracle_fixed` through its
+exact-budget masking too.
 """
 
 from __future__ import annotations
@@ -90,3 +93,32 @@ class PlantedOracle(BaselineAdaLoRA):
         # each group (the scale is common to all triplets, so it keeps PEFT's order).
         scaled = within / (within.amax() + torch.finfo(within.dtype).tiny)
         return torch.where(planted, scaled + 2, scaled)
+
+
+class PlantedFixed(Signal):
+    """The learnability check on the planted task: from step 0, every planted module holds exactly its planted rank
+    (its first ``planted rank`` triplets) and every other module rank 0, and nothing is ever pruned or revived.
+
+    The schedule still runs (the same allocations at the same steps), but the allocator keeps this pattern instead
+    of a budget (``fixed_pattern``) and re-applies it after every optimizer step. Against ``oracle``, which reaches
+    the same ranks through the warm-up and the falling budget, it measures what the schedule itself costs.
+    """
+
+    name = "oracle_fixed"
+    wants_flat_weights = False  # the pattern ignores training
+
+    def __init__(self, layout, config):
+        super().__init__(layout, config)
+        planted = config.planted or {}
+        ranks = torch.tensor([planted.get(name, 0) for name in layout.names]).view(-1, 1)
+        # Which triplets does not matter: E starts at zero, and the pattern holds from the first step on.
+        self._pattern = (torch.arange(layout.r).view(1, -1) < ranks).to(layout.device)
+
+    def update(self, w, g, finite):
+        pass  # nothing to track
+
+    def scores(self):
+        return self._pattern.float()  # what the score logs show: 1 for a planted triplet, 0 for any other
+
+    def fixed_pattern(self):
+        return self._pattern
