@@ -266,7 +266,8 @@ def test_oracle_on_another_task_is_one_line_exit_2_and_writes_nothing(tmp_path):
 
 
 def test_report_has_recovery_columns_with_mean_and_std_over_seeds(tmp_path):
-    from adalora_ablation.analysis.report import build_report, to_csv, to_json, to_markdown
+    from adalora_ablation.analysis.report import build_report, to_csv, to_markdown
+    from adalora_ablation.run.folder import strict_json as to_json
     from adalora_ablation.run.folder import append_jsonl, write_summary
 
     spec = {"layer.0.a": 2}

@@ -1,6 +1,6 @@
 """The offline demo on tiny-deberta. By default on the planted task, whose answer is known: the study's four
-signals and the oracle, uniform and random controls, with accuracy, adapter effect and how much of the planted rank
-each signal found. ``--task synthetic``: the keyword task, which every signal solves."""
+signals and the oracle, oracle_fixed, uniform and random controls, with agreement with the teacher, adapter effect
+and how much of the planted rank (and of its directions) each signal found. ``--task synthetic``: the keyword task, which every signal solves."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .signals import SIGNALS, add_include_flag, expand_signals, group_names, inc
 from .train import train
 
 DEMO_TASKS = ("planted", "synthetic")
-DEFAULT_SIGNALS = {"planted": ["seed", "oracle", "uniform", "random"], "synthetic": ["seed"]}
+DEFAULT_SIGNALS = {"planted": ["seed", "oracle", "oracle_fixed", "uniform", "random"], "synthetic": ["seed"]}
 
 
 def comparison_table(summaries: list[dict]) -> str:
@@ -43,7 +43,7 @@ def demo_main(argv: list[str]) -> int:
     parser.add_argument("--signals", nargs="+", default=None, choices=group_names() + list(SIGNALS),
                         metavar="SIGNAL_OR_GROUP", help="signals or groups (seed, table4, peers, controls, all); "
                                                         "default: seed, the study's four signals, plus oracle, "
-                                                        "uniform and random on the planted task")
+                                                        "oracle_fixed, uniform and random on the planted task")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--max-steps", "--max_steps", type=int, default=None, help="override the demo's 300 steps")
     args = parser.parse_args(argv)
