@@ -1,6 +1,7 @@
 """The offline demo on tiny-deberta. By default on the planted task, whose answer is known: the study's four
 signals and the oracle, oracle_fixed, uniform and random controls, with agreement with the teacher, adapter effect
-and how much of the planted rank (and of its directions) each signal found. ``--task synthetic``: the keyword task, which every signal solves."""
+and how much of the planted rank (and of its directions) each signal found. ``--task synthetic``: the keyword task,
+which every signal solves."""
 
 from __future__ import annotations
 
