@@ -313,3 +313,17 @@ def test_report_has_recovery_columns_with_mean_and_std_over_seeds(tmp_path):
     comparison = plot_comparison({"oracle": oracle, "uniform": Run.from_dir(tmp_path / "planted" / "uniform" / "1")})
     cells = {t.get_text() for axis in comparison.axes for t in axis.texts}
     assert {"r=2 · 0.90", "r=2 · 0.25"} <= cells and SUBSPACE_NOTE in comparison.get_suptitle()
+
+
+def test_every_spec_of_a_drawn_suite_of_8_builds(tiny_model):
+    from adalora_ablation.data.planted_spec import draw_planted_spec
+
+    model, tokenizer, names = tiny_model
+    for index in range(8):
+        spec = draw_planted_spec(names, 8, 1, 0, index)
+        check_planted_spec(spec, names, init_r=8, target_r=1)
+        setup = tiny_setup(spec, train_rows=32, eval_rows=16)
+        teacher, pairs, record, updates = planted.prepare_teacher(copy.deepcopy(model), tokenizer, TASK, setup, None,
+                                                                  24, log=lambda _: None)
+        rows = planted.label_rows(teacher, tokenizer, TASK, setup, pairs, 24)
+        assert len(rows["train"]) == 32 and set(updates) == set(spec), index
