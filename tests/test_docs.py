@@ -103,4 +103,4 @@ def test_ci_finds_the_readme_commands():
                               text=True, check=True)
         found[marker] = done.stdout.strip()
     assert found["demo-command"].endswith("adalora-ablation demo")
-    assert found["test-command"].endswith("python -m pytest -q -n 2")
+    assert found["test-command"].endswith("ruff check src tests benchmarks && python -m pytest -q -n 2")  # lint too

@@ -108,15 +108,90 @@ def train(argv: list[str], stop_signals=STOP_SIGNALS, warmup=None) -> dict:
 
 
 def _train(argv: list[str], stopper: StopOnSignal, warmup=None) -> dict | None:
+    """The phases of one run, in order: plan (arguments, checks), load (model, planted teacher, data), wrap (AdaLoRA
+    and our allocator), then inside the run folder train, evaluate and summarise."""
     started = time.time()
+    plan = plan_run(argv, warmup)
+    loaded = load_model_and_data(plan)
+    adapted = wrap_model(plan, loaded, warmup)
+    args = plan.training_args
+    is_main = args.process_index == 0
+    # One writer per run folder, for the life of this process: a second `train` on the same folder (a requeued job
+    # whose predecessor still runs, the same grid started twice) stops here instead of mixing its logs in.
+    run = RunFolder(plan.run_dir, stopper, logger.warning if is_main else logger.debug, is_main)
+    run.stop_if_signalled(args)  # came in while loading: nothing is held or written yet
+    allocator = adapted.allocator
+    with run.open(resume=plan.run_args.resume, overwrite=plan.run_args.overwrite,
+                  restart=plan.run_args.resume_fallback == "restart",
+                  # a warm-up's checkpoint serves every member: checked by its (shared) allocator, not one run's
+                  identity=None if warmup else plan.asked,
+                  accept=lambda state, found: check_same_signal(state, allocator.signal_name,
+                                                                allocator.signal_config, found)):
+        trainer, callback = make_trainer(plan, loaded, adapted, run, stopper, warmup)
+        run.stop_if_signalled(args)  # before training: the folder is as the last run left it
+        loss_this_process = train_or_load(trainer, callback, run, stopper, loaded.total_step)
+        if warmup:
+            return None  # stopped at tinit with its checkpoint; grid/warmup_run.py seeds the members from it
+        results = evaluate_and_save(plan, loaded, adapted, trainer, callback, run)
+        summary = summarise(plan, loaded, adapted, trainer, callback, results, loss_this_process,
+                            run.checkpoint, started)
+        run.write_summary(summary)
+        task = plan.task
+        main = headline(task.name, summary, Path(plan.run_args.output_root) / task.name)
+        logger.info(f"[run] {task.name}/{plan.run_args.signal}/{summary['seed']}: {main}, "
+                    f"total rank {summary['total_rank']} (budget {summary['target_budget']}) -> {plan.run_dir}")
+        return summary
+
+
+@dataclasses.dataclass
+class RunPlan:
+    """What the arguments ask for, parsed and checked; nothing loaded or written yet."""
+
+    run_args: object
+    model_args: object
+    data_args: object
+    ada_args: object
+    training_args: object
+    task: Task
+    asked: dict  # the run's identity (settings and fingerprint)
+    run_dir: Path
+
+
+@dataclasses.dataclass
+class Loaded:
+    """The base model and the data it trains on (on the planted task: the teacher's planted updates too)."""
+
+    model: object
+    tokenizer: object
+    target_modules: list[str]
+    modules_to_save: list[str]
+    data: object
+    train_set: object
+    eval_sets: dict
+    total_step: int
+    planted_setup: object = None
+    planted_record: dict | None = None
+    planted_deltas: dict | None = None
+
+
+@dataclasses.dataclass
+class Adapted:
+    """The AdaLoRA model with our allocator installed."""
+
+    peft_model: object
+    allocator: object
+    params: dict
+
+
+def plan_run(argv: list[str], warmup=None) -> RunPlan:
+    """Parse the arguments and refuse bad input before anything is loaded or written."""
     run_args, model_args, data_args, ada_args, training_args = parse_train_args(argv)
     use_process_log_level(training_args)
     check_peft_version()
     task = resolve_task(run_args.task, data_args)
-    seed = training_args.seed
     asked = identity(result_config(task, run_args, model_args, data_args, ada_args, training_args))
-    run_dir = warmup.folder if warmup else run_dir_for(run_args.output_root, task.name, run_args.signal, seed,
-                                                       checked_variant(run_args, asked))
+    run_dir = warmup.folder if warmup else run_dir_for(run_args.output_root, task.name, run_args.signal,
+                                                       training_args.seed, checked_variant(run_args, asked))
     if task.custom_files:
         check_task_spec(run_args.output_root, task)
     refuse_finished_run(run_dir, asked, run_args.overwrite)
@@ -127,168 +202,193 @@ def _train(argv: list[str], stopper: StopOnSignal, warmup=None) -> dict | None:
         raise UsageError("--load-best-model-at-end is not supported: AdaLoRA checkpoints hold full-shape adapters "
                          "and the final rank pattern belongs to the last step; pick a checkpoint from metrics.jsonl "
                          "instead")
+    return RunPlan(run_args, model_args, data_args, ada_args, training_args, task, asked, run_dir)
 
-    # Everything that can fail on bad input happens before anything is written.
+
+def load_model_and_data(plan: RunPlan) -> Loaded:
+    """The base model, the planted teacher's updates (task planted) and the tokenized data; the schedule checked
+    against the number of steps the data gives. Everything that can fail on bad input happens before anything is
+    written."""
+    task, data_args, ada_args, training_args = plan.task, plan.data_args, plan.ada_args, plan.training_args
+    model_name, seed = plan.model_args.model, training_args.seed
     # The planted task's base model (a random model's weights, any model's new head) is the teacher's, so it is
     # drawn from --planted-seed: the task must not change with the training --seed.
     set_seed(data_args.planted_seed if task.planted else seed)
-    model, tokenizer = load_model_and_tokenizer(model_args.model, task.labels)
+    model, tokenizer = load_model_and_tokenizer(model_name, task.labels)
     if task.planted:
         set_seed(seed)  # the adapters' initialisation and the data order follow --seed, as on every task
-    target_modules = detect_target_modules(model, model_args.target_modules)
+    target_modules = detect_target_modules(model, plan.model_args.target_modules)
     planted_setup, planted_record, planted_deltas, build = None, None, None, {}
     if task.planted:
         planted_setup = planted_setup_from_args(data_args, ada_args, [short_module_name(n) for n in target_modules])
         planted_record, build["build"], build["build_key"], planted_deltas = prepare_planted_data(
-            model, tokenizer, task, planted_setup, data_args, model_args.model, log=logger.info)
+            model, tokenizer, task, planted_setup, data_args, model_name, log=logger.info)
         if planted_setup.targets == "logits":  # distillation: every model's own loss is then MSE on the logits,
             model.config.problem_type = "regression"  # to which PEFT adds AdaLoRA's orthogonal regulariser as always
-    data = load_tokenized(task, data_args, tokenizer, model_args.model, log=logger.info, **build)
+    data = load_tokenized(task, data_args, tokenizer, model_name, log=logger.info, **build)
     train_set = data[task.train_split]
-    eval_sets = {name: data[split] for name, split in task.eval_splits.items()}
-    modules_to_save = model_args.modules_to_save or detect_head_modules(model)
     total_step = compute_total_step(len(train_set), training_args)
     check_schedule(ada_args.tinit, ada_args.tfinal, total_step)
     for warning in schedule_warnings(ada_args.tinit, ada_args.tfinal, ada_args.deltaT, total_step,
                                      training_args.get_warmup_steps(total_step), ada_args.init_r * len(target_modules),
                                      ada_args.target_r * len(target_modules)):
         logger.warning(f"[schedule] {warning}")
+    return Loaded(model, tokenizer, target_modules, plan.model_args.modules_to_save or detect_head_modules(model),
+                  data, train_set, {name: data[split] for name, split in task.eval_splits.items()}, total_step,
+                  planted_setup, planted_record, planted_deltas)
 
-    peft_model = wrap_with_adalora(model, target_modules, modules_to_save, ada_args, total_step)
+
+def wrap_model(plan: RunPlan, loaded: Loaded, warmup=None) -> Adapted:
+    """AdaLoRA around the target modules (PEFT's), on the training device, with our allocator for the signal."""
+    task, data_args, training_args = plan.task, plan.data_args, plan.training_args
+    peft_model = wrap_with_adalora(loaded.model, loaded.target_modules, loaded.modules_to_save, plan.ada_args,
+                                   loaded.total_step)
     if task.planted:
-        planted_record["train_head"] = data_args.planted_train_head
+        loaded.planted_record["train_head"] = data_args.planted_train_head
         if not data_args.planted_train_head:  # the teacher's head, unchanged: only ΔW differs
             freeze_head(peft_model)
     peft_model.to(training_args.device)  # first, so that the allocator's buffers live where the adapters train
-    signal_config = signal_config_for(ada_args, seed, planted_setup.spec if planted_setup else None)
+    signal_config = signal_config_for(plan.ada_args, training_args.seed,
+                                      loaded.planted_setup.spec if loaded.planted_setup else None)
     allocator = (warmup.install_allocator(peft_model, signal_config) if warmup
-                 else install_allocator(peft_model, run_args.signal, signal_config))
+                 else install_allocator(peft_model, plan.run_args.signal, signal_config))
     params = count_parameters(peft_model)
     head = ("frozen (the teacher's head)" if task.planted and not data_args.planted_train_head
-            else f"trained in full: {modules_to_save}")
-    logger.info(f"[model] {model_args.model}: {len(target_modules)} adapted modules, {head}; "
+            else f"trained in full: {loaded.modules_to_save}")
+    logger.info(f"[model] {plan.model_args.model}: {len(loaded.target_modules)} adapted modules, {head}; "
                 f"trainable parameters {params['trainable']:,} of {params['total']:,}")
     if task.synthetic:
         logger.info("[data] task 'synthetic' is a SYNTHETIC keyword task for offline demos, not GLUE")
+    return Adapted(peft_model, allocator, params)
 
-    is_main = training_args.process_index == 0
-    # One writer per run folder, for the life of this process: a second `train` on the same folder (a requeued job
-    # whose predecessor still runs, the same grid started twice) stops here instead of mixing its logs in.
-    run = RunFolder(run_dir, stopper, logger.warning if is_main else logger.debug, is_main)
-    run.stop_if_signalled(training_args)  # came in while loading: nothing is held or written yet
-    with run.open(resume=run_args.resume, overwrite=run_args.overwrite,
-                  restart=run_args.resume_fallback == "restart",
-                  # a warm-up's checkpoint serves every member: checked by its (shared) allocator, not one run's
-                  identity=None if warmup else asked,
-                  accept=lambda state, found: check_same_signal(state, allocator.signal_name,
-                                                                allocator.signal_config, found)):
-        if is_main and task.custom_files:  # what the report and the figures read the custom task's metrics from
-            write_task_spec(run_args.output_root, task)
-        callback = AdaLoraCallback(peft_model, allocator, run_dir, write_files=is_main, planted_deltas=planted_deltas)
-        checkpoint = run.checkpoint
-        if checkpoint is not None:
-            logger.info(f"[run] resuming {run_dir} from {checkpoint.name}")
-            callback.pending_resume = run.resume_state
-        trainer = AdaLoraTrainer(
-            model=peft_model,
-            args=training_args,
-            train_dataset=train_set,
-            eval_dataset=eval_sets[""] if "" in eval_sets else eval_sets,
-            data_collator=DataCollatorWithPadding(tokenizer),
-            compute_metrics=compute_metrics_for(task),
-            callbacks=[callback, stopper, CheckLock(run), *(warmup.callbacks if warmup else [])],
-            adalora_callback=callback,
-        )
-        callback.trainer = trainer
-        run.stop_if_signalled(training_args)  # before training: the folder is as the last run left it
 
-        def keep_final_step() -> tuple[int, str]:  # a signal after the last step: its checkpoint is worth keeping
-            trainer._save_checkpoint(trainer.model, trial=None)
-            return trainer.state.global_step, f"checkpoint-{trainer.state.global_step}"
+def make_trainer(plan: RunPlan, loaded: Loaded, adapted: Adapted, run: RunFolder, stopper: StopOnSignal,
+                 warmup=None) -> tuple[AdaLoraTrainer, AdaLoraCallback]:
+    """The Trainer with our callbacks: the AdaLoRA update and logs, the stop signal, the lock check."""
+    task, args, is_main = plan.task, plan.training_args, run.is_main
+    if is_main and task.custom_files:  # what the report and the figures read the custom task's metrics from
+        write_task_spec(plan.run_args.output_root, task)
+    callback = AdaLoraCallback(adapted.peft_model, adapted.allocator, plan.run_dir, write_files=is_main,
+                               planted_deltas=loaded.planted_deltas)
+    if run.checkpoint is not None:
+        logger.info(f"[run] resuming {plan.run_dir} from {run.checkpoint.name}")
+        callback.pending_resume = run.resume_state
+    eval_sets = loaded.eval_sets
+    trainer = AdaLoraTrainer(
+        model=adapted.peft_model,
+        args=args,
+        train_dataset=loaded.train_set,
+        eval_dataset=eval_sets[""] if "" in eval_sets else eval_sets,
+        data_collator=DataCollatorWithPadding(loaded.tokenizer),
+        compute_metrics=compute_metrics_for(task),
+        callbacks=[callback, stopper, CheckLock(run), *(warmup.callbacks if warmup else [])],
+        adalora_callback=callback,
+    )
+    callback.trainer = trainer
+    return trainer, callback
 
-        if checkpoint is not None and checkpoint_step(checkpoint) >= total_step:
-            # Resumed at the last step: nothing to train (the Trainer would take one step past max_steps)
-            trainer.load_without_training(checkpoint)
-            callback.on_train_begin(training_args, trainer.state, trainer.control)  # the allocator's state
-            loss_this_process = 0.0
-        else:
-            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-            if stopper.stopped_at is not None:
-                step = stopper.stopped_at
-                raise RunInterrupted(signal.Signals(stopper.received).name, step, f"checkpoint-{step}")
-            loss_this_process = trainer._total_loss_scalar
-        if warmup:
-            return None  # stopped at tinit with its checkpoint; grid/warmup_run.py seeds the members from it
-        run.stop_if_signalled(training_args, keep_final_step)
-        loss_sum = callback.train_loss_sum(loss_this_process)
-        if training_args.world_size > 1:
-            check_ranks_agree(callback.mask_digests, run_dir if is_main else None)
-        eval_metrics = trainer.evaluate()
-        run.stop_if_signalled(training_args, keep_final_step)
-        test_metrics = trainer.predict(data["test"]).metrics if "test" in data else None  # --test-file
-        run.stop_if_signalled(training_args, keep_final_step)
-        effect = {}
-        if run_args.adapter_effect:  # do the adapters carry part of what was learned? (a void comparison if not)
-            fields = metric_fields(task, main_only=True)
-            without = accuracy_without_adapters(trainer, eval_sets, {a.eval_set: a.without_adapters_field
-                                                                     for a in fields}, task.metrics[0])
-            for a in fields:
-                effect[a.without_adapters_field] = without[a.without_adapters_field]
-                effect[a.adapter_effect_field] = eval_metrics[a.metric] - without[a.without_adapters_field]
-        # The last moment to stop: writing the final adapter and the summary takes seconds, and PEFT's pruned save
-        # rewrites the adapter config, after which no training checkpoint should be written.
-        run.stop_if_signalled(training_args, keep_final_step)
-        if is_main:  # the pruned adapter for inference, apart from the (full-shape) training checkpoints
-            run.check_lock()
-            peft_model.save_pretrained(run_dir / FINAL_ADAPTER)
-            tokenizer.save_pretrained(run_dir / FINAL_ADAPTER)
 
-        summary = {
-            "task": task.name,
-            "synthetic": task.synthetic,
-            "signal": run_args.signal,
-            "seed": seed,
-            "variant": run_args.variant,
-            "fingerprint": asked["fingerprint"],
-            "settings": asked["settings"],
-            "model": model_args.model,
-            **accuracy_fields(task, eval_metrics),
-            **effect,
-            "eval_metrics": eval_metrics,
-            **({"test_metrics": test_metrics} if test_metrics is not None else {}),
-            # the Trainer's train_loss covers only the steps of its own process; this is the whole run's
-            "train_loss": None if loss_sum is None else loss_sum / max(trainer.state.global_step, 1),
-            "total_step": total_step,
-            "total_rank": sum(callback.ranks),
-            "target_budget": allocator.target_bgt,
-            "initial_budget": allocator.init_bgt,
-            **callback.budget_check(),  # budget_check_passed, and what it checked
-            "allocations": callback.allocations,
-            "nonfinite_steps": int(allocator.nonfinite_steps),
-            "scaler_skipped_steps": callback.scaler_skipped_steps,
-            "final_ranks": dict(zip(allocator.layout.names, callback.ranks)),
-            "resumed_from": checkpoint.name if checkpoint else None,
-            "shared_warmup": read_shared_warmup(run_dir) if checkpoint else None,
-            "trainable_parameters": params["trainable"],
-            "total_parameters": params["total"],
-            "target_modules": target_modules,
-            "module_shapes": {name: [din, dout] for name, din, dout in
-                              zip(allocator.layout.names, allocator.layout.in_features, allocator.layout.out_features)},
-            "modules_to_save": modules_to_save,
-            "config": run_config(run_args, model_args, data_args, ada_args, training_args),
-            "versions": library_versions(),
-            "wall_time_s": round(time.time() - started, 2),
-        }
-        if planted_setup is not None:  # how much of the known answer the allocation found
-            summary.update(planted_recovery(summary["final_ranks"], planted_setup.spec))
-            summary.update(subspace_fields(peft_model, planted_deltas, planted_setup.spec))
-            summary["planted"] = {**planted_record, "rows": {s: len(d) for s, d in data.items()},
-                                  "rows_digest": rows_digest(data)}
-        run.write_summary(summary)
-        main = headline(task.name, summary, Path(run_args.output_root) / task.name)
-        logger.info(f"[run] {task.name}/{run_args.signal}/{seed}: {main}, "
-                    f"total rank {summary['total_rank']} (budget {summary['target_budget']}) -> {run_dir}")
-        return summary
+def train_or_load(trainer: AdaLoraTrainer, callback: AdaLoraCallback, run: RunFolder, stopper: StopOnSignal,
+                  total_step: int) -> float:
+    """Train (from the start or the run's checkpoint); returns this process's summed training loss. A stop signal
+    during training ends here with the checkpoint of the step it came in."""
+    checkpoint = run.checkpoint
+    if checkpoint is not None and checkpoint_step(checkpoint) >= total_step:
+        # Resumed at the last step: nothing to train (the Trainer would take one step past max_steps)
+        trainer.load_without_training(checkpoint)
+        callback.on_train_begin(trainer.args, trainer.state, trainer.control)  # the allocator's state
+        return 0.0
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if stopper.stopped_at is not None:
+        step = stopper.stopped_at
+        raise RunInterrupted(signal.Signals(stopper.received).name, step, f"checkpoint-{step}")
+    return trainer._total_loss_scalar
+
+
+def evaluate_and_save(plan: RunPlan, loaded: Loaded, adapted: Adapted, trainer: AdaLoraTrainer,
+                      callback: AdaLoraCallback, run: RunFolder) -> dict:
+    """The final evaluation (and test predictions, and the adapter effect), then the pruned adapter; a stop signal
+    between any two of these keeps the final step's checkpoint. Returns the metrics for the summary."""
+    args, task = plan.training_args, plan.task
+
+    def keep_final_step() -> tuple[int, str]:  # a signal after the last step: its checkpoint is worth keeping
+        trainer._save_checkpoint(trainer.model, trial=None)
+        return trainer.state.global_step, f"checkpoint-{trainer.state.global_step}"
+
+    run.stop_if_signalled(args, keep_final_step)
+    if args.world_size > 1:
+        check_ranks_agree(callback.mask_digests, plan.run_dir if run.is_main else None)
+    eval_metrics = trainer.evaluate()
+    run.stop_if_signalled(args, keep_final_step)
+    test_metrics = trainer.predict(loaded.data["test"]).metrics if "test" in loaded.data else None  # --test-file
+    run.stop_if_signalled(args, keep_final_step)
+    effect = {}
+    if plan.run_args.adapter_effect:  # do the adapters carry part of what was learned? (a void comparison if not)
+        fields = metric_fields(task, main_only=True)
+        without = accuracy_without_adapters(trainer, loaded.eval_sets, {a.eval_set: a.without_adapters_field
+                                                                        for a in fields}, task.metrics[0])
+        for a in fields:
+            effect[a.without_adapters_field] = without[a.without_adapters_field]
+            effect[a.adapter_effect_field] = eval_metrics[a.metric] - without[a.without_adapters_field]
+    # The last moment to stop: writing the final adapter and the summary takes seconds, and PEFT's pruned save
+    # rewrites the adapter config, after which no training checkpoint should be written.
+    run.stop_if_signalled(args, keep_final_step)
+    if run.is_main:  # the pruned adapter for inference, apart from the (full-shape) training checkpoints
+        run.check_lock()
+        adapted.peft_model.save_pretrained(plan.run_dir / FINAL_ADAPTER)
+        loaded.tokenizer.save_pretrained(plan.run_dir / FINAL_ADAPTER)
+    return {"eval_metrics": eval_metrics, "test_metrics": test_metrics, "effect": effect}
+
+
+def summarise(plan: RunPlan, loaded: Loaded, adapted: Adapted, trainer: AdaLoraTrainer, callback: AdaLoraCallback,
+              results: dict, loss_this_process: float, checkpoint: Path | None, started: float) -> dict:
+    """final_summary.json: what the run was, what it reached and where its rank went."""
+    run_args, task, allocator = plan.run_args, plan.task, adapted.allocator
+    eval_metrics, test_metrics = results["eval_metrics"], results["test_metrics"]
+    loss_sum = callback.train_loss_sum(loss_this_process)
+    summary = {
+        "task": task.name,
+        "synthetic": task.synthetic,
+        "signal": run_args.signal,
+        "seed": plan.training_args.seed,
+        "variant": run_args.variant,
+        "fingerprint": plan.asked["fingerprint"],
+        "settings": plan.asked["settings"],
+        "model": plan.model_args.model,
+        **accuracy_fields(task, eval_metrics),
+        **results["effect"],
+        "eval_metrics": eval_metrics,
+        **({"test_metrics": test_metrics} if test_metrics is not None else {}),
+        # the Trainer's train_loss covers only the steps of its own process; this is the whole run's
+        "train_loss": None if loss_sum is None else loss_sum / max(trainer.state.global_step, 1),
+        "total_step": loaded.total_step,
+        "total_rank": sum(callback.ranks),
+        "target_budget": allocator.target_bgt,
+        "initial_budget": allocator.init_bgt,
+        **callback.budget_check(),  # budget_check_passed, and what it checked
+        "allocations": callback.allocations,
+        "nonfinite_steps": int(allocator.nonfinite_steps),
+        "scaler_skipped_steps": callback.scaler_skipped_steps,
+        "final_ranks": dict(zip(allocator.layout.names, callback.ranks)),
+        "resumed_from": checkpoint.name if checkpoint else None,
+        "shared_warmup": read_shared_warmup(plan.run_dir) if checkpoint else None,
+        "trainable_parameters": adapted.params["trainable"],
+        "total_parameters": adapted.params["total"],
+        "target_modules": loaded.target_modules,
+        "module_shapes": {name: [din, dout] for name, din, dout in
+                          zip(allocator.layout.names, allocator.layout.in_features, allocator.layout.out_features)},
+        "modules_to_save": loaded.modules_to_save,
+        "config": run_config(run_args, plan.model_args, plan.data_args, plan.ada_args, plan.training_args),
+        "versions": library_versions(),
+        "wall_time_s": round(time.time() - started, 2),
+    }
+    if loaded.planted_setup is not None:  # how much of the known answer the allocation found
+        spec = loaded.planted_setup.spec
+        summary.update(planted_recovery(summary["final_ranks"], spec))
+        summary.update(subspace_fields(adapted.peft_model, loaded.planted_deltas, spec))
+        summary["planted"] = {**loaded.planted_record, "rows": {s: len(d) for s, d in loaded.data.items()},
+                              "rows_digest": rows_digest(loaded.data)}
+    return summary
 
 
 def result_config(task, run_args, model_args, data_args, ada_args, training_args) -> dict:
