@@ -1,14 +1,18 @@
-"""Scale-out on CPU: two DDP processes (gloo) apply identical masks; bf16 and fp16 (with skipped steps) work."""
+"""Scale-out on CPU: two DDP processes (gloo) apply identical masks and survive pre-emption; bf16 and fp16 work."""
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import time
 
 import pytest
 import torch
 
+from adalora_ablation.run.folder import latest_complete_checkpoint, read_jsonl, verify_manifest
+from adalora_ablation.run.lock import LOCK_FILE
 from adalora_ablation.run.resume import AdaLoraTrainer
-from adalora_ablation.run.folder import read_jsonl
 from adalora_ablation.train import train
 
 TINY = ["--task", "synthetic", "--tinit", "10", "--tfinal", "20", "--deltaT", "10", "--save-strategy", "no",
@@ -96,3 +100,81 @@ def test_fp16_skipped_steps_update_no_ema_and_no_mask(tmp_path, monkeypatch, max
         return sum(m["sum"] for m in first["modules"].values())
     ratio = score_total(tmp_path / "fp16") / score_total(tmp_path / "fp32")
     assert 0.1 < ratio < 10, ratio
+
+
+# Pre-emption of a multi-process job: Slurm signals every process of the job step, as os.killpg does here.
+PREEMPT = ["--task", "synthetic", "--signal", "combo", "--max-steps", "300", "--tinit", "30", "--tfinal", "100",
+           "--deltaT", "10", "--save-strategy", "steps", "--save-steps", "10000", "--logging-steps", "10",
+           "--eval-strategy", "no", "--per-device-train-batch-size", "8"]
+SAME_THREADS = {**os.environ, "OMP_NUM_THREADS": "1"}  # bitwise equality needs the same CPU settings everywhere
+
+
+def torchrun(port, root, *extra, launcher=()):
+    return ["torchrun", "--nproc_per_node", "2", "--master_port", str(port), *launcher, "-m", "adalora_ablation",
+            "--", "train", *PREEMPT, "--output-root", str(root), *extra]
+
+
+def lines(path):
+    return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_ddp_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("uninterrupted")
+    result = subprocess.run(torchrun(29534, root), capture_output=True, text=True, timeout=600, env=SAME_THREADS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "synthetic" / "combo" / "42"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+@pytest.mark.parametrize("stop_signal, port, launcher", [
+    (signal.SIGTERM, 29535, ()),
+    # torchrun forwards SIGUSR1 (Slurm's --signal=USR1@90) only when told to; without the flag it dies of it
+    (signal.SIGUSR1, 29536, ("--signals-to-handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")),
+])
+def test_a_signalled_ddp_job_checkpoints_one_agreed_step_and_resumes_from_it(
+        tmp_path, uninterrupted_ddp_run, stop_signal, port, launcher):
+    proc = subprocess.Popen(torchrun(port, tmp_path, launcher=launcher), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=SAME_THREADS, start_new_session=True)
+    run_dir = tmp_path / "synthetic" / "combo" / "42"
+    deadline = time.time() + 400
+    while proc.poll() is None and len(lines(run_dir / "rank_pattern.jsonl")) < 5 and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be signalled"
+    os.killpg(proc.pid, stop_signal)  # the launcher and both workers, inside training (step 70 or a little later)
+    out, err = proc.communicate(timeout=240)
+    # torchrun reports its own status for a signalled job (not the workers' 75); see docs/at-scale.md
+    assert proc.returncode != 0
+    stopped = [line for line in (out + err).splitlines() if "adalora-ablation: stopped by" in line]
+    assert len(stopped) == 1, (out + err)[-3000:]  # written once, by the main process
+    step = int(stopped[0].split("after step ")[1].split(";")[0])
+    assert f"stopped by {signal.Signals(stop_signal).name} after step {step}; checkpoint-{step} written" in stopped[0]
+    assert 70 <= step < 300
+    checkpoint = latest_complete_checkpoint(run_dir)  # verified: manifest sizes and checksums
+    assert checkpoint is not None and checkpoint.name == f"checkpoint-{step}"
+    verify_manifest(checkpoint)
+    assert not (run_dir / "final_summary.json").exists()
+    assert not (run_dir / LOCK_FILE).exists()  # released: the resume needs no takeover
+
+    resumed = subprocess.run(torchrun(port, tmp_path, "--resume", "True"), capture_output=True, text=True,
+                             timeout=600, env=SAME_THREADS)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((run_dir / "final_summary.json").read_text())
+    straight = json.loads((uninterrupted_ddp_run / "final_summary.json").read_text())
+    assert summary["resumed_from"] == f"checkpoint-{step}"
+    for name in ("rank_pattern.jsonl", "signal_scores.jsonl"):
+        assert lines(run_dir / name) == lines(uninterrupted_ddp_run / name), name
+    for key in ("eval_accuracy", "final_ranks"):
+        assert summary[key] == straight[key], key
+    assert summary["eval_metrics"]["eval_loss"] == straight["eval_metrics"]["eval_loss"]
+    # the whole run's mean loss, summed across the interruption: equal up to the order of the additions
+    assert summary["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-9)
+    # metrics.jsonl: one extra loss line at the stop step (the loss since the last log line, kept), and the next
+    # log line's loss covers the steps after it; every other line is the uninterrupted run's
+    logged = {r["step"]: r for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r}
+    expected = {r["step"]: r for r in read_jsonl(uninterrupted_ddp_run / "metrics.jsonl") if "loss" in r}
+    next_log = (step // 10 + 1) * 10
+    assert set(logged) - set(expected) == ({step} if step % 10 else set())
+    assert {k: r for k, r in logged.items() if k not in (step, next_log)} == \
+        {k: r for k, r in expected.items() if k != next_log}

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"adalora-ablation: error: {exc}", file=sys.stderr)
         return 2
     except RunInterrupted as exc:
-        print(f"adalora-ablation: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every process of a DDP run stops at the same step: say it once
+            print(f"adalora-ablation: {exc}", file=sys.stderr)
         return REQUEUE_EXIT_CODE
 
