@@ -40,6 +40,11 @@ def test_two_ddp_processes_apply_identical_masks_and_write_once(tmp_path):
     ranks = read_jsonl(run_dir / "rank_pattern.jsonl")  # written by rank 0 only: one line per allocation
     assert [r["step"] for r in ranks] == [20, 30, 40]
     assert result.stdout.count("[run] synthetic/combo/42") == 1
+    # the Trainer's log lines: readable, from rank 0 only (once per logging step), no raw dicts from any process
+    console = (result.stdout + result.stderr).splitlines()
+    assert not [line for line in console if line.startswith("{")]
+    assert [line.split("  ")[0] for line in console if line.startswith("[train] step")] == [
+        f"[train] step {step}/60" for step in range(10, 61, 10)]
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ from adalora_ablation.cli import main
 from adalora_ablation.adalora.model import tiny_tokenizer
 from adalora_ablation.module_names import MODULE_TYPES, module_type
 from adalora_ablation.analysis.plots import (
-    eval_curves, load_run, plot_comparison, plot_final_rank_heatmap, plot_rank_evolution, plot_signal_heatmap,
+    PLANTED_RANK_TITLE, TRAINING_LOSS_TITLE, eval_curves, load_run, plot_comparison, plot_final_rank_heatmap,
+    plot_rank_evolution, plot_signal_heatmap,
 )
 from adalora_ablation.data.tasks import custom_task
 from adalora_ablation.errors import UsageError
@@ -188,6 +189,7 @@ def test_comparison_panels_share_one_colour_scale(runs):
     assert {(ax.images[0].norm.vmin, ax.images[0].norm.vmax) for ax in heatmaps} == {(0, 8)}
     titled = {ax.get_title(): ax for ax in fig.axes}
     assert {"Accuracy per signal", "Eval accuracy during training", "Final rank per layer"} <= set(titled)
+    assert not {TRAINING_LOSS_TITLE, PLANTED_RANK_TITLE} & set(titled)
     accuracy = titled["Accuracy per signal"].lines[0].get_ydata()
     assert list(accuracy) == [logs[s].summary["eval_accuracy"] for s in signals]
     eval_steps = titled["Eval accuracy during training"].lines[0].get_xdata()
@@ -252,3 +254,72 @@ def test_plot_errors_are_one_line_exit_2(runs, capsys, argv, expected):
     assert main(["plot", *argv, "--output-root", str(runs / "deberta")]) == 2
     err = capsys.readouterr().err.strip()
     assert expected in err and "\n" not in err
+
+
+@pytest.fixture(scope="module")
+def end_only_runs(tmp_path_factory):
+    """Runs that evaluate only after training, as the demo's: two synthetic signals, and the planted task's oracle
+    and uniform control (short schedules; each trained for real)."""
+    base = tmp_path_factory.mktemp("end_only")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for signal in ("baseline_adalora", "combo"):
+            train([*TINY_RUN, "--signal", signal, "--output_root", str(base), "--eval_strategy", "no"])
+        for signal in ("oracle", "uniform"):
+            train(["--task", "planted", "--signal", signal, "--output_root", str(base), "--max_steps", "24",
+                   "--tinit", "4", "--tfinal", "6", "--deltaT", "2", "--planted-train-rows", "160",
+                   "--planted-eval-rows", "48", "--adapter-effect", "False", "--logging_steps", "4"])
+    finally:
+        torch.set_num_threads(threads)
+    return base
+
+
+def comparison_panels(runs):
+    return {ax.get_title(): ax for ax in plot_comparison(runs).axes}
+
+
+@pytest.mark.slow
+def test_runs_evaluated_only_at_the_end_are_compared_by_their_training_loss(end_only_runs):
+    runs = {s: load_run(end_only_runs / "synthetic" / s / str(SEED)) for s in ("baseline_adalora", "combo")}
+    assert all(len(steps) == 1 for run in runs.values() for steps, _ in eval_curves(run).values())
+    titled = comparison_panels(runs)
+    assert TRAINING_LOSS_TITLE in titled and PLANTED_RANK_TITLE not in titled
+    assert not [t for t in titled if t.endswith("during training")]
+    for line, run in zip(titled[TRAINING_LOSS_TITLE].lines, runs.values()):
+        logged = [(m["step"], m["loss"]) for m in read_lines(run.run_dir / "metrics.jsonl") if "loss" in m]
+        assert list(zip(line.get_xdata(), line.get_ydata())) == logged
+        assert [s for s, _ in logged] == list(range(10, STEPS + 1, 10))
+
+
+@pytest.mark.slow
+def test_planted_runs_evaluated_only_at_the_end_are_compared_by_the_planted_modules_rank(end_only_runs):
+    runs = {s: load_run(end_only_runs / "planted" / s / str(SEED)) for s in ("oracle", "uniform")}
+    titled = comparison_panels(runs)
+    assert PLANTED_RANK_TITLE in titled and TRAINING_LOSS_TITLE not in titled
+    assert not [t for t in titled if t.endswith("during training")]
+    panel = titled[PLANTED_RANK_TITLE]
+    *signal_lines, planted_line = panel.lines
+    assert [line.get_label() for line in signal_lines] == ["oracle", "uniform"]
+    for line, run in zip(signal_lines, runs.values()):
+        spec = run.summary["planted"]["spec"]
+        allocations = read_lines(run.run_dir / "rank_pattern.jsonl")
+        held = [sum(a["ranks"][m] for m in spec) for a in allocations]
+        init = run.summary["config"]["adalora"]["init_r"] * len(spec)
+        assert list(line.get_xdata()) == [0, *(a["step"] for a in allocations), run.summary["total_step"]]
+        assert list(line.get_ydata()) == [init, *held, held[-1]]
+        assert held[-1] == sum(run.summary["final_ranks"][m] for m in spec)
+    spec = runs["oracle"].summary["planted"]["spec"]
+    assert set(planted_line.get_ydata()) == {sum(spec.values())}
+    # the oracle keeps every planted triplet at the final budget; uniform cannot (target_r 1 in every module)
+    assert signal_lines[0].get_ydata()[-1] == sum(spec.values()) > signal_lines[1].get_ydata()[-1]
+
+
+@pytest.mark.slow
+def test_one_run_with_eval_curves_keeps_the_eval_panel(runs, end_only_runs):
+    mixed = {"baseline_adalora": load_run(end_only_runs / "synthetic" / "baseline_adalora" / str(SEED)),
+             "combo": load_run(run_dir(runs, "combo"))}
+    titled = comparison_panels(mixed)
+    assert "Eval accuracy during training" in titled and TRAINING_LOSS_TITLE not in titled
+    combo = [line for line in titled["Eval accuracy during training"].lines if line.get_label() == "combo"]
+    assert list(combo[0].get_xdata()) == [20, 40, 60]

@@ -35,6 +35,7 @@ from .adalora.model import (
     wrap_with_adalora,
 )
 from .run.life import CheckLock, RunFolder, refuse_finished_run
+from .run.console import use_readable_console
 from .run.preemption import STOP_SIGNALS, StopOnSignal
 from .run.resume import AdaLoraTrainer
 from .run.identity import identity, parse_variant, variant_mismatch, variant_name
@@ -264,7 +265,8 @@ def wrap_model(plan: RunPlan, loaded: Loaded, warmup=None) -> Adapted:
 
 def make_trainer(plan: RunPlan, loaded: Loaded, adapted: Adapted, run: RunFolder, stopper: StopOnSignal,
                  warmup=None) -> tuple[AdaLoraTrainer, AdaLoraCallback]:
-    """The Trainer with our callbacks: the AdaLoRA update and logs, the stop signal, the lock check."""
+    """The Trainer with our callbacks: the AdaLoRA update and logs, the stop signal, the lock check, the console
+    lines."""
     task, args, is_main = plan.task, plan.training_args, run.is_main
     if is_main and task.custom_files:  # what the report and the figures read the custom task's metrics from
         write_task_spec(plan.run_args.output_root, task)
@@ -285,6 +287,8 @@ def make_trainer(plan: RunPlan, loaded: Loaded, adapted: Adapted, run: RunFolder
         adalora_callback=callback,
     )
     callback.trainer = trainer
+    # one readable line per log record (loss, lr, the total rank now, eval metrics) instead of the Trainer's dicts
+    use_readable_console(trainer, lambda: sum(callback.ranks))
     return trainer, callback
 
 

@@ -17,6 +17,7 @@ from torch.amp.grad_scaler import OptState
 from transformers import TrainerCallback
 
 from .allocator import SignalRankAllocator
+from ..logs import ALLOCATION_LOG_PREFIX
 from .recovery import subspace_fields
 from ..data.planted_spec import planted_recovery
 from ..module_names import ranks_by_layer_and_type
@@ -25,7 +26,8 @@ from ..run.folder import METRICS, RANK_PATTERN, SIGNAL_SCORES, append_jsonl
 from .schedule import phase_of
 
 logger = logging.getLogger(__name__)
-ALLOCATION_LOG_PREFIX = "adalora/"  # allocation scalars in the Trainer's log stream (not in metrics.jsonl)
+# ALLOCATION_LOG_PREFIX (logs.py): allocation scalars in the Trainer's log stream (not in metrics.jsonl, not on
+# the console)
 # What the summary's budget_check_passed checked (its budget_check field):
 EXACT_BUDGET_CHECK = "exact budget: every allocation kept exactly its scheduled budget, the last the target budget"
 FIXED_PATTERN_CHECK = ("fixed pattern: every allocation kept exactly the fixed pattern (the scheduled budget does not "
@@ -222,7 +224,7 @@ class AdaLoraCallback(TrainerCallback):
         self.mask_digests.append(hashlib.sha256(bytes(k for row in kept for k in row)).hexdigest()[:16])
         if self.trainer is not None and reports_somewhere(self.trainer.args):
             # for TensorBoard & co., logged at this (0-based) step like the jsonl records; without an integration
-            # the Trainer would only print the raw dict on the console, where the lines above say it readably
+            # there is nowhere to send them (the console shows the lines above instead: run/console.py skips them)
             self.trainer.log(allocation_scalars(budget, dict(zip(layout.names, new_ranks))))
         if not self.write_files:
             return

@@ -117,6 +117,19 @@ def eval_curves(run: Run) -> dict[str, tuple[list[int], list[float]]]:
     return {k: (sorted(v), [v[s] for s in sorted(v)]) for k, v in curves.items()}
 
 
+def training_loss(run: Run) -> tuple[list[int], list[float]]:
+    """The training loss the Trainer logged (metrics.jsonl), step by step."""
+    points = [(line["step"], line["loss"]) for line in run.metrics if line.get("loss") is not None]
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def planted_rank_series(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """The rank the planted modules hold together, as a step function over the run (rank_pattern.jsonl)."""
+    steps, series = rank_series(run, phases_of(run).end)
+    planted = [series[m] for m in planted_spec(run) if m in series]
+    return steps, np.sum(planted, axis=0) if planted else np.zeros(len(steps), dtype=int)
+
+
 # -- drawing helpers -------------------------------------------------------------------------------------------
 PHASE_COLOURS = {"warm-up": "0.85", "reduction": "#fdf2d0", "final": "#d6eaf8"}
 
@@ -282,7 +295,8 @@ MARKERS = "os^Dv"  # distinct markers keep signals with identical values visible
 
 
 def plot_comparison(runs: dict[str, Run], missing: list[str] = ()) -> Figure:
-    """Final-rank heatmaps side by side on one colour scale, then accuracy, eval curves and rank per layer."""
+    """Final-rank heatmaps side by side on one colour scale, then accuracy, the runs' progress over training
+    (draw_progress: eval curves, the planted modules' rank or the training loss) and rank per layer."""
     signals = list(runs)
     fig = Figure(figsize=(max(13.0, 3.3 * len(signals)), 11), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[1.25, 1])
@@ -293,9 +307,9 @@ def plot_comparison(runs: dict[str, Run], missing: list[str] = ()) -> Figure:
         ax.set_title(f"{signal}\ntotal rank {sum(run.final_ranks.values())}", fontsize=10)
     top.colorbar(image, ax=list(heat_axes), label="final rank", shrink=0.8)
 
-    ax_acc, ax_eval, ax_layer = bottom.subplots(1, 3)
+    ax_acc, ax_progress, ax_layer = bottom.subplots(1, 3)
     draw_accuracy(ax_acc, runs)
-    draw_eval_curves(ax_eval, runs)
+    draw_progress(ax_progress, runs)
     for i, (signal, run) in enumerate(runs.items()):
         per_layer, _ = ranks_by_layer_and_type(run.final_ranks)
         layers = list(per_layer)
@@ -341,6 +355,54 @@ def draw_accuracy(ax, runs: dict[str, Run]) -> None:
     ax.set_title(f"{metric[0].upper()}{metric[1:]} per signal")
     if len(keys) > 1:
         ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+PLANTED_RANK_TITLE = "Rank held by the planted modules"
+TRAINING_LOSS_TITLE = "Training loss"
+
+
+def draw_progress(ax, runs: dict[str, Run]) -> None:
+    """The comparison's panel of how the runs went over training, from what they recorded: the eval curves where a
+    run evaluated at least twice; otherwise, on the planted task, the rank the planted modules held at each step
+    (did the signal keep them?); otherwise the training loss. With none of these: the final evaluation's points."""
+    if any(len(steps) >= 2 for run in runs.values() for steps, _ in eval_curves(run).values()):
+        draw_eval_curves(ax, runs)
+    elif any(planted_spec(run) for run in runs.values()):
+        draw_planted_rank(ax, runs)
+    elif any(training_loss(run)[0] for run in runs.values()):
+        draw_training_loss(ax, runs)
+    else:
+        draw_eval_curves(ax, runs)
+
+
+def draw_planted_rank(ax, runs: dict[str, Run]) -> None:
+    """Per signal, the rank the planted modules held together at every step, against the rank planted in them."""
+    for i, (signal, run) in enumerate(runs.items()):
+        if planted_spec(run):
+            ax.plot(*planted_rank_series(run), drawstyle="steps-post", lw=1.8, color=f"C{i}", label=signal,
+                    ls=("-", "--", ":", "-.")[i % 4])
+    spec = next(planted_spec(run) for run in runs.values() if planted_spec(run))
+    ax.axhline(sum(spec.values()), color="0.35", ls=":", lw=2.5, zorder=1,  # under the lines that reach it
+               label=f"planted rank ({sum(spec.values())} in {len(spec)} modules)")
+    shade_phases(ax, phases_of(next(iter(runs.values()))), label=False)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("rank of the planted modules (summed)")
+    ax.set_title(PLANTED_RANK_TITLE)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def draw_training_loss(ax, runs: dict[str, Run]) -> None:
+    """Per signal, the training loss at every logging step (metrics.jsonl)."""
+    for i, (signal, run) in enumerate(runs.items()):
+        steps, losses = training_loss(run)
+        if steps:
+            ax.plot(steps, losses, marker=MARKERS[i % len(MARKERS)], ms=4, color=f"C{i}", label=signal)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title(TRAINING_LOSS_TITLE)
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
 
 
