@@ -283,7 +283,8 @@ def test_report_has_recovery_columns_with_mean_and_std_over_seeds(tmp_path):
                                     "budget_check_passed": True, "final_ranks": ranks,
                                     "planted_recall": planted_recall(ranks, spec), "planted_subspace": subspace,
                                     "planted_subspace_by_module": {"layer.0.a": subspace},
-                                    "planted_share": planted_share(ranks, spec), "planted": {"spec": spec}})
+                                    "planted_share": planted_share(ranks, spec), "planted": {"spec": spec},
+                                    "total_step": 1, "config": {"adalora": {"tinit": 0, "tfinal": 0}}})
             append_jsonl(run_dir / "rank_pattern.jsonl", {"step": 1, "budget": 4, "total_rank": 4, "ranks": ranks,
                                                           "kept": {m: [1] * r for m, r in ranks.items()}})
     report = build_report(tmp_path, "planted")
