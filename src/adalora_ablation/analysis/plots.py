@@ -386,11 +386,7 @@ def draw_planted_rank(ax, runs: dict[str, Run]) -> None:
     ax.axhline(sum(spec.values()), color="0.35", ls=":", lw=2.5, zorder=1,  # under the lines that reach it
                label=f"planted rank ({sum(spec.values())} in {len(spec)} modules)")
     shade_phases(ax, phases_of(next(iter(runs.values()))), label=False)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("rank of the planted modules (summed)")
-    ax.set_title(PLANTED_RANK_TITLE)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    label_step_axes(ax, "rank of the planted modules (summed)", PLANTED_RANK_TITLE)
 
 
 def draw_training_loss(ax, runs: dict[str, Run]) -> None:
@@ -399,11 +395,7 @@ def draw_training_loss(ax, runs: dict[str, Run]) -> None:
         steps, losses = training_loss(run)
         if steps:
             ax.plot(steps, losses, marker=MARKERS[i % len(MARKERS)], ms=4, color=f"C{i}", label=signal)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
-    ax.set_title(TRAINING_LOSS_TITLE)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    label_step_axes(ax, "training loss", TRAINING_LOSS_TITLE)
 
 
 def draw_eval_curves(ax, runs: dict[str, Run]) -> None:
@@ -413,11 +405,17 @@ def draw_eval_curves(ax, runs: dict[str, Run]) -> None:
             name = f"{signal} ({eval_set})" if eval_set else signal
             ax.plot(steps, values, styles[j % len(styles)], marker=MARKERS[i % len(MARKERS)], ms=5,
                     color=f"C{i}", label=name)
-    ax.set_xlabel("optimizer step")
     first = next(iter(runs.values()))
-    main = accuracies(first.task, first.task_dir)[0]
-    ax.set_ylabel(f"eval {METRIC_LABELS.get(main.name, main.name)}")
-    ax.set_title(f"Eval {METRIC_LABELS.get(main.name, main.name)} during training")
+    main = accuracies(first.task, first.task_dir)[0].name
+    metric = METRIC_LABELS.get(main, main)
+    label_step_axes(ax, f"eval {metric}", f"Eval {metric} during training")
+
+
+def label_step_axes(ax, ylabel: str, title: str) -> None:
+    """The labels, legend and grid of a panel drawn over optimizer steps."""
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
 
