@@ -52,3 +52,30 @@ def tiny_adalora(seed: int = 0, total_step: int = 60, tinit: int = 10, tfinal: i
                            total_step=total_step, tinit=tinit, tfinal=tfinal, deltaT=deltaT)
     torch.manual_seed(seed + 1)
     return get_peft_model(model, config)
+
+
+# The few real runs that prove the plumbing (the report and the figures read what train writes): two signals of the
+# synthetic task, evaluated every 20 of 60 steps, shared by the slow end-to-end tests of test_report and test_plots.
+REAL_RUN_SEED, REAL_RUN_STEPS, REAL_RUN_TINIT, REAL_RUN_TFINAL = 42, 60, 10, 20
+REAL_RUN = ["--task", "synthetic", "--seed", str(REAL_RUN_SEED), "--max_steps", str(REAL_RUN_STEPS),
+            "--tinit", str(REAL_RUN_TINIT), "--tfinal", str(REAL_RUN_TFINAL), "--deltaT", "5", "--eval_steps", "20",
+            "--logging_steps", "10", "--max_train_samples", "320", "--max_eval_samples", "64",
+            "--per_device_train_batch_size", "16", "--learning_rate", "2e-3", "--warmup_steps", "0"]
+
+
+@pytest.fixture(scope="session")
+def real_runs(tmp_path_factory) -> Path:
+    """<output-root> holding synthetic/baseline_adalora/42 and synthetic/combo/42, each trained for real (read only:
+    copy it to change it)."""
+    from adalora_ablation.train import train
+
+    root = tmp_path_factory.mktemp("real_runs")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is fastest and does not fight other processes for cores
+    try:
+        for signal in ("baseline_adalora", "combo"):
+            train([*REAL_RUN, "--signal", signal, "--output_root", str(root),
+                   "--cache_dir", str(root.parent / "cache")])
+    finally:
+        torch.set_num_threads(threads)
+    return root

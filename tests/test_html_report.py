@@ -9,10 +9,11 @@ from html.parser import HTMLParser
 
 import matplotlib.image
 import pytest
-from test_report import ACCURACIES, INIT_R, MODULE_SHAPES, craft
+from runs_crafted import INIT_R, MODULE_SHAPES, Schedule, craft, write_run
+from test_report import ACCURACIES
 
 from adalora_ablation.cli import main
-from adalora_ablation.run.folder import append_jsonl, write_summary
+from adalora_ablation.run.folder import SIGNAL_SCORES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 VOID = {"meta", "img", "br", "hr", "link", "input", "source"}
@@ -74,31 +75,17 @@ def markdown_tables(text: str) -> list[list[list[str]]]:
     return tables
 
 
-def add_figure_files(run_dir, signal, ranks, accuracy):
-    """What the figures read besides the summary: one signal_scores.jsonl record and eval lines in metrics.jsonl."""
-    append_jsonl(run_dir / "signal_scores.jsonl", {"step": 10, "signal": signal, "modules": {
-        m: {"mean": 0.1 * r + 0.01 * i} for i, (m, r) in enumerate(ranks.items())}})
-    for step, value in ((5, accuracy - 0.05), (10, accuracy)):
-        append_jsonl(run_dir / "metrics.jsonl", {"step": step, "eval_accuracy": value})
-
-
 def craft_sweep(root, task="rte"):
     """Two signals x three seeds at two budgets (a target_r sweep), as train writes them."""
     for target_r, shift in ((2, 0.0), (4, 0.03)):
-        variant = f"target_r={target_r}"
+        schedule = Schedule(init_r=INIT_R, target_r=target_r, modules=MODULE_SHAPES)
+        ranks = {m: target_r + (i % 3) - 1 for i, m in enumerate(MODULE_SHAPES)}  # target_r per module on average
+        final = {m: [int(i < r) for i in range(INIT_R)] for m, r in ranks.items()}
         for signal in SIGNALS:
             for seed, accuracy in enumerate(ACCURACIES[signal], start=1):
-                run_dir = root / task / signal / variant / str(seed)
-                run_dir.mkdir(parents=True)
-                ranks = {m: target_r + (i % 3) - 1 for i, m in enumerate(MODULE_SHAPES)}
-                summary = {"eval_accuracy": accuracy + shift, "total_rank": sum(ranks.values()),
-                           "target_budget": target_r * len(ranks), "budget_check_passed": True,
-                           "final_ranks": ranks, "trainable_parameters": 1000 * target_r}
-                write_summary(run_dir, summary)
-                append_jsonl(run_dir / "rank_pattern.jsonl", {
-                    "step": 10, "budget": sum(ranks.values()), "total_rank": sum(ranks.values()), "ranks": ranks,
-                    "kept": {m: [int(i < r) for i in range(INIT_R)] for m, r in ranks.items()}})
-                add_figure_files(run_dir, signal, ranks, accuracy + shift)
+                write_run(root, task, signal, seed, {"eval_accuracy": accuracy + shift}, variant=f"target_r={target_r}",
+                          schedule=schedule, kept={schedule.steps()[-1]: final},
+                          summary={"trainable_parameters": 1000 * target_r})
     return root
 
 
@@ -149,10 +136,8 @@ def test_html_without_a_sweep_to_output_and_with_a_missing_run(tmp_path, capsys)
     root = craft(tmp_path / "runs", {"baseline_adalora": ACCURACIES["baseline_adalora"],
                                      "combo": ACCURACIES["combo"][:2] + (None,),
                                      "importance_only": ACCURACIES["importance_only"]})
-    for signal in ("baseline_adalora", "importance_only"):  # combo's runs cannot be drawn: no score records
-        for seed in (1, 2, 3):
-            run_dir = root / "rte" / signal / str(seed)
-            add_figure_files(run_dir, signal, {m: 2 + 4 * int(m.split(".")[1]) for m in MODULE_SHAPES}, 0.7)
+    for seed in (1, 2):  # combo's runs cannot be drawn: no score records
+        (root / "rte" / "combo" / str(seed) / SIGNAL_SCORES).unlink()
     (root / "rte" / "combo" / "3").mkdir()  # a requested run that never finished
     assert main(["report", "--task", "rte", "--output-root", str(root)]) == 0
     markdown = capsys.readouterr().out
