@@ -1,4 +1,5 @@
-"""Figures from really trained tiny runs: panels, heatmap shapes and values, files, command line."""
+"""Figures: panels, heatmap shapes and values, files, command line; on crafted run folders (tests/runs_crafted.py), and
+the end-to-end ones (marked slow) also on really trained tiny runs (tests/conftest.py's real_runs)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import sys
 
 import matplotlib.image
 import pytest
-import torch
+from conftest import REAL_RUN_SEED as SEED, REAL_RUN_STEPS as STEPS, REAL_RUN_TFINAL as TFINAL, REAL_RUN_TINIT as TINIT
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from runs_crafted import Schedule, keep_top, write_run
 
 from adalora_ablation.cli import main
-from adalora_ablation.adalora.model import tiny_tokenizer
 from adalora_ablation.module_names import MODULE_TYPES, module_type
 from adalora_ablation.analysis.plots import (
     PLANTED_RANK_TITLE, TRAINING_LOSS_TITLE, eval_curves, load_run, plot_comparison, plot_final_rank_heatmap,
@@ -22,48 +23,30 @@ from adalora_ablation.analysis.plots import (
 from adalora_ablation.data.tasks import custom_task
 from adalora_ablation.errors import UsageError
 from adalora_ablation.run.folder import Run, append_jsonl, run_dir_for, write_task_spec
-from adalora_ablation.train import train
 
-SEED = 42
-TINIT, TFINAL, STEPS = 10, 20, 60
-TINY_RUN = ["--task", "synthetic", "--seed", str(SEED), "--max_steps", str(STEPS), "--tinit", str(TINIT),
-            "--tfinal", str(TFINAL), "--deltaT", "5", "--eval_steps", "20", "--logging_steps", "10",
-            "--max_train_samples", "320", "--max_eval_samples", "64", "--per_device_train_batch_size", "16",
-            "--learning_rate", "2e-3", "--warmup_steps", "0"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ACCURACY = {"baseline_adalora": 0.70, "combo": 0.75}
+# The crafted runs' schedule is the real runs' (conftest.REAL_RUN): tiny-deberta, 60 steps, tinit 10, tfinal 20.
+assert Schedule() == Schedule(tinit=TINIT, tfinal=TFINAL, total_step=STEPS)
 
 
-def save_bert12(folder):
-    """A 12-layer, 32-wide random BERT: 72 adapted modules with BERT's names (query/key/value/...dense)."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    tokenizer = tiny_tokenizer()
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=12, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=2)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+@pytest.fixture(scope="module")
+def crafted_runs(tmp_path_factory):
+    """<output-root> with synthetic/baseline_adalora/42 and synthetic/combo/42 as the real runs lay them out."""
+    root = tmp_path_factory.mktemp("plot_runs")
+    for signal, accuracy in ACCURACY.items():
+        write_run(root, "synthetic", signal, SEED, {"eval_accuracy": accuracy})
+    return root
 
 
-@pytest.fixture(scope="session")
-def runs(tmp_path_factory):
-    """tiny-deberta runs of two signals, plus a 12-layer BERT run, each trained for real."""
-    base = tmp_path_factory.mktemp("plot_runs")
-    cache = ["--cache_dir", str(base / "cache")]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest and does not fight other processes for cores
-    try:
-        for signal in ("baseline_adalora", "combo"):
-            train([*TINY_RUN, "--signal", signal, "--output_root", str(base / "deberta"), *cache])
-        save_bert12(base / "bert12")
-        train([*TINY_RUN, "--signal", "combo", "--output_root", str(base / "bert"), "--model", str(base / "bert12"),
-               "--max_steps", "30", "--tinit", "5", "--tfinal", "10", *cache])
-    finally:
-        torch.set_num_threads(threads)
-    return base
+@pytest.fixture(params=["crafted", pytest.param("real", marks=pytest.mark.slow)])
+def runs(request):
+    """The crafted runs, and (slow) the same figures of really trained ones."""
+    return request.getfixturevalue(f"{request.param}_runs")
 
 
-def run_dir(base, signal="combo", root="deberta"):
-    return base / root / "synthetic" / signal / str(SEED)
+def run_dir(base, signal="combo"):
+    return base / "synthetic" / signal / str(SEED)
 
 
 def read_lines(path):
@@ -102,7 +85,6 @@ def test_a_custom_task_run_in_a_sweep_is_plotted_by_its_own_metric(tmp_path):
         load_run(run_dir_for(tmp_path, task.name, "combo", 2, "target_r=2"))
 
 
-@pytest.mark.slow
 def test_rank_evolution_panels_budget_and_phases(runs):
     folder = run_dir(runs)
     summary = json.loads((folder / "final_summary.json").read_text())
@@ -129,7 +111,6 @@ def test_rank_evolution_panels_budget_and_phases(runs):
     assert {"warm-up phase", "reduction phase", "final phase"} <= set(ax_total.get_legend_handles_labels()[1])
 
 
-@pytest.mark.slow
 def test_signal_heatmap_rows_columns_and_values(runs):
     folder = run_dir(runs)
     scores = read_lines(folder / "signal_scores.jsonl")
@@ -145,7 +126,6 @@ def test_signal_heatmap_rows_columns_and_values(runs):
     assert len(fig.axes) == 2  # heatmap + colour bar
 
 
-@pytest.mark.slow
 def test_final_rank_heatmap_matches_summary(runs):
     folder = run_dir(runs)
     final = json.loads((folder / "final_summary.json").read_text())["final_ranks"]
@@ -158,9 +138,15 @@ def test_final_rank_heatmap_matches_summary(runs):
     assert sorted(int(t.get_text()) for t in ax.texts) == sorted(final.values())
 
 
-@pytest.mark.slow
-def test_72_modules_of_12_layers_are_readable(runs):
-    folder = run_dir(runs, root="bert")
+BERT_SUFFIXES = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                 "intermediate.dense", "output.dense")
+
+
+def test_72_modules_of_12_layers_are_readable(tmp_path):
+    """A 12-layer BERT's 72 adapted modules (query/key/value/...dense): one row each, none overlapping."""
+    modules = {f"layer.{layer}.{suffix}": (32, 32) for layer in range(12) for suffix in BERT_SUFFIXES}
+    folder = write_run(tmp_path, "synthetic", "combo", SEED, {"eval_accuracy": 0.7},
+                       schedule=Schedule(modules=modules, total_step=30, tinit=5, tfinal=10))
     run = load_run(folder)
     assert len(run.final_ranks) == 72
     fig = plot_signal_heatmap(run)
@@ -179,7 +165,6 @@ def test_72_modules_of_12_layers_are_readable(runs):
     assert [t.get_text() for t in heat.get_xticklabels()] == list(MODULE_TYPES)
 
 
-@pytest.mark.slow
 def test_comparison_panels_share_one_colour_scale(runs):
     signals = ("baseline_adalora", "combo")
     logs = {s: load_run(run_dir(runs, s)) for s in signals}
@@ -199,8 +184,9 @@ def test_comparison_panels_share_one_colour_scale(runs):
     assert list(per_layer) == [sum(r for m, r in final.items() if m.startswith(f"layer.{i}.")) for i in (0, 1)]
 
 
-@pytest.mark.slow
-def test_unfinished_run_is_plotted_from_its_logs(runs, tmp_path):
+@pytest.mark.parametrize("source", ["crafted", pytest.param("real", marks=pytest.mark.slow)])
+def test_unfinished_run_is_plotted_from_its_logs(source, request, tmp_path):
+    runs = request.getfixturevalue(f"{source}_runs")
     folder = tmp_path / "synthetic" / "combo" / str(SEED)
     shutil.copytree(run_dir(runs), folder)
     (folder / "final_summary.json").unlink()
@@ -215,10 +201,9 @@ def test_unfinished_run_is_plotted_from_its_logs(runs, tmp_path):
     assert sorted(int(t.get_text()) for t in final.texts) == sorted(allocations[-1]["ranks"].values())
 
 
-@pytest.mark.slow
 def test_plot_command_writes_the_three_figures(runs, tmp_path):
     root = tmp_path / "out"
-    shutil.copytree(runs / "deberta", root)
+    shutil.copytree(runs, root)
     assert main(["plot", "--task", "synthetic", "--signal", "combo", "--seed", str(SEED),
                  "--output-root", str(root)]) == 0
     folder = root / "synthetic" / "combo" / str(SEED)
@@ -226,10 +211,9 @@ def test_plot_command_writes_the_three_figures(runs, tmp_path):
         assert_png(folder / name)
 
 
-@pytest.mark.slow
-def test_plot_module_compare_reports_a_missing_signal(runs, tmp_path):
+def test_plot_module_compare_reports_a_missing_signal(crafted_runs, tmp_path):
     root = tmp_path / "out"
-    shutil.copytree(runs / "deberta", root)
+    shutil.copytree(crafted_runs, root)
     result = subprocess.run(
         [sys.executable, "-m", "adalora_ablation", "plot", "--compare", "--task", "synthetic", "--signals",
          "baseline_adalora", "combo", "plasticity_only", "--seed", str(SEED), "--output-root", str(root)],
@@ -241,7 +225,6 @@ def test_plot_module_compare_reports_a_missing_signal(runs, tmp_path):
     assert_png(figure, min_w=1200, min_h=1000)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("argv, expected", [
     (["--task", "synthetic", "--seed", str(SEED)], "needs --signal"),
     (["--task", "synthetic", "--signals", "combo"], "--signals is for --compare"),
@@ -250,28 +233,42 @@ def test_plot_module_compare_reports_a_missing_signal(runs, tmp_path):
     (["--task", "synthetic", "--signal", "nope"], "invalid choice"),
     (["--compare", "--task", "synthetic", "--signals", "importance_only"], "none of importance_only"),
 ])
-def test_plot_errors_are_one_line_exit_2(runs, capsys, argv, expected):
-    assert main(["plot", *argv, "--output-root", str(runs / "deberta")]) == 2
+def test_plot_errors_are_one_line_exit_2(crafted_runs, capsys, argv, expected):
+    assert main(["plot", *argv, "--output-root", str(crafted_runs)]) == 2
     err = capsys.readouterr().err.strip()
     assert expected in err and "\n" not in err
+
+
+PLANTED_SPEC = {"layer.0.attention.self.query_proj": 2, "layer.1.intermediate.dense": 3}
+PLANTED = Schedule(init_r=8, target_r=1, tinit=4, tfinal=6, deltaT=2, total_step=24)
+
+
+def planted_kept(signal, schedule):
+    """At every allocation: the oracle keeps exactly the planted triplets (the first spec[m] of each planted module)
+    and fills the rest of the budget elsewhere; uniform keeps the same rank in every module."""
+    kept = {}
+    for step in schedule.steps():
+        budget = schedule.budget(step)
+        if signal == "oracle":
+            scores = {m: [(10.0 if i < PLANTED_SPEC[m] else -10.0) if m in PLANTED_SPEC else 1.0 - 0.01 * i
+                          for i in range(schedule.init_r)] for m in schedule.modules}
+        else:
+            scores = {m: [float(schedule.init_r - i) for i in range(schedule.init_r)] for m in schedule.modules}
+        kept[step] = keep_top(scores, budget)
+    return kept
 
 
 @pytest.fixture(scope="module")
 def end_only_runs(tmp_path_factory):
     """Runs that evaluate only after training, as the demo's: two synthetic signals, and the planted task's oracle
-    and uniform control (short schedules; each trained for real)."""
+    and uniform control (a short schedule, target_r 1)."""
     base = tmp_path_factory.mktemp("end_only")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for signal in ("baseline_adalora", "combo"):
-            train([*TINY_RUN, "--signal", signal, "--output_root", str(base), "--eval_strategy", "no"])
-        for signal in ("oracle", "uniform"):
-            train(["--task", "planted", "--signal", signal, "--output_root", str(base), "--max_steps", "24",
-                   "--tinit", "4", "--tfinal", "6", "--deltaT", "2", "--planted-train-rows", "160",
-                   "--planted-eval-rows", "48", "--adapter-effect", "False", "--logging_steps", "4"])
-    finally:
-        torch.set_num_threads(threads)
+    for signal, accuracy in ACCURACY.items():
+        write_run(base, "synthetic", signal, SEED, {"eval_accuracy": accuracy}, eval_steps=None)
+    for signal in ("oracle", "uniform"):
+        write_run(base, "planted", signal, SEED, {"eval_accuracy": 0.8}, eval_steps=None, logging_steps=4,
+                  schedule=PLANTED, kept=planted_kept(signal, PLANTED),
+                  summary={"planted": {"spec": PLANTED_SPEC}})
     return base
 
 
@@ -279,7 +276,6 @@ def comparison_panels(runs):
     return {ax.get_title(): ax for ax in plot_comparison(runs).axes}
 
 
-@pytest.mark.slow
 def test_runs_evaluated_only_at_the_end_are_compared_by_their_training_loss(end_only_runs):
     runs = {s: load_run(end_only_runs / "synthetic" / s / str(SEED)) for s in ("baseline_adalora", "combo")}
     assert all(len(steps) == 1 for run in runs.values() for steps, _ in eval_curves(run).values())
@@ -292,7 +288,6 @@ def test_runs_evaluated_only_at_the_end_are_compared_by_their_training_loss(end_
         assert [s for s, _ in logged] == list(range(10, STEPS + 1, 10))
 
 
-@pytest.mark.slow
 def test_planted_runs_evaluated_only_at_the_end_are_compared_by_the_planted_modules_rank(end_only_runs):
     runs = {s: load_run(end_only_runs / "planted" / s / str(SEED)) for s in ("oracle", "uniform")}
     titled = comparison_panels(runs)
@@ -315,7 +310,6 @@ def test_planted_runs_evaluated_only_at_the_end_are_compared_by_the_planted_modu
     assert signal_lines[0].get_ydata()[-1] == sum(spec.values()) > signal_lines[1].get_ydata()[-1]
 
 
-@pytest.mark.slow
 def test_one_run_with_eval_curves_keeps_the_eval_panel(runs, end_only_runs):
     mixed = {"baseline_adalora": load_run(end_only_runs / "synthetic" / "baseline_adalora" / str(SEED)),
              "combo": load_run(run_dir(runs, "combo"))}
