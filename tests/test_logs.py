@@ -74,6 +74,7 @@ TRAIN_LINE = re.compile(r"\[train\] step (\d+)/60  loss \S+  grad norm \S+  lr \
 EVAL_LINE = re.compile(r"\[eval\] step (\d+)/60  accuracy (\d\.\d{4})  loss \S+")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("disable_tqdm", ["True", "False"])
 def test_a_run_prints_one_readable_line_per_log_step_and_no_dicts(tmp_path, console, capfd, disable_tqdm):
     """A real tiny run: every log step a [train] line with the total rank the adapters hold at that step (the
