@@ -13,6 +13,13 @@ TOTAL, TINIT, TFINAL, DELTA_T = 60, 10, 10, 3
 BUDGETED = sorted(name for name, info in SIGNALS.items() if not info.fixed_pattern)  # oracle_fixed keeps a pattern
 
 
+def test_the_budget_test_covers_every_budgeted_signal():
+    """test_reference_signals.py trains one signal end to end; the exact budget of all the others rests on the
+    parametrized test below, so it must see every signal that allocates a budget."""
+    assert {"baseline_adalora", "importance_only", "plasticity_only", "combo", "singular_value", "sensitivity_only",
+            "sensitivity_snr", "fisher", "component_norm", "plasticity_rms", "random", "uniform"} <= set(BUDGETED)
+
+
 def train_loop(peft_model, steps=TOTAL, zero_lora_grads=False, nan_at=()):
     """A plain PEFT AdaLoRA loop (the one PEFT documents); returns the rank pattern after every step."""
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
