@@ -152,8 +152,7 @@ def check_grid(args) -> dict:
         root = args.out / f"grid_k{k}"
         shutil.rmtree(root, ignore_errors=True)
         command = cli("ablate", "--task", "planted", "--signals", *STUDY, "--seeds", "1", "--model", args.model,
-                      "--output-root", str(root), "--no-share-warmup", "--max-steps", str(args.max_steps),
-                      *precision(args))
+                      "--output-root", str(root), "--no-share-warmup", *schedule(args.max_steps), *precision(args))
         if args.device == "cuda":
             command += ["--gpus", args.gpu, "--runs-per-gpu", str(k)]
         memory = GpuMemory() if args.device == "cuda" else None
@@ -166,9 +165,16 @@ def check_grid(args) -> dict:
             memory.done.set()
             memory.join()
         rows[f"k{k}"] = {"rc": result.returncode, "seconds": round(seconds, 1),
+                         "error": None if result.returncode == 0 else result.stdout.strip().splitlines()[-3:],
                          "runs_per_hour": round(len(STUDY) * 3600 / seconds, 1),
                          "peak_mib_per_run": sorted(memory.peak.values()) if memory else None}
     return {"check": "grid", "passed": all(r["rc"] == 0 for r in rows.values()), "grid": rows}
+
+
+def schedule(steps: int) -> list[str]:
+    """A whole AdaLoRA schedule in a run of this many steps (the presets' tinit/tfinal need thousands)."""
+    return ["--max-steps", str(steps), "--tinit", str(steps // 6), "--tfinal", str(steps // 6), "--deltaT", "4",
+            "--save-strategy", "no", "--eval-strategy", "no", "--no-adapter-effect"]
 
 
 def precision(args) -> list[str]:
