@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 from peft import AdaLoraConfig, get_peft_model
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DebertaV2Config, DebertaV2TokenizerFast
-from transformers.pytorch_utils import Conv1D
+from transformers import (
+    AutoModelForSequenceClassification, AutoTokenizer, Conv1D, DebertaV2Config, DebertaV2TokenizerFast,
+)
 
 from ..errors import UsageError, first_line
 
