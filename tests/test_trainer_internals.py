@@ -6,9 +6,12 @@ import ast
 import tomllib
 from pathlib import Path
 
+import torch
 import transformers
 from packaging.requirements import Requirement
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from adalora_ablation.run.resume import TrainLoss
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "adalora_ablation"
@@ -77,7 +80,7 @@ class Ours(Trainer):
         return super()._save_checkpoint(model, trial)
 
     def training_step(self, *args):
-        return self._tr_loss
+        return self._memory_tracker
 
 
 def summary(trainer, callback):
@@ -87,7 +90,7 @@ def summary(trainer, callback):
     assert private_trainer_use(source, private) == [
         "line 2: from transformers.trainer_utils import", "line 3: from transformers.trainer_pt_utils import",
         "line 4: import transformers.trainer", "line 9: overrides Trainer._save_checkpoint",
-        "line 10: ._save_checkpoint", "line 13: ._tr_loss", "line 18: ._total_loss_scalar",
+        "line 10: ._save_checkpoint", "line 13: ._memory_tracker", "line 18: ._total_loss_scalar",
         "line 18: getattr(..., '_globalstep_last_logged')"]
 
 
@@ -98,3 +101,40 @@ def test_pyproject_admits_the_installed_transformers_and_4_57_but_not_5_0_to_5_3
     admitted = [v for v in ("4.56.2", "4.57.0", "4.57.6", "5.0.0", "5.2.1", "5.3.0", "5.4.0", "5.17.1", "5.25.0",
                             "5.26.0") if wanted.specifier.contains(v)]
     assert admitted == ["4.57.0", "4.57.6", "5.4.0", "5.17.1", "5.25.0"]
+
+
+class Toy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, labels=None):
+        return {"loss": ((self.w - x) ** 2).mean()}
+
+
+def test_the_tools_own_loss_record_sums_as_the_trainer_does(tmp_path):
+    """TrainLoss, fed each micro-batch's loss through the public training_step, gives the Trainer's own train_loss
+    bit for bit: logged every 3 steps, 7 steps of 2 micro-batches, so the last steps are summed at the end."""
+    record = TrainLoss()
+
+    class Recording(Trainer):
+        def training_step(self, *args, **kwargs):
+            loss = super().training_step(*args, **kwargs)
+            record.add(loss, self.args, self.state)
+            return loss
+
+    class Log(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            record.start(args, state)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if "loss" in logs:
+                record.log(args, state)
+
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=7, per_device_train_batch_size=2, logging_steps=3,
+                             gradient_accumulation_steps=2, learning_rate=0.1, report_to="none", use_cpu=True,
+                             save_strategy="no", disable_tqdm=True)
+    rows = [{"x": torch.tensor([float(i % 5) / 3])} for i in range(40)]
+    output = Recording(model=Toy(), args=args, train_dataset=rows, callbacks=[Log()]).train()
+    record.finish()
+    assert record.total() / 7 == output.training_loss and record.logged > 0
