@@ -414,7 +414,7 @@ def run_trainer(args, build_model, batches, tokenizer, device) -> dict:
     from transformers import DataCollatorWithPadding, TrainerCallback
 
     from adalora_ablation.adalora.callback import AdaLoraCallback
-    from adalora_ablation.run.resume import AdaLoraTrainer
+    from adalora_ablation.run.resume import AdaLoraTrainer, Checkpoints
 
     steps = args.trainer_steps
     rows = [{"input_ids": b["input_ids"][j].tolist(), "attention_mask": b["attention_mask"][j].tolist(),
@@ -449,7 +449,7 @@ def run_trainer(args, build_model, batches, tokenizer, device) -> dict:
         timer = StepTimes()
         trainer = AdaLoraTrainer(model=pm, args=training_args, train_dataset=rows,
                                  data_collator=DataCollatorWithPadding(tokenizer), callbacks=[callback, timer],
-                                 adalora_callback=callback)
+                                 checkpoints=Checkpoints(pm, callback, Path(out), None))
         callback.trainer = trainer
         trainer.train()
     gaps = [b - a for a, b in zip(timer.marks, timer.marks[1:])][1:]  # the first gaps include warm-up

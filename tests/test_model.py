@@ -283,6 +283,29 @@ def test_a_tokenizer_that_knows_no_word_is_refused():
         check_tokenizer(specials_only, "some/model")
 
 
+def test_a_tokenizer_that_encodes_a_pair_without_its_separators_is_refused(minilm_path, tmp_path):
+    """As transformers 5.0-5.3 read DeBERTa's spm.model: a pair without [CLS] and [SEP]. Here MiniLM's tokenizer
+    saved without its post-processor (what adds them) and read as it is saved (the generic fast tokenizer; BERT's
+    own class would build the post-processor anew); refused before the model loads."""
+    folder = tmp_path / "no-post-processor"
+    folder.mkdir()
+    for path in Path(minilm_path).iterdir():
+        if "tokenizer" in path.name or path.name in ("vocab.txt", "special_tokens_map.json", "config.json"):
+            shutil.copy(path, folder / path.name)
+    tokenizer_json = json.loads((folder / "tokenizer.json").read_text())
+    assert tokenizer_json["post_processor"] is not None
+    load_model_and_tokenizer(minilm_path, RTE)  # as shipped: [CLS] a [SEP] b [SEP]
+    tokenizer_json["post_processor"] = None
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**tokenizer_config,
+                                                              "tokenizer_class": "PreTrainedTokenizerFast"}))
+    with pytest.raises(UsageError, match=r"the tokenizer of model '.*no-post-processor' encodes a sentence pair "
+                                         r"without its separator \[SEP\] \(transformers .*\); transformers 5\.0-5\.3 "
+                                         r"do so for DeBERTa's spm\.model: pip install"):
+        load_model_and_tokenizer(str(folder), RTE)
+
+
 @pytest.mark.slow
 def test_folder_without_weights_names_the_file_and_no_offline_hint(deberta_v3_folder, tmp_path):
     folder = tmp_path / "no-weights"

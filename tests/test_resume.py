@@ -278,7 +278,9 @@ def test_a_failed_checkpoint_write_stops_the_run_in_one_line_and_the_last_verifi
                             capture_output=True, text=True, env=ENV, timeout=600, preexec_fn=small_files_only)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     error = [line for line in result.stderr.splitlines() if line.startswith("adalora-ablation: error:")]
-    assert len(error) == 1 and "File too large" in error[0], result.stderr[-2000:]
+    # the cause as the serializer words it: safetensors passes the OS error on ("File too large"), torch.save
+    # (optimizer.pt, the first file over the limit when the Trainer writes the adapters pruned) its own position check
+    assert len(error) == 1 and ("File too large" in error[0] or "unexpected pos" in error[0]), result.stderr[-2000:]
     assert f"cannot write checkpoint {interrupted_run / 'checkpoint-80'}" in error[0]
     assert latest_complete_checkpoint(interrupted_run).name == "checkpoint-40"  # the cut-off one has no manifest
 

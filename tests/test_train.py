@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 from datasets import Dataset
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from adalora_ablation.errors import UsageError
 from adalora_ablation.run.folder import read_jsonl
@@ -24,9 +24,18 @@ def test_total_step_equals_the_trainers_own_max_steps(kw, tmp_path):
     rows = 101
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", remove_unused_columns=False, **kw)
     data = Dataset.from_dict({"input_ids": [[1, 2]] * rows, "labels": [0] * rows})
-    trainer = Trainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=data)
-    trainer_max_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
-    assert compute_total_step(rows, args) == trainer_max_steps
+
+    class MaxSteps(Exception):
+        pass
+
+    class Read(TrainerCallback):  # the number of steps the Trainer plans, read where every version shows it
+        def on_train_begin(self, args, state, control, **kwargs):
+            raise MaxSteps(state.max_steps)
+
+    trainer = Trainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=data, callbacks=[Read()])
+    with pytest.raises(MaxSteps) as planned:
+        trainer.train()
+    assert compute_total_step(rows, args) == planned.value.args[0]
 
 
 def test_impossible_schedule_says_what_total_step_was_and_what_works():

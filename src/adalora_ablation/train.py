@@ -37,7 +37,7 @@ from .adalora.model import (
 from .run.life import CheckLock, RunFolder, refuse_finished_run
 from .run.console import use_readable_console
 from .run.preemption import STOP_SIGNALS, StopOnSignal
-from .run.resume import AdaLoraTrainer
+from .run.resume import AdaLoraTrainer, Checkpoints
 from .run.identity import identity, parse_variant, variant_mismatch, variant_name
 from .run.folder import (
     DDP_CONSISTENCY, FINAL_ADAPTER, accuracy_fields, check_task_spec, checkpoint_step, headline, read_shared_warmup,
@@ -130,11 +130,11 @@ def _train(argv: list[str], stopper: StopOnSignal, warmup=None) -> dict | None:
                                                                 allocator.signal_config, found)):
         trainer, callback = make_trainer(plan, loaded, adapted, run, stopper, warmup)
         run.stop_if_signalled(args)  # before training: the folder is as the last run left it
-        loss_this_process = train_or_load(trainer, callback, run, stopper, loaded.total_step)
+        loss_sum = train_or_load(trainer, callback, run, stopper, loaded.total_step)
         if warmup:
             return None  # stopped at tinit with its checkpoint; grid/warmup_run.py seeds the members from it
         results = evaluate_and_save(plan, loaded, adapted, trainer, callback, run)
-        summary = summarise(plan, loaded, adapted, trainer, callback, results, loss_this_process,
+        summary = summarise(plan, loaded, adapted, trainer, callback, results, loss_sum,
                             run.checkpoint, started)
         run.write_summary(summary)
         task = plan.task
@@ -284,7 +284,8 @@ def make_trainer(plan: RunPlan, loaded: Loaded, adapted: Adapted, run: RunFolder
         data_collator=DataCollatorWithPadding(loaded.tokenizer),
         compute_metrics=compute_metrics_for(task),
         callbacks=[callback, stopper, CheckLock(run), *(warmup.callbacks if warmup else [])],
-        adalora_callback=callback,
+        # completes each checkpoint the Trainer writes (full-shape adapters, allocator state, manifest)
+        checkpoints=Checkpoints(adapted.peft_model, callback, plan.run_dir, run.resume_state),
     )
     callback.trainer = trainer
     # one readable line per log record (loss, lr, the total rank now, eval metrics) instead of the Trainer's dicts
@@ -293,20 +294,22 @@ def make_trainer(plan: RunPlan, loaded: Loaded, adapted: Adapted, run: RunFolder
 
 
 def train_or_load(trainer: AdaLoraTrainer, callback: AdaLoraCallback, run: RunFolder, stopper: StopOnSignal,
-                  total_step: int) -> float:
-    """Train (from the start or the run's checkpoint); returns this process's summed training loss. A stop signal
-    during training ends here with the checkpoint of the step it came in."""
+                  total_step: int) -> float | None:
+    """Train (from the start or the run's checkpoint); returns the training loss summed over every step of the run
+    (None: resumed from a checkpoint that did not record it). A stop signal during training ends here with the
+    checkpoint of the step it came in."""
     checkpoint = run.checkpoint
     if checkpoint is not None and checkpoint_step(checkpoint) >= total_step:
         # Resumed at the last step: nothing to train (the Trainer would take one step past max_steps)
         trainer.load_without_training(checkpoint)
         callback.on_train_begin(trainer.args, trainer.state, trainer.control)  # the allocator's state
-        return 0.0
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        return trainer.checkpoints.loss.total()
+    with trainer.checkpoints.naming_write_errors():
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if stopper.stopped_at is not None:
         step = stopper.stopped_at
         raise RunInterrupted(signal.Signals(stopper.received).name, step, f"checkpoint-{step}")
-    return trainer._total_loss_scalar
+    return trainer.checkpoints.loss.total()
 
 
 def evaluate_and_save(plan: RunPlan, loaded: Loaded, adapted: Adapted, trainer: AdaLoraTrainer,
@@ -316,8 +319,7 @@ def evaluate_and_save(plan: RunPlan, loaded: Loaded, adapted: Adapted, trainer: 
     args, task = plan.training_args, plan.task
 
     def keep_final_step() -> tuple[int, str]:  # a signal after the last step: its checkpoint is worth keeping
-        trainer._save_checkpoint(trainer.model, trial=None)
-        return trainer.state.global_step, f"checkpoint-{trainer.state.global_step}"
+        return trainer.state.global_step, trainer.checkpoints.write_last_step(trainer)
 
     run.stop_if_signalled(args, keep_final_step)
     if args.world_size > 1:
@@ -345,11 +347,10 @@ def evaluate_and_save(plan: RunPlan, loaded: Loaded, adapted: Adapted, trainer: 
 
 
 def summarise(plan: RunPlan, loaded: Loaded, adapted: Adapted, trainer: AdaLoraTrainer, callback: AdaLoraCallback,
-              results: dict, loss_this_process: float, checkpoint: Path | None, started: float) -> dict:
+              results: dict, loss_sum: float | None, checkpoint: Path | None, started: float) -> dict:
     """final_summary.json: what the run was, what it reached and where its rank went."""
     run_args, task, allocator = plan.run_args, plan.task, adapted.allocator
     eval_metrics, test_metrics = results["eval_metrics"], results["test_metrics"]
-    loss_sum = callback.train_loss_sum(loss_this_process)
     summary = {
         "task": task.name,
         "synthetic": task.synthetic,

@@ -78,9 +78,6 @@ class AdaLoraCallback(TrainerCallback):
         self.mask_digests: list[str] = []
         self.scaler_skipped_steps = 0
         self._scaler_found_inf = None
-        # The loss summed over the steps of earlier processes of this run (from the checkpoint it resumed from), so
-        # that train_loss is the whole run's; None when that checkpoint did not record it.
-        self.loss_before: float | None = 0.0
 
     # -- resume ------------------------------------------------------------------------------------------------
     def resume_state(self) -> dict:
@@ -95,10 +92,6 @@ class AdaLoraCallback(TrainerCallback):
             "signal_config": dataclasses.asdict(self.allocator.signal_config),
         }
 
-    def train_loss_sum(self, this_process: float) -> float | None:
-        """The loss summed over every step of the run, given the sum over this process's steps."""
-        return None if self.loss_before is None else self.loss_before + this_process
-
     def _apply_resume_state(self, state: dict) -> None:
         adapter = self.peft_model.base_model.trainable_adapter_name
         self.allocator.load_state_dict(state["allocator"])
@@ -108,7 +101,6 @@ class AdaLoraCallback(TrainerCallback):
         self.ranks = list(state["ranks"])
         self.allocations, self.budget_violations = state["allocations"], state["budget_violations"]
         self.scaler_skipped_steps = state["scaler_skipped_steps"]
-        self.loss_before = state.get("train_loss_sum")
         difference = settings_difference(state.get("settings"), run_settings(self.allocator.layout.device))
         if difference:
             logger.warning(difference)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 from peft import AdaLoraConfig, get_peft_model
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DebertaV2Config, DebertaV2TokenizerFast
-from transformers.pytorch_utils import Conv1D
+from transformers import (
+    AutoModelForSequenceClassification, AutoTokenizer, Conv1D, DebertaV2Config, DebertaV2TokenizerFast,
+)
 
 from ..errors import UsageError, first_line
 
@@ -179,13 +180,26 @@ _PROBE = "The cat sat on the mat."
 
 
 def check_tokenizer(tokenizer, model_name: str) -> None:
-    """transformers 5 builds a DeBERTa-v2/v3 tokenizer from its special tokens alone when spm.model is missing, and
-    that turns every word into [UNK]; a run on it would train on nothing. Refuse it."""
+    """Refuse a tokenizer that would train on something else than the text:
+
+    - transformers 5 builds a DeBERTa-v2/v3 tokenizer from its special tokens alone when spm.model is missing, and
+      that turns every word into [UNK]: a run on it would train on nothing;
+    - a tokenizer that has a separator token but leaves it out of a sentence pair (transformers 5.0-5.3 do so for
+      DeBERTa's spm.model, and so does one saved without its post-processor) runs the two sentences together: the
+      model never sees where one ends, and the results differ from the same model's elsewhere."""
     ids = tokenizer(_PROBE, add_special_tokens=False)["input_ids"]
     if ids and tokenizer.unk_token_id is not None and all(i == tokenizer.unk_token_id for i in ids):
         cause = no_tokenizer_file(model_name) or "its vocabulary is missing or broken"
         raise UsageError(f"the tokenizer of model {model_name!r} has {len(tokenizer)} tokens and turns every word "
                          f"into {tokenizer.unk_token}: {cause}")
+    sep = tokenizer.sep_token_id
+    if sep is not None and sep not in tokenizer(_PROBE, _PROBE)["input_ids"]:
+        import transformers
+
+        raise UsageError(f"the tokenizer of model {model_name!r} encodes a sentence pair without its separator "
+                         f"{tokenizer.sep_token} (transformers {transformers.__version__}); transformers 5.0-5.3 "
+                         f"do so for DeBERTa's spm.model: pip install 'transformers>=4.57,!=5.0.*,!=5.1.*,!=5.2.*,"
+                         f"!=5.3.*', or give the tokenizer its post-processor back")
 
 
 # -- what to adapt, what to train in full ----------------------------------------------------------------------

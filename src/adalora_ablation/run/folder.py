@@ -36,7 +36,6 @@ SUMMARY = "final_summary.json"
 FINAL_ADAPTER = "final_adapter"  # the pruned adapter for inference (PEFT format)
 ALLOCATOR_STATE = "adalora_allocator.pt"  # inside every checkpoint-N
 MANIFEST = "manifest.json"  # inside every checkpoint-N, written last: name, size and sha256 of every other file
-STAGING = ".partial"  # <run>/.partial/checkpoint-N: a checkpoint being written; renamed into place once verified
 DDP_CONSISTENCY = "ddp_consistency.json"  # multi-process runs: every rank's mask digests
 SHARED_WARMUP = "shared_warmup.json"  # a run seeded from a shared warm-up: which one (grid/warmup_run.py)
 COMPARE_DIR = "compare"  # <output-root>/<task>/compare/ holds comparison figures, not runs
@@ -263,7 +262,6 @@ def rewind_logs(run_dir: Path, step: int) -> None:
                 later.unlink()
     truncate_jsonl(run_dir / RANK_PATTERN, lambda r: r["step"] < step)
     truncate_jsonl(run_dir / SIGNAL_SCORES, lambda r: r["step"] < step)
-    shutil.rmtree(run_dir / STAGING, ignore_errors=True)  # a checkpoint whose writing was cut off
     # Everything from the end-of-training line on (the final evaluation included) belongs to the finish, which the
     # resumed run writes again.
     finished = [False]

@@ -1,30 +1,27 @@
-"""Checkpoints that stay resumable, and continuing a run exactly where its last checkpoint left off.
+"""Checkpoints that stay resumable, and continuing a run exactly where its last checkpoint left off, through the
+Trainer's public API only: its callbacks, ``train(resume_from_checkpoint=...)`` and ``training_step``.
 
 PEFT's ``save_pretrained`` prunes AdaLoRA adapters to ``config.rank_pattern`` (and rewrites that attribute), which
 is right for a finished adapter but makes a mid-training checkpoint unresumable: the pruned triplets, their
-optimizer state and the allocator's EMAs would be gone. Our checkpoints therefore hold the adapters at full
-``init_r`` shape, and next to them the allocator's state (every EMA buffer, the current rank pattern, counters).
+optimizer state and the allocator's EMAs would be gone. So when the Trainer has written ``checkpoint-N``,
+``Checkpoints.on_save`` completes it: the adapters again at full ``init_r`` shape, the allocator's state (every EMA
+buffer, the current rank pattern, counters, the loss so far), the run's settings, and last the manifest. A
+checkpoint without a manifest (cut off while it was written) is never taken (run/folder.py complete_checkpoints),
+and older checkpoints are rotated away here, only after the new one verifies.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
-import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
-import transformers
-from transformers import Trainer, TrainerState
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_pt_utils import nested_gather, safe_globals
-from transformers.trainer_utils import rotate_checkpoints
+from transformers import Trainer, TrainerCallback, TrainerState
 
 from ..errors import RunFileError, UsageError
-from .folder import (
-    ALLOCATOR_STATE, MANIFEST, STAGING, atomic_write, complete_checkpoints, verify_manifest, write_manifest,
-)
+from .folder import ALLOCATOR_STATE, MANIFEST, atomic_write, complete_checkpoints, verify_manifest, write_manifest
 from .identity import IDENTITY_FILE
 
 # Files of a checkpoint that torch.load reads on resume (ours and the Trainer's). All are loaded with
@@ -42,11 +39,18 @@ def _error_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def numpy_rng_globals() -> list:
+    """What numpy's RNG state (in the Trainer's rng_state.pth) unpickles through: an array of a dtype. The Trainer
+    allows the same when it loads that file with weights_only."""
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    return [multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def _safe_load(path: Path):
     """torch.load without pickle's code execution, as the Trainer loads its files (numpy's RNG state allowlisted);
     a refused or damaged file raises ValueError naming it."""
     try:
-        with safe_globals():
+        with torch.serialization.safe_globals(numpy_rng_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling, zip and OS errors all mean "cannot resume from this file"
         raise ValueError(f"{path} cannot be loaded safely ({_error_line(exc)})") from None
@@ -102,104 +106,234 @@ def settings_difference(saved: dict | None, now: dict) -> str | None:
             f"from an uninterrupted run")
 
 
+TRAINER_STATE = "trainer_state.json"  # the Trainer's state in every checkpoint (TrainerState.save_to_json)
 
 
-# The Trainer's private members that this module and train.py rely on: transformers has no public hook to stage a
-# checkpoint before it counts, to save one at any moment, or to read the running train loss. So pyproject allows
-# only the transformers versions the tests ran with (TESTED_TRANSFORMERS), and tests/test_trainer_internals.py
-# checks each member on the installed one. Methods: their parameters after self; attributes: set as training starts.
-TESTED_TRANSFORMERS = "transformers>=5.25,<5.26"
-TRAINER_METHODS = {"_save_checkpoint": ("model", "trial"), "_get_output_dir": ("trial",),
-                   "_load_from_checkpoint": ("resume_from_checkpoint", "model")}
-TRAINER_ATTRIBUTES = ("_tr_loss", "_total_loss_scalar")  # the loss since the last log (a tensor), and before it
+def _mean_over_processes(value: torch.Tensor, args) -> float:
+    """The mean of a scalar tensor over the processes of a multi-process run (a collective: every process calls
+    it), gathered in rank order as the Trainer gathers the loss it logs; the value itself in one process."""
+    if args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        gathered = [torch.zeros_like(value) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(gathered, value)
+        return torch.stack(gathered).mean().item()
+    return value.mean().item()
 
 
-def changed_trainer_internals() -> list[str]:
-    """How the installed transformers' Trainer differs from the private methods this tool overrides or calls."""
-    changed = []
-    for name, expected in TRAINER_METHODS.items():
-        method = getattr(Trainer, name, None)
-        found = tuple(inspect.signature(method).parameters)[1:] if callable(method) else None
-        if found != expected:
-            changed.append(f"Trainer.{name} is gone" if found is None else
-                           f"Trainer.{name} takes ({', '.join(found)}), not ({', '.join(expected)})")
-    return changed
+def _barrier(args) -> None:
+    if args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+class TrainLoss:
+    """The training loss summed over every step of the run, from the tool's own record of each step's loss, so that
+    a resumed run's train_loss is the whole run's (the Trainer's covers the steps of its own process only).
+
+    It is summed as the Trainer sums the loss it reports: each micro-batch's loss (``training_step``'s value) adds
+    up on the device; at each logged loss the sum so far is averaged over the processes and added on the host; at
+    the end of training what is left is added as it is. So an uninterrupted run's total divided by its steps is
+    the Trainer's own train_loss, and a resumed run's differs from it only in the order of the host additions."""
+
+    def __init__(self, before: float | None = 0.0):
+        self.before = before  # the sum over the steps of earlier processes (None: that checkpoint did not record it)
+        self.logged = 0.0  # this process's steps, up to the last logged loss
+        self.pending: torch.Tensor | None = None  # since then, on the device
+        self.last_logged = 0
+
+    def start(self, args, state) -> None:
+        self.pending = torch.zeros((), device=args.device)
+        self.last_logged = state.global_step
+
+    def add(self, loss: torch.Tensor, args, state) -> None:
+        if self.pending is None:
+            return
+        if args.logging_nan_inf_filter and not bool(torch.isfinite(loss)):
+            # the Trainer counts a non-finite loss as the mean of the others since the last log
+            self.pending += self.pending / (1 + state.global_step - self.last_logged)
+        else:
+            self.pending += loss.detach().to(self.pending.device)
+
+    def log(self, args, state) -> None:
+        """The Trainer logged the loss since the last log (on every process)."""
+        if self.pending is None:
+            return
+        self.logged += _mean_over_processes(self.pending, args)
+        self.pending -= self.pending
+        self.last_logged = state.global_step
+
+    def finish(self) -> None:
+        if self.pending is not None:
+            self.logged += self.pending.item()
+            self.pending = None
+
+    def so_far(self, args) -> float | None:
+        """The whole run's sum up to now (a collective in a multi-process run)."""
+        pending = _mean_over_processes(self.pending, args) if self.pending is not None else 0.0
+        return None if self.before is None else self.before + self.logged + pending
+
+    def total(self) -> float | None:
+        """The whole run's sum, once training has finished."""
+        return None if self.before is None else self.before + self.logged
+
+
+def _write_error(folder: Path, exc: BaseException) -> RunFileError:
+    return RunFileError(f"cannot write checkpoint {folder} ({_error_line(exc)}); the run stopped, and its last "
+                        f"verified checkpoint stays resumable: free space, then run the same command with "
+                        f"--resume True")
+
+
+class Checkpoints(TrainerCallback):
+    """Completes every checkpoint the Trainer writes, so that it continues the run bit for bit, and keeps the
+    ``--save-total-limit`` newest. Must be the Trainer's last callback: it sees the save every other one asked for.
+
+    ``adalora``: the AdaLoRA callback (its ``resume_state()``); ``resume_state``: the state of the checkpoint this
+    run continues, or None."""
+
+    def __init__(self, peft_model, adalora, run_dir: Path, resume_state: dict | None):
+        self.peft_model = peft_model
+        self.adalora = adalora
+        self.run_dir = Path(run_dir)
+        self.loss = TrainLoss(0.0 if resume_state is None else resume_state.get("train_loss_sum"))
+        self.save_total_limit: int | None = None
+        self.saving: int | None = None  # the step whose checkpoint the Trainer is about to write
+        self._rank_pattern = None
+
+    @property
+    def _config(self):
+        return self.peft_model.peft_config[self.peft_model.base_model.trainable_adapter_name]
+
+    # -- Trainer events ------------------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.loss.start(args, state)
+        # the Trainer would rotate older checkpoints away before this one completes the new one
+        self.save_total_limit, args.save_total_limit = args.save_total_limit, None
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.loss.finish()
+        if args.save_total_limit is None:
+            args.save_total_limit = self.save_total_limit
+
+    def _before_a_save(self, args, state, control) -> None:
+        # the pattern in force, kept before the Trainer's save (PEFT's prunes by it and rewrites it)
+        self._rank_pattern = self._config.rank_pattern
+        if control.should_save and (self.run_dir / f"checkpoint-{state.global_step}" / MANIFEST).is_file():
+            control.should_save = False  # complete already: a checkpoint is never rewritten in place
+        self.saving = state.global_step if control.should_save and not control.should_evaluate else None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._before_a_save(args, state, control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._before_a_save(args, state, control)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if control.should_save:  # the evaluation before a save is over; the save comes next
+            self.saving = state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:  # the Trainer's training loss since its last log
+            self.loss.log(args, state)
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = self.run_dir / f"checkpoint-{state.global_step}"
+        self._config.rank_pattern = self._rank_pattern
+        loss_sum = self.loss.so_far(args)
+        _barrier(args)  # every process's files (its RNG state) are in the folder
+        if args.should_save:
+            try:
+                self._save_full_adapter(folder)
+            except Exception as exc:  # OSError, or a serializer's own error type wrapping one (safetensors)
+                raise _write_error(folder, exc) from None
+            self._complete(folder, loss_sum)
+        self.saving = None
+
+    # -- writing ---------------------------------------------------------------------------------------------
+    def _save_full_adapter(self, folder: Path) -> None:
+        """The adapters at full init_r shape, where the Trainer's save wrote them pruned (in the same format)."""
+        safe = not (folder / "adapter_model.bin").is_file()
+        config = self._config
+        rank_pattern, config.rank_pattern = config.rank_pattern, None
+        try:
+            self.peft_model.save_pretrained(str(folder), safe_serialization=safe)
+        finally:
+            config.rank_pattern = rank_pattern
+
+    def _complete(self, folder: Path, loss_sum: float | None) -> None:
+        """Our files, the manifest last, verified; then the older checkpoints beyond the limit go."""
+        try:
+            state = {**self.adalora.resume_state(), "train_loss_sum": loss_sum}
+            atomic_write(folder / ALLOCATOR_STATE, lambda f: torch.save(state, f))
+            settings = self.run_dir / IDENTITY_FILE  # the settings this checkpoint continues (run/identity.py)
+            if settings.is_file():
+                identity = settings.read_bytes()
+                atomic_write(folder / IDENTITY_FILE, lambda f: f.write(identity))
+            write_manifest(folder)  # a checkpoint without it is incomplete
+            verify_manifest(folder)  # what is on disk is what the manifest says, before it counts
+        except RunFileError:
+            raise
+        except Exception as exc:
+            raise _write_error(folder, exc) from None
+        self.rotate()
+
+    def rotate(self) -> None:
+        """Keep the ``--save-total-limit`` newest complete checkpoints (all when it is unset)."""
+        if not self.save_total_limit or self.save_total_limit <= 0:
+            return
+        for old in complete_checkpoints(self.run_dir)[:-self.save_total_limit]:
+            (old / MANIFEST).unlink()  # first: a folder cut off while being removed is never taken
+            shutil.rmtree(old, ignore_errors=True)
+
+    def write_last_step(self, trainer) -> str:
+        """After training (a stop signal during the final evaluation): the checkpoint of the last step, unless it
+        was written already; what a resume at the last step reads (weights, Trainer state, allocator state). Every
+        process calls it. Returns the checkpoint's name."""
+        args, state = trainer.args, trainer.state
+        folder = self.run_dir / f"checkpoint-{state.global_step}"
+        if (folder / MANIFEST).is_file():
+            return folder.name
+        loss_sum = self.loss.so_far(args)
+        if args.should_save:
+            try:
+                if folder.exists():
+                    shutil.rmtree(folder)  # cut off while it was written
+                folder.mkdir(parents=True)
+                self._save_full_adapter(folder)
+                state.save_to_json(str(folder / TRAINER_STATE))
+            except Exception as exc:
+                raise _write_error(folder, exc) from None
+            self._complete(folder, loss_sum)
+        return folder.name
+
+    @contextlib.contextmanager
+    def naming_write_errors(self):
+        """An error while the Trainer writes a checkpoint stops the run in one line naming it (a full disk)."""
+        try:
+            yield
+        except (RunFileError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if self.saving is None:
+                raise
+            raise _write_error(self.run_dir / f"checkpoint-{self.saving}", exc) from None
 
 
 class AdaLoraTrainer(Trainer):
-    """A Trainer whose checkpoints keep full-shape adapters and the allocator's state, appear whole or not at all,
-    and are never rewritten in place.
+    """The Trainer, with the tool's own record of each step's loss (``training_step``, which the Trainer documents
+    for overriding) and the checkpoint completion as its last callback."""
 
-    A checkpoint is written under ``<run>/.partial/checkpoint-N``, completed with our allocator state and manifest,
-    verified, and only then renamed to ``<run>/checkpoint-N``; older checkpoints are rotated away
-    (``--save-total-limit``) only after that, so a kill at any moment leaves the last verified checkpoint in place."""
-
-    def __init__(self, *args, adalora_callback, **kwargs):
-        changed = changed_trainer_internals()
-        if changed:  # before a run trains for hours and then fails at its first checkpoint
-            raise UsageError(f"transformers {transformers.__version__} changed Trainer internals this tool relies on "
-                             f"({'; '.join(changed)}); install a tested version: pip install '{TESTED_TRANSFORMERS}'")
+    def __init__(self, *args, checkpoints: Checkpoints, **kwargs):
         super().__init__(*args, **kwargs)
-        self.adalora_callback = adalora_callback
-        self._staging = False
+        self.checkpoints = checkpoints
+        self.add_callback(checkpoints)
 
-    def _get_output_dir(self, trial) -> str:
-        if self._staging:
-            return str(Path(self.args.output_dir) / STAGING)
-        return super()._get_output_dir(trial)
-
-    def _barrier(self) -> None:
-        if self.args.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def _save_checkpoint(self, model, trial):
-        run_dir = Path(self.args.output_dir)
-        name = f"checkpoint-{self.state.global_step}"
-        if (run_dir / name / MANIFEST).is_file():
-            return  # this step's checkpoint is complete already: never rewrite one in place
-        staged = run_dir / STAGING / name
-        peft_config = self.model.peft_config[self.model.base_model.trainable_adapter_name]
-        rank_pattern = peft_config.rank_pattern
-        # The loss summed over every step so far (all processes' mean, as the Trainer logs it), so that a resumed
-        # run's train_loss is the whole run's; a collective, so every process computes it.
-        pending = nested_gather(self._tr_loss, self.args.parallel_mode).mean().item()
-        loss_sum = self.adalora_callback.train_loss_sum(self._total_loss_scalar + pending)
-        try:
-            if self.args.should_save and staged.exists():
-                shutil.rmtree(staged)  # left by a process killed while writing it
-            self._barrier()
-            peft_config.rank_pattern = None  # save every triplet: the checkpoint must continue training, not infer
-            self._staging = True
-            try:
-                super()._save_checkpoint(model, trial)
-            finally:
-                self._staging = False
-                peft_config.rank_pattern = rank_pattern  # restored before the allocator state records it
-            self._barrier()  # every process's RNG state is in the staged folder
-            if self.args.should_save:
-                state = {**self.adalora_callback.resume_state(), "train_loss_sum": loss_sum}
-                atomic_write(staged / ALLOCATOR_STATE, lambda f: torch.save(state, f))
-                settings = run_dir / IDENTITY_FILE  # the settings this checkpoint continues (run/identity.py)
-                if settings.is_file():
-                    atomic_write(staged / IDENTITY_FILE, lambda f: f.write(settings.read_bytes()))
-                write_manifest(staged)  # a checkpoint without it is incomplete
-                verify_manifest(staged)  # what is on disk is what the manifest says, before it counts
-                os.rename(staged, run_dir / name)
-                with contextlib.suppress(OSError):
-                    staged.parent.rmdir()  # empty now
-                rotate_checkpoints(str(run_dir), self.args.save_total_limit, use_mtime=False)
-        except RunFileError:
-            raise
-        except Exception as exc:  # OSError, or a serializer's own error type wrapping one (safetensors)
-            raise RunFileError(f"cannot write checkpoint {run_dir / name} ({_error_line(exc)}); the run stopped, "
-                               f"and its last verified checkpoint stays resumable: free space, then run the same "
-                               f"command with --resume True") from None
+    def training_step(self, *args, **kwargs):
+        loss = super().training_step(*args, **kwargs)
+        self.checkpoints.loss.add(loss, self.args, self.state)
+        return loss
 
     def load_without_training(self, checkpoint: Path) -> None:
-        """Continue from a checkpoint of the last step: load its weights and the Trainer's state, train nothing.
+        """Continue from a checkpoint of the last step: load its adapters and the Trainer's state, train nothing.
         (The Trainer's own resume would take one step past max_steps before it checks, when the last step is not
         on an epoch boundary.)"""
-        self._load_from_checkpoint(str(checkpoint))
-        self.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
+        model = self.checkpoints.peft_model
+        model.load_adapter(str(checkpoint), adapter_name=model.base_model.trainable_adapter_name, is_trainable=True)
+        self.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE))
