@@ -121,9 +121,12 @@ def _results(root) -> dict:
         summary = read_summary(folder)
         found[signal] = {"rank_pattern": read_jsonl(folder / "rank_pattern.jsonl"),
                          "scores": read_jsonl(folder / "signal_scores.jsonl"),
-                         # a seeded run has one more line, the loss up to tinit; the logging steps' are the same
+                         # a seeded run logs the loss up to tinit once more (at tinit), so that its next line
+                         # covers the steps after tinit only; every other line is the same
                          "loss": {r["step"]: r["loss"] for r in read_jsonl(folder / "metrics.jsonl")
-                                  if "loss" in r and r["step"] % CONFIG["logging_steps"] == 0},
+                                  if "loss" in r and r["step"] % CONFIG["logging_steps"] == 0
+                                  and not CONFIG["tinit"] < r["step"] < CONFIG["tinit"] + CONFIG["logging_steps"]},
+                         "train_loss": summary["train_loss"],
                          "eval": {k: v for k, v in summary["eval_metrics"].items()
                                   if k in ("eval_loss", "eval_accuracy")},
                          "ranks": summary["final_ranks"],
@@ -156,7 +159,8 @@ def test_ablate_with_a_config_file_runs_its_grid_and_a_changed_file_never_mixes_
         assert independent[signal]["warmup"] is None
         ours, theirs = after[signal], independent[signal]
         assert ours["settings"] == theirs["settings"] and ours["settings"]["learning_rate"] == 3.0e-3
-        assert len(ours["loss"]) == 6 and len(ours["eval"]) == 2
+        assert len(ours["loss"]) == 5 and len(ours["eval"]) == 2
+        assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-6)
         for part in ("rank_pattern", "scores", "loss", "eval", "ranks"):
             assert ours[part] == theirs[part], (signal, part)
         assert before[signal]["loss"] != ours["loss"]  # the change mattered: the old warm-up would have shown

@@ -21,7 +21,7 @@ import json
 import os
 import typing
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import yaml
@@ -335,14 +335,14 @@ class TrainArgumentParser(OneLineArgumentParser):
         super().__init__(
             prog="adalora-ablation train", formatter_class=_HelpFormatter,
             usage="adalora-ablation train [CONFIG.yaml|CONFIG.json] [--FLAG VALUE ...]",
-            description="Train one run. A YAML/JSON file given first sets flags by name (their values as on the "
+            description="Train one run. A YAML/JSON file given first sets flags by name (their values as on the\n"
                         "command line); flags after it override it.",
             epilog=f"signals (--signal NAME; role: baseline, signal or control):\n{describe_signals()}")
         for cls, title in zip(RUN_CLASSES, ("run", "model", "data", "AdaLoRA")):
             add_dataclass_flags(self.add_argument_group(f"{title} ({cls.__name__})"), cls)
         trainer = self.add_argument_group(
             "Trainer (transformers' TrainingArguments)",
-            "Defaults as TrainingArguments has them, except report_to none, save_total_limit 2, logging_steps 10, "
+            "Defaults as TrainingArguments has them, except report_to none, save_total_limit 2, logging_steps 10,\n"
             "disable_tqdm True, and use_cpu True where no GPU is found; a task preset may set others.")
         self.trainer_names = add_trainer_flags(trainer)
 
@@ -410,8 +410,15 @@ def custom_file_digests(data: DataArguments) -> dict[str, str]:
             file = Path(path).expanduser()
             if not file.is_file():
                 raise UsageError(f"--{split}-file {file} does not exist (or is not a file)")
-            digests[split] = file_sha256(file)
+            stat = file.stat()
+            digests[split] = _file_digest(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
     return digests
+
+
+@lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """A file's sha256, read once per version of the file (a grid resolves every run's identity)."""
+    return file_sha256(Path(path))
 
 
 def _to_argv(options: dict) -> list[str]:
