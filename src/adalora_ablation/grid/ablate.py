@@ -324,18 +324,18 @@ def planted_suite_sweep(n: int, tasks: list[str], sweeps, extra: list[str]) -> t
 GRID_DEFAULTS = {"task": "tasks", "signal": "signals", "seed": "seeds", "output_root": "output_root"}
 
 
-def config_defaults(path: str) -> dict:
+def config_defaults(path: str, options: dict) -> dict:
     """A config file's task, signal, seed and output root, as defaults of the grid's own flags (--task, --signals,
     --seeds, --output-root): ``ablate CONFIG.yaml`` runs what ``train CONFIG.yaml`` runs, unless a flag says
     otherwise."""
-    options = {name.replace("-", "_"): value for name, value in read_options(Path(path)).items()}
-    defaults = {}
-    for name, dest in GRID_DEFAULTS.items():
-        if options.get(name) is not None:
-            value = options[name]
-            defaults[dest] = [str(value)] if dest in ("tasks", "signals") else [int(value)] if dest == "seeds" \
-                else str(value)
-    return defaults
+    given = {GRID_DEFAULTS[name]: str(value) for name, value in options.items()
+             if name in GRID_DEFAULTS and value is not None}
+    if "seeds" in given:
+        try:
+            given["seeds"] = parse_seed(given["seeds"])
+        except ValueError as exc:
+            raise UsageError(f"config file {path}: seed {exc}") from None
+    return {dest: value if dest == "output_root" else [value] for dest, value in given.items()}
 
 
 def ablate_main(argv: list[str]) -> int:
@@ -346,7 +346,7 @@ def ablate_main(argv: list[str]) -> int:
     file_options = {}
     if config:
         file_options = {name.replace("-", "_"): value for name, value in read_options(Path(config[0])).items()}
-        parser.set_defaults(**config_defaults(config[0]))
+        parser.set_defaults(**config_defaults(config[0], file_options))
     args, extra = parser.parse_known_args(argv)
     args.seeds = seed_list(args.seeds)
     if args.include:  # every run (and shared warm-up) imports them too: its --signal must be known there
