@@ -128,14 +128,17 @@ def _runs(root, *specs):
 def test_grouping_by_everything_but_signal_settings_and_budget(tmp_path):
     specs = [("combo", 1, ["--combo-lambda", "0.5", "--target-r", "2"]), ("random", 1, ["--target-r", "3"]),
              ("fisher", 1, ["--ema-decay=0.8"]), ("combo", 2, []),  # another seed: alone
-             ("uniform", 1, ["--learning-rate", "0.01"])]  # another learning rate: alone
+             ("uniform", 1, ["--learning-rate", "0.02"]),  # another learning rate: alone
+             ("baseline_adalora", 1, ["--learning-rate", "0.010"])]  # the preset's own (1.0e-2), spelled otherwise
     runs = _runs(tmp_path, *specs)
     argvs = {id(r): ["--task", "synthetic", "--seed", str(seed), "--signal", signal, "--tinit", "7", *extra]
              for r, (signal, seed, extra) in zip(runs, specs)}
     (group,) = plan_warmups(runs, lambda run: argvs[id(run)], tmp_path)
-    assert [r.signal for r in group.members] == ["combo", "random", "fisher"]
-    assert group.tinit == 7 and group.saved_steps == 14 and group.folder.parent == tmp_path / "grid" / "warmup"
-    assert warmup_key([*argvs[id(runs[0])], "--include", "my_signals"]) == warmup_key(argvs[id(runs[0])])
+    assert [r.signal for r in group.members] == ["combo", "random", "fisher", "baseline_adalora"]
+    assert group.variants == ["combo --combo-lambda 0.5", "random", "fisher --ema-decay 0.8", "baseline_adalora"]
+    assert group.tinit == 7 and group.saved_steps == 21 and group.folder.parent == tmp_path / "grid" / "warmup"
+    assert warmup_key([*argvs[id(runs[0])], "--include", "adalora_ablation.signals.study"]) == \
+        warmup_key(argvs[id(runs[0])])  # where signals are found is no setting
     assert not group.folder.exists()  # planning writes nothing
     # A group of one run needs no warm-up of its own ...
     assert plan_warmups(runs[3:], lambda run: argvs[id(run)], tmp_path) == []

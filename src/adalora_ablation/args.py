@@ -1,7 +1,16 @@
-"""Command-line arguments as dataclasses (parsed by HfArgumentParser, with TrainingArguments for the Trainer).
+"""A run's settings: ``train``'s arguments as dataclasses, parsed and checked without torch or transformers.
 
 Precedence, lowest first: built-in defaults < the task preset file (``configs/<task>[_<preset>].yaml``) < a YAML/JSON
-config file given as the only positional argument < flags on the command line.
+config file given as the first argument < flags on the command line.
+
+The run's own settings are the four dataclasses below; the Trainer's are transformers' ``TrainingArguments``, whose
+flags (names, types, choices, help) are listed in ``configs/trainer_flags.json`` (written from the installed
+transformers by ``python scripts/make_trainer_flags.py``; a test checks it against it). So ``--help``, ``--version``
+and every usage error come before torch, transformers or peft is imported; ``RunSettings.training`` builds the
+``TrainingArguments`` on first use, from the Trainer flags exactly as given.
+
+``RunSettings.identity()`` is the one place that says what a run is (run/identity.py): ``train`` records and checks
+it, ``ablate`` compares folders against it (``--status``, ``--dry-run``, sweeps) and keys shared warm-ups on it.
 """
 
 from __future__ import annotations
@@ -10,21 +19,24 @@ import argparse
 import dataclasses
 import json
 import os
+import typing
 from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from pathlib import Path
 
-import torch
 import yaml
-from transformers import HfArgumentParser, TrainingArguments
 
 from .errors import OneLineArgumentParser, UsageError, first_line
+from .files import file_sha256
 from .signals import (
     INCLUDE_HELP, NORMALIZE_METHODS, PLASTICITY_NORMS, SIGNALS, describe_signals, included_modules, load_signals,
 )
 from .data.planted_spec import default_rule, draw_rule
 from .data.tasks import CUSTOM, TASK_CHOICES
+from .run.identity import identity
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+TRAINER_FLAGS = CONFIG_DIR / "trainer_flags.json"
 DEFAULT_MODEL = "microsoft/deberta-v3-base"
 
 
@@ -173,22 +185,240 @@ class AdaLoraArguments:
                                         "(plasticity_rms, size-fair)."})
 
 
-ARGUMENT_CLASSES = (RunArguments, ModelArguments, DataArguments, AdaLoraArguments, TrainingArguments)
+RUN_CLASSES = (RunArguments, ModelArguments, DataArguments, AdaLoraArguments)
 
 # Trainer-side defaults that differ from TrainingArguments' own (lowest precedence).
 BASE_DEFAULTS = {"report_to": "none", "save_total_limit": 2, "logging_steps": 10, "disable_tqdm": True}
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+# -- the flags --------------------------------------------------------------------------------------------------
+def string_to_bool(text):
+    """A bool flag's value as HfArgumentParser reads it (``--fp16``, ``--fp16 True``, ``--fp16 no``)."""
+    if isinstance(text, bool):
+        return text
+    if text.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if text.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"Truthy value expected: got {text} but expected one of yes/no, true/false, "
+                                     f"t/f, y/n, 1/0 (case insensitive).")
+
+
+def add_dataclass_flags(parser, cls) -> None:
+    """The flags of one of our dataclasses, as HfArgumentParser makes them (a test compares the two): ``--name`` and
+    ``--name-with-dashes``; a bool takes an optional value (``--flag``, ``--flag False``) and, when it defaults to
+    True, also ``--no_flag``; a list takes one or more values; ``X | None`` is X with default None."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        args = typing.get_args(kind)
+        optional = type(None) in args
+        if optional:
+            kind = next(a for a in args if a is not type(None))
+        options = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        help_text = f.metadata.get("help")
+        if kind is bool:
+            parser.add_argument(*options, type=string_to_bool, default=default, nargs="?", const=True, help=help_text)
+            if default is True:
+                parser.add_argument(f"--no_{f.name}", f"--no-{f.name.replace('_', '-')}", action="store_false",
+                                    dest=f.name, default=False, help=help_text)
+        elif typing.get_origin(kind) is list:
+            parser.add_argument(*options, type=typing.get_args(kind)[0], nargs="+", default=default, help=help_text)
+        else:
+            parser.add_argument(*options, type=kind, default=default, help=help_text)
+
+
+class TrainerFlag(argparse.Action):
+    """A flag of TrainingArguments: its value is checked here (type, choices) and kept as the tokens given, which
+    TrainingArguments' own parser reads once the run's settings are valid (``RunSettings.training``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = dict(getattr(namespace, TRAINER_DEST, None) or {})
+        given.pop(self.dest, None)  # the last one given counts, in the order given
+        tokens = values if isinstance(values, list) else [] if values is None or values is self.const else [values]
+        given[self.dest] = [option_string, *tokens]
+        setattr(namespace, TRAINER_DEST, given)
+
+
+class TrainerFlagOff(TrainerFlag):
+    """``--no_<flag>`` of a TrainingArguments bool that defaults to True."""
+
+    def __init__(self, **kwargs):
+        super().__init__(nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, [], option_string)
+
+
+TRAINER_DEST = "trainer_flags"
+_TYPES = {"str": str, "int": int, "float": float, "bool": string_to_bool, "raw": str}
+
+
+def checked_text(convert):
+    """An argparse type that checks a value as ``convert`` reads it and keeps the text (TrainingArguments' own
+    parser reads it later); a bad value is argparse's usual one-line error (``invalid int value: 'x'``)."""
+    def check(text):
+        convert(text)
+        return text
+    check.__name__ = convert.__name__
+    return check
+
+
+def trainer_flags_of_transformers() -> dict:
+    """TrainingArguments' flags as the installed transformers' HfArgumentParser makes them: what
+    configs/trainer_flags.json holds (scripts/make_trainer_flags.py writes it; imports transformers)."""
+    import transformers
+    from transformers import HfArgumentParser, TrainingArguments
+    from transformers.hf_argparser import string_to_bool as hf_string_to_bool
+
+    flags = []
+    for action in HfArgumentParser(TrainingArguments)._actions:
+        if action.dest == "help":
+            continue
+        store_false = isinstance(action, argparse._StoreFalseAction)
+        if store_false:
+            kind = None
+        elif action.choices is not None:
+            kind = "choice"
+        elif action.type is hf_string_to_bool:
+            kind = "bool"
+        elif action.type in (str, int, float):
+            kind = action.type.__name__
+        else:  # dict, ParallelismConfig, DebugOption: read by TrainingArguments' own parser only
+            kind = "raw"
+        default = action.default
+        flags.append({
+            "dest": action.dest, "options": list(action.option_strings),
+            "action": "store_false" if store_false else "store", "kind": kind, "nargs": action.nargs,
+            "const": action.const if action.nargs == "?" else None,
+            "choices": None if action.choices is None else [getattr(c, "value", c) for c in action.choices],
+            "default": default if isinstance(default, (str, int, float, bool, type(None))) else str(default),
+            "help": action.help,
+        })
+    return {"transformers": transformers.__version__, "flags": flags}
+
+
+def trainer_flags() -> list[dict]:
+    """TrainingArguments' flags as HfArgumentParser makes them, from configs/trainer_flags.json."""
+    return json.loads(TRAINER_FLAGS.read_text(encoding="utf-8"))["flags"]
+
+
+def add_trainer_flags(group) -> set[str]:
+    """The Trainer's flags (argparse's own type and choice checks, no transformers); returns their names."""
+    names = set()
+    for flag in trainer_flags():
+        shown = str(flag["default"]).replace("%", "%%")
+        help_text = f"{flag['help'] or ''} (default: {shown})".strip()
+        if flag["action"] == "store_false":
+            group.add_argument(*flag["options"], action=TrainerFlagOff, dest=flag["dest"], default=argparse.SUPPRESS,
+                               help=help_text)
+            continue
+        names.add(flag["dest"])
+        choices = None if flag["choices"] is None else [str(c) for c in flag["choices"]]
+        extra = {"const": flag["const"]} if flag["nargs"] == "?" else {}
+        group.add_argument(*flag["options"], action=TrainerFlag, dest=flag["dest"], nargs=flag["nargs"],
+                           type=str if choices else checked_text(_TYPES[flag["kind"]]), choices=choices,
+                           default=argparse.SUPPRESS, help=help_text, **extra)
+    return names
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after each flag (HfArgumentParser's choice), the signal table as written."""
+    """Defaults after each flag, the signal table as written."""
 
 
-class TrainArgumentParser(OneLineArgumentParser, HfArgumentParser):
-    """HfArgumentParser over ARGUMENT_CLASSES with one-line errors; --help ends with the signal table."""
+class TrainArgumentParser(OneLineArgumentParser):
+    """``train``'s flags: the run's four groups, then the Trainer's; --help ends with the signal table."""
 
     def __init__(self):
-        super().__init__(ARGUMENT_CLASSES, prog="adalora-ablation train", formatter_class=_HelpFormatter,
-                         epilog=f"signals (--signal NAME; role: baseline, signal or control):\n{describe_signals()}")
+        super().__init__(
+            prog="adalora-ablation train", formatter_class=_HelpFormatter,
+            usage="adalora-ablation train [CONFIG.yaml|CONFIG.json] [--FLAG VALUE ...]",
+            description="Train one run. A YAML/JSON file given first sets flags by name (their values as on the\n"
+                        "command line); flags after it override it.",
+            epilog=f"signals (--signal NAME; role: baseline, signal or control):\n{describe_signals()}")
+        for cls, title in zip(RUN_CLASSES, ("run", "model", "data", "AdaLoRA")):
+            add_dataclass_flags(self.add_argument_group(f"{title} ({cls.__name__})"), cls)
+        trainer = self.add_argument_group(
+            "Trainer (transformers' TrainingArguments)",
+            "Defaults as TrainingArguments has them, except report_to none, save_total_limit 2, logging_steps 10,\n"
+            "disable_tqdm True, and use_cpu True where no GPU is found; a task preset may set others.")
+        self.trainer_names = add_trainer_flags(trainer)
+
+    def settings_names(self) -> set[str]:
+        """Every setting a flag sets (the Trainer's and the run's)."""
+        return {a.dest for a in self._actions if a.dest not in ("help", "version", TRAINER_DEST)} | self.trainer_names
+
+
+# -- the settings ---------------------------------------------------------------------------------------------
+@dataclass
+class RunSettings:
+    """One run's resolved, checked settings. Nothing here loads torch until ``training`` is read."""
+
+    run: RunArguments
+    model: ModelArguments
+    data: DataArguments
+    adalora: AdaLoraArguments
+    trainer_argv: list[str]  # the Trainer's flags as given, lowest precedence first (TrainingArguments reads them)
+
+    @cached_property
+    def training(self):
+        """The Trainer's TrainingArguments (imports transformers and torch)."""
+        import torch
+        from transformers import HfArgumentParser, TrainingArguments
+
+        argv = list(self.trainer_argv)
+        if not torch.cuda.is_available() and not _given(argv, "use_cpu"):
+            argv = ["--use_cpu", "True", *argv]  # lets --bf16 run on CPU instead of failing "doesn't support bf16"
+        try:
+            (training,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(args=argv)
+        except ValueError as exc:  # TrainingArguments.__post_init__ rejects some combinations
+            raise UsageError(first_line(exc)) from None
+        return training
+
+    def parts(self) -> tuple:
+        """(run, model, data, adalora, training), as train uses them."""
+        return self.run, self.model, self.data, self.adalora, self.training
+
+    def config(self) -> dict:
+        """Every resolved setting, by group, as the summary records it."""
+        return run_config(*self.parts())
+
+    def identity(self, custom_digests: dict[str, str] | None = None) -> dict:
+        """The run's identity (run/identity.py): the settings that decide its result and their fingerprint. Beside
+        the resolved flags: the number of processes it trains in (the global batch is per-device batch x processes)
+        and, for --task custom, the contents of its files (a file edited under the same name is other data;
+        ``custom_digests`` when they have been read already)."""
+        config = self.config()
+        config["processes"] = {"world_size": self.training.world_size}
+        if self.run.task == CUSTOM:
+            config["task"] = {"data_files_sha256": custom_digests or custom_file_digests(self.data)}
+        return identity(config)
+
+
+def _given(argv: list[str], name: str) -> bool:
+    spellings = {f"--{name}", f"--{name.replace('_', '-')}", f"--no_{name}", f"--no-{name.replace('_', '-')}"}
+    return any(tok.split("=", 1)[0] in spellings for tok in argv)
+
+
+def custom_file_digests(data: DataArguments) -> dict[str, str]:
+    """The sha256 of each file of --task custom, by split (as data/custom.py records them)."""
+    digests = {}
+    for split, path in (("train", data.train_file), ("validation", data.validation_file), ("test", data.test_file)):
+        if path:
+            file = Path(path).expanduser()
+            if not file.is_file():
+                raise UsageError(f"--{split}-file {file} does not exist (or is not a file)")
+            stat = file.stat()
+            digests[split] = _file_digest(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+    return digests
+
+
+@lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """A file's sha256, read once per version of the file (a grid resolves every run's identity)."""
+    return file_sha256(Path(path))
 
 
 def _to_argv(options: dict) -> list[str]:
@@ -203,10 +433,16 @@ def _to_argv(options: dict) -> list[str]:
     return argv
 
 
-def _read_options(path: Path) -> dict:
+def is_config_file(token: str) -> bool:
+    """Whether a first argument is a config file (train and ablate take one there)."""
+    return not token.startswith("-") and token.endswith(CONFIG_SUFFIXES)
+
+
+def read_options(path: Path) -> dict:
+    """A config file's settings: {name: value}."""
     try:
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        text = Path(path).read_text()
+        data = json.loads(text) if Path(path).suffix == ".json" else yaml.safe_load(text)
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise UsageError(f"cannot read config file {path}: {exc}") from None
     if not isinstance(data, dict):
@@ -230,12 +466,13 @@ def preset_path(task: str, preset: str) -> Path:
     return CONFIG_DIR / (f"{task}.yaml" if preset == "default" else f"{task}_{preset}.yaml")
 
 
-def parse_train_args(argv: list[str]):
-    """Parse ``train`` arguments into (run, model, data, adalora, training) dataclasses."""
+def parse_settings(argv: list[str]) -> RunSettings:
+    """Parse and check ``train`` arguments: defaults < preset < config file < flags. No torch, transformers or
+    peft: every usage error is raised here, before anything heavy loads."""
     argv = list(argv)
     file_options: dict = {}
-    if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml", ".json")):
-        file_options = _read_options(Path(argv.pop(0)))
+    if argv and is_config_file(argv[0]):
+        file_options = read_options(Path(argv.pop(0)))
     user_argv = _to_argv(file_options) + argv
     task = _peek(user_argv, "task", RunArguments.task)
     preset = _peek(user_argv, "preset", RunArguments.preset)
@@ -243,24 +480,32 @@ def parse_train_args(argv: list[str]):
     if task in TASK_CHOICES and not path.exists():
         choices = sorted(p.stem.split("_", 1)[1] for p in CONFIG_DIR.glob(f"{task}_*.yaml"))
         raise UsageError(f"no preset {preset!r} for task {task!r}; choose one of: {', '.join(['default', *choices])}")
-    preset_options = _read_options(path) if path.exists() else {}
-    base = dict(BASE_DEFAULTS)
-    if not torch.cuda.is_available():
-        base["use_cpu"] = True  # lets --bf16 run on CPU instead of failing "your setup doesn't support bf16/gpu"
-    full = _to_argv(base) + _to_argv(preset_options) + user_argv
+    preset_options = read_options(path) if path.exists() else {}
+    full = _to_argv(BASE_DEFAULTS) + _to_argv(preset_options) + user_argv
     load_signals(included_modules(user_argv))  # before --signal is checked (and --help lists the signals)
-    parser = TrainArgumentParser()
-    try:
-        *parsed, unknown = parser.parse_args_into_dataclasses(args=full, return_remaining_strings=True)
-    except ValueError as exc:  # TrainingArguments.__post_init__ rejects some combinations
-        raise UsageError(first_line(exc)) from None
+    namespace, unknown = TrainArgumentParser().parse_known_args(full)
     if unknown:
         raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (see 'adalora-ablation train --help')")
-    run, model, data, adalora, training = parsed
+    values = vars(namespace)
+    run, model, data, adalora = (cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+                                 for cls in RUN_CLASSES)
+    trainer_argv = [tok for tokens in (values.get(TRAINER_DEST) or {}).values() for tok in tokens]
+    settings = RunSettings(run, model, data, adalora, trainer_argv)
     validate(run, adalora)
     validate_data(run, data)
     validate_planted(run, data)
-    return run, model, data, adalora, training
+    validate_seed(trainer_argv)
+    return settings
+
+
+def parse_train_args(argv: list[str]):
+    """``train`` arguments as (run, model, data, adalora, training) dataclasses (loads transformers and torch)."""
+    return parse_settings(argv).parts()
+
+
+def run_identity(argv: list[str]) -> dict:
+    """The identity of the run that ``train`` with these arguments makes (RunSettings.identity)."""
+    return parse_settings(argv).identity()
 
 
 def run_config(run_args, model_args, data_args, ada_args, training_args) -> dict:
@@ -278,6 +523,21 @@ def run_config(run_args, model_args, data_args, ada_args, training_args) -> dict
 
 
 CUSTOM_FLAGS = ("train_file", "validation_file", "test_file", "text_columns", "metric")
+
+
+def validate_seed(trainer_argv: list[str]) -> None:
+    """Seeds name run folders (<task>/<signal>/<seed>) and the report reads them as numbers >= 0."""
+    seed = _last_value(trainer_argv, "seed")
+    if seed is not None and int(seed) < 0:
+        raise UsageError(f"--seed {seed} must be >= 0 (run folders and the report number seeds 0, 1, 2, ...)")
+
+
+def _last_value(argv: list[str], name: str) -> str | None:
+    value = None
+    for i, tok in enumerate(argv):
+        if tok in (f"--{name}", f"--{name.replace('_', '-')}") and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
 
 
 def validate_data(run: RunArguments, data: DataArguments) -> None:

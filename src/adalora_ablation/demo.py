@@ -5,12 +5,12 @@ which every signal solves."""
 
 from __future__ import annotations
 
+from .args import parse_settings
 from .errors import OneLineArgumentParser
 from .analysis.markdown import table
 from .data.tasks import TASKS, metric_fields
 from .run.folder import run_dir_for
 from .signals import SIGNALS, add_include_flag, expand_signals, group_names, included_modules, load_signals
-from .train import train
 
 DEMO_TASKS = ("planted", "synthetic")
 DEFAULT_SIGNALS = {"planted": ["seed", "oracle", "oracle_fixed", "uniform", "random"], "synthetic": ["seed"]}
@@ -50,14 +50,20 @@ def demo_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     extra = ["--max_steps", str(args.max_steps)] if args.max_steps else []
-    summaries = []
+    runs = {}
     for signal in expand_signals(args.signals or DEFAULT_SIGNALS[args.task]):
         if SIGNALS[signal].only_task not in (None, args.task):
             print(f"\n=== demo: {signal} skipped (it runs on --task {SIGNALS[signal].only_task} only) ===")
             continue
+        runs[signal] = ["--task", args.task, "--signal", signal, "--seed", str(args.seed), "--output_root",
+                        args.output_root, "--overwrite", "True", *extra]
+        parse_settings(runs[signal])  # every run's arguments checked before the first trains (and before torch)
+    from .train import train
+
+    summaries = []
+    for signal, argv in runs.items():
         print(f"\n=== demo: {signal} (tiny-deberta, {args.task} task) ===", flush=True)
-        summaries.append(train(["--task", args.task, "--signal", signal, "--seed", str(args.seed),
-                                "--output_root", args.output_root, "--overwrite", "True", *extra]))
+        summaries.append(train(argv))
     if not summaries:
         print(f"\nno signal to run on --task {args.task}")
         return 2

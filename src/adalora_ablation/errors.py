@@ -4,6 +4,7 @@ an interruption that asks to be requeued."""
 from __future__ import annotations
 
 import argparse
+from importlib.metadata import PackageNotFoundError, version
 
 
 class UsageError(Exception):
@@ -37,8 +38,12 @@ class RunInterrupted(Exception):
 class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line naming the fix (a UsageError) instead of usage + error.
 
-    Every command's parser is one of these (``train``'s mixes it into HfArgumentParser); ``prog`` ends with the
-    command's name, which the message points to."""
+    Every command's parser is one of these; ``prog`` ends with the command's name, which the message points to.
+    Each answers ``--version`` too."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=version_line())
 
     def error(self, message):
         raise UsageError(f"{message} (see 'adalora-ablation {self.prog.split()[-1]} --help')")
@@ -48,3 +53,11 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type name when the message is empty."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def version_line() -> str:
+    """``adalora-ablation 0.1.0``: what ``--version`` prints (read without importing anything heavy)."""
+    try:
+        return f"adalora-ablation {version('adalora-ablation')}"
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "adalora-ablation (version unknown: not installed)"

@@ -17,7 +17,7 @@ from transformers import DataCollatorWithPadding, set_seed
 
 from .adalora.adapter_effect import accuracy_without_adapters
 from .adalora.allocator import install_allocator
-from .args import help_text, parse_train_args, run_config
+from .args import help_text, parse_settings, run_config
 from .adalora.callback import AdaLoraCallback
 from .adalora.recovery import subspace_fields
 from .data.loading import load_tokenized
@@ -38,7 +38,7 @@ from .run.life import CheckLock, RunFolder, refuse_finished_run
 from .run.console import use_readable_console
 from .run.preemption import STOP_SIGNALS, StopOnSignal
 from .run.resume import AdaLoraTrainer, Checkpoints
-from .run.identity import identity, parse_variant, variant_mismatch, variant_name
+from .run.identity import parse_variant, variant_mismatch, variant_name
 from .run.folder import (
     DDP_CONSISTENCY, FINAL_ADAPTER, accuracy_fields, check_task_spec, checkpoint_step, headline, read_shared_warmup,
     run_dir_for, write_json_atomic, write_task_spec,
@@ -124,8 +124,8 @@ def _train(argv: list[str], stopper: StopOnSignal, warmup=None) -> dict | None:
     allocator = adapted.allocator
     with run.open(resume=plan.run_args.resume, overwrite=plan.run_args.overwrite,
                   restart=plan.run_args.resume_fallback == "restart",
-                  # a warm-up's checkpoint serves every member: checked by its (shared) allocator, not one run's
-                  identity=None if warmup else plan.asked,
+                  # a warm-up's checkpoint serves every member: its settings are the warm-up's, not one run's
+                  identity=warmup.identity if warmup else plan.asked,
                   accept=lambda state, found: check_same_signal(state, allocator.signal_name,
                                                                 allocator.signal_config, found)):
         trainer, callback = make_trainer(plan, loaded, adapted, run, stopper, warmup)
@@ -186,11 +186,14 @@ class Adapted:
 
 def plan_run(argv: list[str], warmup=None) -> RunPlan:
     """Parse the arguments and refuse bad input before anything is loaded or written."""
-    run_args, model_args, data_args, ada_args, training_args = parse_train_args(argv)
+    settings = parse_settings(argv)
+    run_args, model_args, data_args, ada_args, training_args = settings.parts()
     use_process_log_level(training_args)
     check_peft_version()
     task = resolve_task(run_args.task, data_args)
-    asked = identity(result_config(task, run_args, model_args, data_args, ada_args, training_args))
+    # the one identity of this run (args.RunSettings.identity), as ablate and a shared warm-up compute it
+    asked = settings.identity({split: digest for split, (_, digest) in task.custom_files.items()}
+                              if task.custom_files else None)
     run_dir = warmup.folder if warmup else run_dir_for(run_args.output_root, task.name, run_args.signal,
                                                        training_args.seed, checked_variant(run_args, asked))
     if task.custom_files:
@@ -394,17 +397,6 @@ def summarise(plan: RunPlan, loaded: Loaded, adapted: Adapted, trainer: AdaLoraT
         summary["planted"] = {**loaded.planted_record, "rows": {s: len(d) for s, d in loaded.data.items()},
                               "rows_digest": rows_digest(loaded.data)}
     return summary
-
-
-def result_config(task, run_args, model_args, data_args, ada_args, training_args) -> dict:
-    """What the run's identity is computed from: its resolved settings, the number of processes it trains in (the
-    global batch is per-device batch x processes) and, for your own data (--task custom), the contents of its files
-    (a file edited under the same name is other data)."""
-    config = run_config(run_args, model_args, data_args, ada_args, training_args)
-    config["processes"] = {"world_size": training_args.world_size}
-    if task.custom_files:
-        config["task"] = {"data_files_sha256": {split: digest for split, (_, digest) in task.custom_files.items()}}
-    return config
 
 
 def checked_variant(run_args, asked: dict) -> str:

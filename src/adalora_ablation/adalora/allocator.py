@@ -131,7 +131,8 @@ class SignalRankAllocator(RankAllocator):
             return int((torch.stack(self.layout.E).view(self.fixed.shape)[~self.fixed] != 0).sum())
 
     def mask_using_rank_pattern(self, model, rank_pattern):
-        """Final phase: re-apply the fixed mask every step, from masks cached on the parameters' device."""
+        """Final phase: re-apply the fixed mask every step, as PEFT's ``masked_fill_`` does (a dropped entry becomes
+        +0.0 whatever it held, NaN or negative; a kept one keeps its bits), from a mask cached on the device."""
         if self._final_masks is None or self._final_masks[0] is not rank_pattern:
             rows = []
             for m in range(self.layout.num_modules):
@@ -139,10 +140,9 @@ class SignalRankAllocator(RankAllocator):
                 rows.append(rank_pattern[key] if key in rank_pattern
                             else rank_pattern[key.replace(f".{self.adapter_name}", "")])
             e = self.layout.E[0]  # one host-to-device copy for all modules, once per rank pattern
-            masks = torch.tensor(rows, dtype=e.dtype, device=e.device).view(self.layout.num_modules, -1, 1)
-            self._final_masks = (rank_pattern, list(masks.unbind(0)))
-        with torch.no_grad():
-            torch._foreach_mul_(self.layout.E, self._final_masks[1])
+            keep = torch.tensor(rows, device=e.device).ne(0).view(self.layout.num_modules, -1)  # PEFT: .bool()
+            self._final_masks = (rank_pattern, keep)
+        self.layout.mask_E_(self._final_masks[1])
 
     # -- checkpointing -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

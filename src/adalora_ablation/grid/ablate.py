@@ -2,7 +2,9 @@
 
 Each run is a separate ``train --resume True`` (its own process or job), so a crash in one run cannot take the
 others down; finished runs (a valid final_summary.json) are skipped and interrupted ones continue from their latest
-checkpoint. Flags this command does not know are passed through to every ``train``.
+checkpoint. Flags this command does not know are passed through to every ``train``, and a YAML/JSON config file
+given first (``ablate CONFIG.yaml --signals ...``) reaches every ``train`` as its first argument, as in ``train
+CONFIG.yaml``: below every flag; its task, signal, seed and output root are the grid's defaults.
 
 Runs that differ only in their signal, its settings and --target-r share their first tinit steps: each such group
 trains them once (a shared warm-up, before its runs; --no-share-warmup turns this off; --dry-run shows the groups).
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import signals as registry
+from ..args import is_config_file, read_options
 from ..errors import OneLineArgumentParser, UsageError
 from .launchers import (
     SUBMITIT_LAUNCHERS,
@@ -42,7 +45,10 @@ from ..analysis.markdown import table
 from ..run.lock import held_elsewhere
 from ..run.folder import latest_complete_checkpoint, read_summary, run_dir_for
 from ..data.tasks import CUSTOM, TASK_CHOICES, custom_task_name
-from .sweeps import Variant, flag_given, check_sweeps, check_variants, mark_other_settings, parse_sweep, variants
+from .sweeps import (
+    Variant, asked_settings, check_sweeps, check_train_argvs, check_variants, flag_given, mark_other_settings,
+    parse_sweep, variants,
+)
 
 LAUNCHERS = ("local", *SUBMITIT_LAUNCHERS)
 # Flags that only mean something to a submitit launcher: with --launcher local they would be silently ignored
@@ -74,13 +80,14 @@ def plan(tasks, signals, seeds, output_root, grid_variants: list[Variant] | None
             if registry.runs_on(s, t)]
 
 
-def task_folders(tasks, extra: list[str]) -> dict[str, str]:
-    """--task custom writes its runs to custom-<name>, named after the --train-file passed through to train."""
+def task_folders(tasks, extra: list[str], file_options: dict | None = None) -> dict[str, str]:
+    """--task custom writes its runs to custom-<name>, named after the --train-file passed through to train (or set
+    by the config file)."""
     if CUSTOM not in tasks:
         return {}
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--train-file", "--train_file")
-    train_file = parser.parse_known_args(extra)[0].train_file
+    train_file = parser.parse_known_args(extra)[0].train_file or (file_options or {}).get("train_file")
     if not train_file:
         raise UsageError("--task custom needs --train-file (with --validation-file and --text-columns), which "
                          "ablate passes to every train")
@@ -141,10 +148,13 @@ def parse_seed(text: str) -> int | range:
             raise ValueError(f"{text!r}: n= takes a number of seeds >= 1, e.g. --seeds n=5 for seeds 1..5")
         return range(1, int(count) + 1)
     try:
-        return int(text)
+        seed = int(text)
     except ValueError:
         raise ValueError(f"{text!r} is not a seed number; give seeds (--seeds 1 2 3) or a count "
                          f"(--seeds n=5: seeds 1..5)") from None
+    if seed < 0:  # the report numbers seeds 0, 1, 2, ... and would never find the runs
+        raise ValueError(f"{text!r}: seeds are numbers >= 0, e.g. --seeds 1 2 3")
+    return seed
 
 
 def seed_list(values: list[int | range]) -> list[int]:
@@ -241,7 +251,8 @@ def shared_warmups(unstarted: list[GridRun], args, extra: list[str], root=None):
     if not args.share_warmup:
         return []
     root = args.output_root if root is None else root
-    groups = plan_warmups(unstarted, lambda run: train_argv(run, root, extra), root)
+    groups = plan_warmups(unstarted, lambda run: train_argv(run, root, extra), root,
+                          lambda run: asked_settings(train_argv(run, root, extra)))
     for group in groups:
         print(f"[grid warm-up] {group.describe()}", flush=True)
         for run in group.members:
@@ -310,12 +321,37 @@ def planted_suite_sweep(n: int, tasks: list[str], sweeps, extra: list[str]) -> t
     return "planted_draw", [str(k) for k in range(n)]
 
 
+GRID_DEFAULTS = {"task": "tasks", "signal": "signals", "seed": "seeds", "output_root": "output_root"}
+
+
+def config_defaults(path: str, options: dict) -> dict:
+    """A config file's task, signal, seed and output root, as defaults of the grid's own flags (--task, --signals,
+    --seeds, --output-root): ``ablate CONFIG.yaml`` runs what ``train CONFIG.yaml`` runs, unless a flag says
+    otherwise."""
+    given = {GRID_DEFAULTS[name]: str(value) for name, value in options.items()
+             if name in GRID_DEFAULTS and value is not None}
+    if "seeds" in given:
+        try:
+            given["seeds"] = parse_seed(given["seeds"])
+        except ValueError as exc:
+            raise UsageError(f"config file {path}: seed {exc}") from None
+    return {dest: value if dest == "output_root" else [value] for dest, value in given.items()}
+
+
 def ablate_main(argv: list[str]) -> int:
     registry.load_signals(registry.included_modules(argv))  # before --signals is checked against the names
-    args, extra = build_parser(registry).parse_known_args(argv)
+    argv = list(argv)
+    config = [str(Path(argv.pop(0)).resolve())] if argv and is_config_file(argv[0]) else []  # jobs may start elsewhere
+    parser = build_parser(registry)
+    file_options = {}
+    if config:
+        file_options = {name.replace("-", "_"): value for name, value in read_options(Path(config[0])).items()}
+        parser.set_defaults(**config_defaults(config[0], file_options))
+    args, extra = parser.parse_known_args(argv)
     args.seeds = seed_list(args.seeds)
     if args.include:  # every run (and shared warm-up) imports them too: its --signal must be known there
         extra = ["--include", *args.include, *extra]
+    extra = [*config, *extra]  # train_argv puts the config file first, where train reads it
     check_launcher_flags(args)
     controls = registry.signal_names("control") if args.with_controls else []
     signals = registry.expand_signals(args.signals + controls)
@@ -323,10 +359,13 @@ def ablate_main(argv: list[str]) -> int:
         args.sweep.append(planted_suite_sweep(args.planted_suite, args.tasks, args.sweep, extra))
     if args.sweep:
         check_sweeps(args.sweep, extra)
-    folders = task_folders(args.tasks, extra)
+    folders = task_folders(args.tasks, extra, file_options)
     runs = plan(args.tasks, signals, args.seeds, args.output_root, variants(args.sweep), folders)
-    if args.sweep:  # one train command per variant, checked before anything runs
-        check_variants(args.sweep, {r.variant: train_argv(r, args.output_root, extra) for r in runs})
+    # every train command the grid starts parses and passes train's checks, before anything runs (no torch)
+    firsts = {(r.task, r.signal, r.variant): r for r in runs}
+    check_train_argvs([(r.variant, train_argv(r, args.output_root, extra)) for r in firsts.values()])
+    if args.sweep:
+        check_variants(args.sweep)
 
     def argv_of(run):
         return train_argv(run, args.output_root, extra)
@@ -354,7 +393,9 @@ def ablate_main(argv: list[str]) -> int:
     statuses = ended if ended_here or args.launcher == "local" else dict.fromkeys(r.status for r in runs)
 
     print(f"\n{status_table(runs)}")
-    print(f"\n{counts_line(runs, statuses)}" + (f" (extra train flags: {' '.join(extra)})" if extra else ""))
+    flags = extra[len(config):]
+    given = [f"config file: {path}" for path in config] + ([f"extra train flags: {' '.join(flags)}"] if flags else [])
+    print(f"\n{counts_line(runs, statuses)}" + (f" ({'; '.join(given)})" if given else ""))
     if ended_here:
         print_reports([folders.get(t, t) for t in args.tasks], args.output_root)
     return 1 if any(r.status == "failed" for r in runs) else 0

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..args import is_config_file
 from ..errors import REQUEUE_EXIT_CODE, RunInterrupted, UsageError
 from ..logs import configure_console
 from ..run.lock import held_elsewhere
@@ -38,8 +39,11 @@ def run_name(run) -> str:
 
 
 def train_argv(run, output_root: str, extra: list[str]) -> list[str]:
-    return ["--task", run.task, "--signal", run.signal, "--seed", str(run.seed), "--output-root", str(output_root),
-            "--resume", "True", *extra, *getattr(run, "train_flags", [])]  # a sweep's variant: its flags last
+    """The run's ``train`` arguments: ``extra`` is what every run of the grid gets, a config file first if there is
+    one (train reads it there, below every flag); then the grid's own flags, the shared ones, and a sweep's last."""
+    config, flags = (extra[:1], extra[1:]) if extra and is_config_file(extra[0]) else ([], extra)
+    return [*config, "--task", run.task, "--signal", run.signal, "--seed", str(run.seed), "--output-root",
+            str(output_root), "--resume", "True", *flags, *getattr(run, "train_flags", [])]
 
 
 # ----------------------------------------------------------------------------------------------- on this machine

@@ -4,21 +4,25 @@ A sweep with several values is an axis: its values name the run's folder (``<tas
 run/identity.py) and reach ``train`` as flags plus ``--variant``. A sweep with one value varies nothing: it is the
 same as passing that flag, and the run keeps the folder it would have without a sweep.
 
-Comparing an existing folder with what the grid asks for needs train's resolved settings (presets, defaults), so
-the train argument parser (and with it torch) is loaded here, lazily: only with --sweep, or when a folder holds a
-finished run or a checkpoint to compare with.
+Comparing an existing folder with what the grid asks for needs the run's identity (args.RunSettings.identity:
+presets, config file, defaults, transformers' TrainingArguments), computed lazily: only when a folder holds a
+finished run or a checkpoint to compare with. Checking the grid's train arguments needs no torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..args import RUN_CLASSES, TrainArgumentParser, parse_settings, run_identity
 from ..errors import UsageError
 from ..run.folder import latest_complete_checkpoint, read_summary
 from ..run.lock import held_elsewhere
-from ..run.identity import canonical_value, difference, read_identity, summary_settings, variant_name
+from ..run.identity import (
+    canonical_value, decides_result, difference, read_identity, summary_settings, variant_name,
+)
 
 # What a sweep cannot vary: the grid's own axes, and what says where a run goes or how it resumes.
 NOT_SWEEPABLE = {"task": "--task", "signal": "--signals", "seed": "--seeds", "output_root": "--output-root",
@@ -54,9 +58,7 @@ def flag_given(name: str, argv: list[str]) -> bool:
 
 def check_sweeps(sweeps: list[tuple[str, list[str]]], extra: list[str]) -> None:
     """Every swept name is a train setting that decides a run's result, named once, and not also a plain flag."""
-    from ..args import TrainArgumentParser  # loads torch: only with --sweep
-
-    known = {action.dest for action in TrainArgumentParser()._actions}
+    known = TrainArgumentParser().settings_names()
     names = [name for name, _ in sweeps]
     for name in names:
         if name in NOT_SWEEPABLE:
@@ -86,27 +88,30 @@ def variants(sweeps: list[tuple[str, list[str]]]) -> list[Variant]:
     return found
 
 
-def check_variants(sweeps, variant_argvs: dict[str, list[str]]) -> None:
-    """Before anything runs: every variant is a valid train command (``--init-r 4 --target-r 8`` is not), and a
-    sweep over a setting that cannot change the result (logging, saving) is refused: it would only repeat runs."""
-    settings = {}
-    for name, argv in variant_argvs.items():
+def check_train_argvs(argvs: list[tuple[str, list[str]]]) -> None:
+    """Before anything runs: every ``train`` the grid starts parses and passes train's checks (``--init-r 4
+    --target-r 8`` does not); one line, naming the sweep's variant where there is one. No torch."""
+    for variant, argv in argvs:
         try:
-            settings = asked_settings(argv)
+            parse_settings(argv)
         except UsageError as exc:
-            raise UsageError(f"variant {name}: {exc}") from None
-    idle = [name for name, _ in sweeps if name not in settings]
+            raise UsageError(f"variant {variant}: {exc}" if variant else str(exc)) from None
+
+
+def check_variants(sweeps) -> None:
+    """A sweep over a setting that cannot change the result (logging, saving) is refused: it would only repeat
+    runs."""
+    groups = {f.name: group for cls, group in zip(RUN_CLASSES, ("run", "model", "data", "adalora"))
+              for f in dataclasses.fields(cls)}
+    idle = [name for name, _ in sweeps if not decides_result(groups.get(name, "training"), name)]
     if idle:
         raise UsageError(f"--sweep {idle[0]}: {_flag(idle[0])} does not change a run's result (it decides where or "
                          f"what a run writes); pass it as a plain flag")
 
 
 def asked_settings(train_argv: list[str]) -> dict:
-    """The result settings a ``train`` with these arguments would record (run/identity.py)."""
-    from ..args import parse_train_args, run_config  # loads torch: only when there is something to compare
-    from ..run.identity import result_settings
-
-    return result_settings(run_config(*parse_train_args(train_argv)))
+    """The result settings a ``train`` with these arguments would record (args.run_identity; loads transformers)."""
+    return run_identity(train_argv)["settings"]
 
 
 def recorded_settings(run_dir: Path) -> tuple[dict, str] | None:

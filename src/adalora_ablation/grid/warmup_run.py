@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..adalora.shared_warmup import SharedWarmupAllocator, StopAtWarmupEnd
-from ..args import parse_train_args, run_config
+from ..args import parse_settings
 from ..errors import UsageError
 from ..run.folder import (
     ALLOCATOR_STATE, MANIFEST, METRICS, RANK_PATTERN, SHARED_WARMUP, SIGNAL_SCORES, atomic_write,
@@ -32,10 +32,10 @@ from ..run.lock import RunLock
 from ..run.preemption import STOP_SIGNALS
 from ..run.resume import load_checkpoint_state
 from ..signals import SignalConfig
-from ..run.identity import IDENTITY_FILE, identity
+from ..run.identity import IDENTITY_FILE, difference
 from ..run.life import clear_run_folder
 from ..train import signal_config_for, train
-from .warmup import DONE, PLAN, TRAIN_DIR, VARIANTS
+from .warmup import DONE, PLAN, TRAIN_DIR, VARIANTS, variant_of, warmup_identity
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +55,11 @@ class Member:
 class WarmupSession:
     """What ``train`` needs to run a shared warm-up instead of a run: the folder, the allocator, the stop."""
 
-    def __init__(self, folder: Path, variants: dict[str, tuple[str, SignalConfig]], tinit: int):
+    def __init__(self, folder: Path, variants: dict[str, tuple[str, SignalConfig]], tinit: int, identity: dict):
         self.folder = Path(folder) / TRAIN_DIR
         self.variants = variants
         self.callbacks = [StopAtWarmupEnd(tinit)]
+        self.identity = identity  # the warm-up's settings (warmup_identity): what its checkpoints are checked against
 
     def install_allocator(self, peft_model, config: SignalConfig) -> SharedWarmupAllocator:
         adalora = peft_model.base_model
@@ -72,6 +73,8 @@ class WarmupSession:
 
 
 def read_members(folder: Path) -> list[Member]:
+    """The members plan.json lists, each with its settings as its own ``train`` resolves them (in this process: the
+    same launcher, the same number of processes as the member's run)."""
     try:
         plan = json.loads((folder / PLAN).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -79,12 +82,36 @@ def read_members(folder: Path) -> list[Member]:
                          f"'ablate', which starts the warm-up") from None
     members = []
     for entry in plan["members"]:
-        parsed = parse_train_args(entry["argv"])
-        run_args, _, _, ada_args, training_args = parsed
-        members.append(Member(entry["name"], Path(entry["run_dir"]), entry["variant"], entry["argv"],
-                              run_args.signal, signal_config_for(ada_args, training_args.seed), ada_args.target_r,
-                              identity(run_config(*parsed))))
+        settings = parse_settings(entry["argv"])
+        asked = settings.identity()
+        members.append(Member(entry["name"], Path(entry["run_dir"]), variant_of(asked["settings"]), entry["argv"],
+                              settings.run.signal, signal_config_for(settings.adalora, settings.training.seed),
+                              settings.adalora.target_r, asked))
     return members
+
+
+def shared_identity(folder: Path, members: list[Member]) -> dict:
+    """The warm-up's settings, which every member shares; one line (exit 2) naming the first that does not."""
+    shared = warmup_identity(members[0].identity["settings"])
+    for member in members[1:]:
+        other = difference(shared["settings"], warmup_identity(member.identity["settings"])["settings"],
+                           where=f"in {members[0].name}")
+        if other:
+            raise UsageError(f"{folder / PLAN} lists runs that cannot share a warm-up ({other} in {member.name}); "
+                             f"run the same ablate again to plan it anew")
+    return shared
+
+
+def check_recorded(folder: Path, done: dict, shared: dict) -> None:
+    """A finished warm-up seeds only runs with its own settings: refused in one line otherwise (never spliced)."""
+    recorded = done.get("settings")
+    if not isinstance(recorded, dict):
+        raise UsageError(f"the shared warm-up in {folder} does not record its settings (made by an older version); "
+                         f"remove {folder} to train it again")
+    other = difference(recorded, shared["settings"], where="in the warm-up")
+    if other:
+        raise UsageError(f"the shared warm-up in {folder} was trained with other settings ({other}); its runs would "
+                         f"mix two configurations: remove {folder} to train it again")
 
 
 def tracked(folder: Path, members: list[Member]) -> list[str]:
@@ -102,9 +129,12 @@ def run_warmup(folder: Path, stop_signals=STOP_SIGNALS) -> list[str]:
     folder = Path(folder)
     members = read_members(folder)
     leader = members[0]
-    tinit = parse_train_args(leader.argv)[3].tinit
+    shared = shared_identity(folder, members)
+    tinit = shared["settings"]["tinit"]
     if tinit == 0:
         return []
+    if (folder / DONE).exists():
+        check_recorded(folder, json.loads((folder / DONE).read_text(encoding="utf-8")), shared)
     variants = tracked(folder, members)
     checkpoint = folder / TRAIN_DIR / f"checkpoint-{tinit}"
     if not (folder / DONE).exists():
@@ -114,11 +144,11 @@ def run_warmup(folder: Path, stop_signals=STOP_SIGNALS) -> list[str]:
             if missing:
                 raise UsageError(f"the warm-up in {folder} tracks {', '.join(missing)}, which none of this grid's "
                                  f"runs uses; remove {folder} to start it over")
-            session = WarmupSession(folder, {v: by_variant[v] for v in variants}, tinit)
+            session = WarmupSession(folder, {v: by_variant[v] for v in variants}, tinit, shared)
             train(leader.argv, stop_signals, warmup=session)
         if int(os.environ.get("RANK", "0")) != 0:
             return []  # one process of a multi-process warm-up seeds the members
-        write_json_atomic(folder / DONE, {"step": tinit, "variants": variants})
+        write_json_atomic(folder / DONE, {"step": tinit, "variants": variants, **shared})
     if int(os.environ.get("RANK", "0")) != 0:
         return []
     return seed_members(folder, checkpoint, [m for m in members if m.variant in variants])

@@ -40,7 +40,8 @@ _NOT_RESULT = {
 _NOT_RESULT_PREFIXES = ("logging_", "save_", "hub_", "trackio_")
 
 
-def _decides_result(group: str, name: str) -> bool:
+def decides_result(group: str, name: str) -> bool:
+    """Whether a setting of a group (run, model, data, adalora, training) can change a run's numbers."""
     return name not in _NOT_RESULT.get(group, set()) and not name.startswith(_NOT_RESULT_PREFIXES)
 
 
@@ -50,7 +51,7 @@ def result_settings(config: dict) -> dict:
     flat = {}
     for group, values in config.items():
         for name, value in (values or {}).items():
-            if _decides_result(group, name):
+            if decides_result(group, name):
                 flat[name] = value
     return json.loads(json.dumps(flat, sort_keys=True, default=str))
 

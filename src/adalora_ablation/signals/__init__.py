@@ -42,8 +42,9 @@ BUILT_IN = [
     # this study's signals (and PEFT's own score, the baseline)
     SignalInfo("baseline_adalora", "baseline", "PEFT's own score: EMA(|w*g|) * EMA(|ipt - EMA(ipt)|), unchanged",
                "study:BaselineAdaLoRA"),
-    SignalInfo("importance_only", "signal", "EMA(|w*g|): PEFT's sensitivity without its uncertainty term",
-               "study:ImportanceOnly"),
+    SignalInfo("importance_only", "signal",
+               "EMA(|w*g|): PEFT's sensitivity without its uncertainty term, at decay --ema-decay 0.9 (PEFT: 0.85); "
+               "sensitivity_only is the clean comparison", "study:ImportanceOnly"),
     SignalInfo("plasticity_only", "signal", "EMA of the triplet's gradient L2 norm", "study:PlasticityOnly"),
     SignalInfo("plasticity_rms", "signal", "EMA of the triplet's RMS gradient (size-fair plasticity)",
                "study:PlasticityRMS"),
