@@ -13,11 +13,13 @@ from transformers import AutoModelForSequenceClassification
 from adalora_ablation.adalora.model import detect_target_modules, tiny_deberta_config
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # Tests spread over workers (pytest -n): one torch thread per worker and per run it starts, or the workers'
-    # threads spin against each other on the machine's cores and every test runs many times slower.
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
+# One torch thread in every test process and in every run a test starts, whether the tests run in one process or
+# spread over workers (pytest -n): tiny models gain nothing from more, and on a busy machine a process's threads
+# spin against each other and everything else (the inner loop ran many times slower in one process than with -n 2).
+# The same setting everywhere also keeps results that depend on the thread count (a resumed run's last bits) equal
+# however the suite is run.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 GLUE_DIR = ROOT.parent / "shared" / "data" / "glue"
 

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 
@@ -15,6 +16,14 @@ from adalora_ablation.run.lock import LOCK_FILE
 from adalora_ablation.run.resume import AdaLoraTrainer
 from adalora_ablation.train import train
 
+def free_port() -> int:
+    """A port no process listens on now: fixed ports collide when xdist runs the module-scoped uninterrupted run on
+    both workers at once, or when another suite runs on the same machine."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 TINY = ["--task", "synthetic", "--tinit", "10", "--tfinal", "20", "--deltaT", "10", "--save-strategy", "no",
         "--eval-strategy", "no", "--logging-steps", "10"]
 
@@ -22,8 +31,8 @@ TINY = ["--task", "synthetic", "--tinit", "10", "--tfinal", "20", "--deltaT", "1
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_two_ddp_processes_apply_identical_masks_and_write_once(tmp_path):
-    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", "29533", "-m", "adalora_ablation", "--", "train",
-           *TINY, "--signal", "combo", "--output-root", str(tmp_path), "--max-train-samples", "640",
+    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "adalora_ablation", "--",
+           "train", *TINY, "--signal", "combo", "--output-root", str(tmp_path), "--max-train-samples", "640",
            "--per-device-train-batch-size", "16", "--max-steps", "-1", "--num-train-epochs", "3"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -126,20 +135,21 @@ def lines(path):
 @pytest.fixture(scope="module")
 def uninterrupted_ddp_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("uninterrupted")
-    result = subprocess.run(torchrun(29534, root), capture_output=True, text=True, timeout=600, env=SAME_THREADS)
+    result = subprocess.run(torchrun(free_port(), root), capture_output=True, text=True, timeout=600, env=SAME_THREADS)
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "synthetic" / "combo" / "42"
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
-@pytest.mark.parametrize("stop_signal, port, launcher", [
-    (signal.SIGTERM, 29535, ()),
+@pytest.mark.parametrize("stop_signal, launcher", [
+    (signal.SIGTERM, ()),
     # torchrun forwards SIGUSR1 (Slurm's --signal=USR1@90) only when told to; without the flag it dies of it
-    (signal.SIGUSR1, 29536, ("--signals-to-handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")),
+    (signal.SIGUSR1, ("--signals-to-handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")),
 ])
 def test_a_signalled_ddp_job_checkpoints_one_agreed_step_and_resumes_from_it(
-        tmp_path, uninterrupted_ddp_run, stop_signal, port, launcher):
+        tmp_path, uninterrupted_ddp_run, stop_signal, launcher):
+    port = free_port()
     proc = subprocess.Popen(torchrun(port, tmp_path, launcher=launcher), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=SAME_THREADS, start_new_session=True)
     run_dir = tmp_path / "synthetic" / "combo" / "42"

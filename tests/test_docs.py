@@ -3,6 +3,7 @@
 
 import re
 import subprocess
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -56,11 +57,42 @@ def links(page: Path) -> list[str]:
     return [m.group(1) for line in prose_lines(page.read_text()) for m in LINK.finditer(INLINE_CODE.sub("", line))]
 
 
+def github_slug(heading: str) -> str:
+    """GitHub's anchor rule written a second way, character by character (github-slugger): the heading as rendered
+    (a code span's text, a link's text, no emphasis markers), lowercased; every punctuation or symbol character but
+    '-' and '_' removed (Unicode categories P* and S*); each space a '-'."""
+    rendered, i = [], 0
+    while i < len(heading):
+        char = heading[i]
+        if char == "[" and "](" in heading[i:]:  # [text](target): the text only
+            close = heading.index("](", i)
+            rendered.append(heading[i + 1:close])
+            i = heading.index(")", close) + 1
+        elif char in "`*":  # code-span and emphasis markers render as nothing
+            i += 1
+        else:
+            rendered.append(char)
+            i += 1
+    return "".join("-" if c == " " else c for c in "".join(rendered).lower()
+                   if c in "-_ " or unicodedata.category(c)[0] not in "PS")
+
+
+def headings() -> list[str]:
+    return [m.group(2) for page in PAGES for line in prose_lines(page.read_text())
+            if (m := HEADING.match(line))]
+
+
 def test_slugs_follow_githubs_rules():
+    # anchors GitHub gives these headings (as linked from the pages)
     assert slug("Your own data (`--task custom`)") == "your-own-data---task-custom"
     assert slug("One run on several GPUs (torchrun / accelerate)") == "one-run-on-several-gpus-torchrun--accelerate"
     assert slug("final_summary.json") == "final_summaryjson"
     assert slug("The paper's budgets (Table 1)") == "the-papers-budgets-table-1"
+    assert slug("See [the layout](docs/layout.md) *first*") == "see-the-layout-first"  # a link's text, no emphasis
+    # every real heading of the README and the manual: the checker's slug is GitHub's rule, written independently
+    real = headings()
+    assert len(real) > 50 and any("`" in h for h in real) and any("(" in h for h in real)
+    assert {h: slug(h) for h in real} == {h: github_slug(h) for h in real}
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())

@@ -1,6 +1,7 @@
 """Imports go one way, layer by layer (docs/layout.md), and reading runs loads no training stack."""
 
 import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,30 +91,39 @@ def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_every_module_has_a_layer():
-    for name in package_modules():
-        layer_of(name)  # raises StopIteration for a module outside every layer
+    modules = package_modules()
+    assert {"errors", "train", "cli", "run.folder", "analysis.report"} <= set(modules)  # the package was found
+    unplaced = sorted(name for name in modules if not any(name.split(".")[0] in layer for layer in LAYERS))
+    assert unplaced == [], "modules outside every layer of LAYERS (and of docs/layout.md)"
+
+
+def wrong_imports(package: Path = PACKAGE) -> list[str]:
+    """Every import of a module from a layer below its own."""
+    wrong = []
+    for name, path in package_modules(package).items():
+        if name.endswith("__init__") and "." not in name:
+            continue
+        for imported in imports_of(path, package):
+            if layer_of(imported) > layer_of(name):
+                wrong.append(f"{name} imports {imported}")
+    return wrong
 
 
 def test_imports_go_one_way():
-    wrong = []
-    for name, path in package_modules().items():
-        if name.endswith("__init__") and "." not in name:
-            continue
-        for imported in imports_of(path):
-            if layer_of(imported) > layer_of(name):
-                wrong.append(f"{name} imports {imported}")
-    assert wrong == []
+    assert wrong_imports() == []
 
 
 def test_the_layer_check_sees_a_wrong_import_also_inside_a_function(tmp_path):
-    bad = PACKAGE / "run" / "_probe_for_test.py"
+    """On a copy of the package: a probe written into the package itself would be seen, for that moment, by
+    test_imports_go_one_way running on another worker (pytest -n 2), and fail it."""
+    package = tmp_path / PACKAGE.name
+    shutil.copytree(PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    bad = package / "run" / "_probe_for_test.py"
     bad.write_text("from ..errors import UsageError\n\n\ndef later():\n    from ..adalora.schedule import budget_at\n")
-    try:
-        assert "run._probe_for_test" in package_modules()
-        assert imports_of(bad) == {"errors", "adalora.schedule"}
-        assert layer_of("adalora.schedule") > layer_of("run._probe_for_test")
-    finally:
-        bad.unlink()
+    assert "run._probe_for_test" in package_modules(package)
+    assert imports_of(bad, package) == {"errors", "adalora.schedule"}
+    assert wrong_imports(package) == ["run._probe_for_test imports adalora.schedule"]
+    assert not (PACKAGE / "run" / "_probe_for_test.py").exists()
 
 
 def test_no_circle_of_imports_not_even_inside_a_folder():

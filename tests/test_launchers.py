@@ -74,12 +74,26 @@ def test_slurm_without_submitit_names_the_install(monkeypatch, capsys):
     assert "pip install submitit" in err and err.count("\n") == 1, err
 
 
+# A fake run records when it started and ended; it ends only once BARRIER runs have started (or after 120 s), so runs
+# the launcher starts together overlap whatever the machine's load (a fixed sleep overlapped them only by luck).
+BARRIER = """
+def wait_for(count, run_dir):
+    started = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(run_dir))), "started")
+    os.makedirs(started, exist_ok=True)
+    open(os.path.join(started, os.path.basename(os.path.dirname(run_dir)) + "-" + os.path.basename(run_dir)),
+         "w").close()
+    deadline = time.time() + 120
+    while len(os.listdir(started)) < count and time.time() < deadline:
+        time.sleep(0.02)
+"""
 FAKE_TRAIN = """
 import json, os, sys, time
+""" + BARRIER + """
 run_dir = sys.argv[1]
 os.makedirs(run_dir, exist_ok=True)
 start = time.time()
-time.sleep(1.5)
+wait_for(2, run_dir)
+time.sleep(0.5)
 record = {"gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time()}
 json.dump(record, open(os.path.join(run_dir, "seen.json"), "w"))
 json.dump({"eval_accuracy": 0.5}, open(os.path.join(run_dir, "final_summary.json"), "w"))
@@ -369,10 +383,12 @@ def test_status_reads_no_pickle_from_the_output_root(tmp_path, capsys):
 
 FAKE_TRAIN_THREADS = """
 import json, os, sys, time
+""" + BARRIER + """
 run_dir = sys.argv[1]
 os.makedirs(run_dir, exist_ok=True)
 start = time.time()
-time.sleep(2)
+wait_for(4, run_dir)
+time.sleep(1)
 record = {"gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": os.environ.get("OMP_NUM_THREADS"),
           "start": start, "end": time.time()}
 json.dump(record, open(os.path.join(run_dir, "seen.json"), "w"))

@@ -88,7 +88,9 @@ def test_heartbeat_renews_the_lock(tmp_path, monkeypatch):
     with RunLock(tmp_path):
         path = tmp_path / LOCK_FILE
         os.utime(path, (time.time() - 100, time.time() - 100))
-        time.sleep(0.3)
+        deadline = time.time() + 30  # every 0.05 s; on a loaded machine the thread may wait its turn a while
+        while read_owner(path)[1] >= 5 and time.time() < deadline:
+            time.sleep(0.05)
         assert read_owner(path)[1] < 5
 
 
@@ -158,22 +160,33 @@ def test_a_lock_that_cannot_be_written_is_one_line_and_leaves_no_file(tmp_path):
         pass
 
 
+# The winner holds the lock until every racer has tried (each leaves a file in argv[2] once it has), so that a racer
+# slow to start on a loaded machine still meets the held lock: a fixed hold of a few seconds let it win by luck.
 RACER = """
-import sys, time
+import os, sys, time
 from adalora_ablation.run.lock import LockHeld, RunLock
+
+def tried():
+    open(os.path.join(sys.argv[2], str(os.getpid())), "w").close()
+
 try:
     with RunLock(sys.argv[1], log=lambda *a: None):
         print("held", flush=True)
-        time.sleep(3)
+        tried()
+        deadline = time.time() + 120
+        while len(os.listdir(sys.argv[2])) < 3 and time.time() < deadline:
+            time.sleep(0.02)
 except LockHeld as exc:
     print("refused", exc, flush=True)
+    tried()
 """
 
 
 def test_of_three_processes_racing_for_one_stale_lock_exactly_one_wins(tmp_path):
     write_lock(tmp_path, "other-node", 12345, age=STALE_S + 5)
-    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-              for _ in range(3)]
+    (tmp_path / "tried").mkdir()
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path), str(tmp_path / "tried")],
+                               stdout=subprocess.PIPE, text=True) for _ in range(3)]
     outcomes = [racer.communicate(timeout=60)[0].split()[0] for racer in racers]
     assert sorted(outcomes) == ["held", "refused", "refused"]
     assert not (tmp_path / LOCK_FILE).exists()
