@@ -335,15 +335,12 @@ def test_holm_adjusts_the_paired_tests_over_the_signals(tmp_path, capsys):
     result = report(capsys, root, task="rte")
     assert result["multiple_comparisons"]["eval_accuracy"] == {"method": "holm", "comparisons": 3, "applied": True,
                                                                "family": ["eval_accuracy"]}
-    markdown = report(capsys, root, task="rte", fmt="markdown")
     rows = {r["signal"]: r for r in csv.DictReader(io.StringIO(report(capsys, root, task="rte", fmt="csv")))}
     for signal, p_raw in zip(others, raw):
         diff = row_of(result, signal)["eval_accuracy"]["vs_baseline"]
         assert diff["p_value"] == pytest.approx(p_raw)
         assert diff["p_value_holm"] == pytest.approx(expected[signal])
         assert float(rows[signal]["eval_accuracy_p_value_holm"]) == pytest.approx(expected[signal])
-        assert f"p={p_raw:.3g} (Holm-adjusted p={expected[signal]:.3g})" in markdown_row(markdown, signal)
-    assert "Holm correction applied over 3 comparisons" in markdown
 
 
 def test_one_comparison_is_not_corrected(tmp_path, capsys):
@@ -425,9 +422,8 @@ def test_a_constant_shift_has_one_label_whatever_the_rounding(tmp_path, capsys):
                                              "random": tuple((k + 1) / rows for k in ks)})
         diff = row_of(report(capsys, root, task="rte"), "combo")["eval_accuracy"]["vs_baseline"]
         assert diff["note"] == ZERO_VARIANCE and diff["p_value"] is None and diff["mean_diff"] == pytest.approx(3 / 277)
-        markdown = report(capsys, root, task="rte", fmt="markdown")
-        assert f"+0.0108 over 3 seed(s); {ZERO_VARIANCE}" in markdown_row(markdown, "combo")
-        assert "not tested against random (zero variance)" in markdown_row(markdown, "combo")
+        assert row_of(report(capsys, root, task="rte"), "combo")["flags"] == [
+            "not tested against random (zero variance)"]
         table = {r["signal"]: r for r in csv.DictReader(io.StringIO(report(capsys, root, task="rte", fmt="csv")))}
         assert table["combo"]["eval_accuracy_test"] == ZERO_VARIANCE and table["combo"]["eval_accuracy_p_value"] == ""
 
@@ -543,11 +539,9 @@ def test_signals_not_above_random_by_a_one_sided_paired_test(tmp_path, capsys):
     assert row_of(result, "combo")["flags"] == [] and row_of(result, "baseline_adalora")["flags"] == []
     assert row_of(result, "sensitivity_only")["flags"] == ["not tested against random (2 shared seed(s))"]
     assert row_of(result, "random")["flags"] == [] and row_of(result, "uniform")["flags"] == []
-    markdown = report(capsys, root, task="rte", fmt="markdown")
-    assert markdown_row(markdown, "plasticity_only").endswith("| not above random |")
     _, mean, std, _, _ = expected_stats(random)
-    assert f"random accuracy {mean:.4f} ± {std:.4f} (3 seed(s))" in markdown
-    assert "one-sided: signal > random), Holm-adjusted over these tests" in markdown
+    band = result["reference_band"]["random"]["eval_accuracy"]
+    assert (band["n"], band["mean"], band["std"]) == (3, pytest.approx(mean), pytest.approx(std))
 
 
 def test_mnli_matched_and_mismatched_are_one_holm_family(tmp_path, capsys):
@@ -565,9 +559,6 @@ def test_mnli_matched_and_mismatched_are_one_holm_family(tmp_path, capsys):
     assert result["multiple_comparisons"]["eval_accuracy_mm"] == {
         "method": "holm", "comparisons": 6, "applied": True, "family": ["eval_accuracy", "eval_accuracy_mm"]}
     assert result["detectable_difference"]["eval_accuracy_mm"]["comparisons"] == 6
-    markdown = report(capsys, root, task="mnli", fmt="markdown")
-    assert ("Multiple comparisons: matched acc and mismatched acc as one family: Holm correction applied over 6 "
-            "comparisons") in markdown and "α=0.05/6" in markdown
 
 
 def test_adapter_effect_column_and_flag(tmp_path, capsys):
