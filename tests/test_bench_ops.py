@@ -36,6 +36,7 @@ def test_every_signal_meets_the_op_and_sync_targets(bench_ops):
     for name, counts in result["allocators"].items():
         for key, limit in bench_ops.TARGETS.items():
             assert counts[key] <= limit, f"{name}: {key} = {counts[key]} > {limit}"
-        assert counts["final_ops"] <= 1 and counts["final_syncs"] == 0, name
+        # the final phase fills as PEFT does (stack, where, copy back): a product with the mask would keep NaN
+        assert counts["final_ops"] <= 3 and counts["final_syncs"] == 0, name
         assert counts["alloc_syncs"] == 1, name  # the mask and the log statistics come back in one transfer
     assert result["targets_met"]
