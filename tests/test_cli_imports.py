@@ -74,6 +74,9 @@ PROBE = textwrap.dedent("""
 def answers(tmp_path_factory):
     """Every case in one interpreter, the loaded modules checked after each (a case that loads torch is named)."""
     folder = tmp_path_factory.mktemp("cli")
+    from adalora_ablation.args import trainer_flags
+
+    trainer_flags()  # on a release other than the packaged file's, the first call caches its flags (one import)
     result = subprocess.run([sys.executable, "-c", PROBE, CONFIG, json.dumps([argv for argv, _, _ in CASES])],
                             capture_output=True, text=True, timeout=300, cwd=folder)
     assert result.returncode == 0, result.stderr
@@ -115,11 +118,26 @@ def test_train_help_lists_every_flag_train_accepts():
     assert "Scoring signal" in text and "The initial learning rate for the optimizer." in text
 
 
-def test_trainer_flags_file_is_the_installed_transformers():
-    """configs/trainer_flags.json is what scripts/make_trainer_flags.py writes from the installed transformers."""
-    from adalora_ablation.args import trainer_flags, trainer_flags_of_transformers
+def test_train_reads_the_installed_transformers_flags(tmp_path, monkeypatch):
+    """train's flags are the installed transformers' TrainingArguments: configs/trainer_flags.json (what
+    scripts/make_trainer_flags.py writes) when that release is installed, else a copy cached once per release."""
+    import importlib.metadata
 
-    assert trainer_flags() == trainer_flags_of_transformers()["flags"]
+    from adalora_ablation import args
+
+    monkeypatch.setenv("ADALORA_CACHE", str(tmp_path))
+    args.trainer_flags.cache_clear()
+    try:
+        expected = args.trainer_flags_of_transformers()
+        assert args.trainer_flags() == expected["flags"]
+    finally:
+        args.trainer_flags.cache_clear()
+    packaged = json.loads(args.TRAINER_FLAGS.read_text(encoding="utf-8"))
+    cached = sorted(p.name for p in tmp_path.iterdir())
+    if packaged["transformers"] == importlib.metadata.version("transformers"):
+        assert packaged["flags"] == expected["flags"] and cached == []
+    else:
+        assert cached == [f"trainer_flags-transformers-{expected['transformers']}.json"]
 
 
 def test_our_flags_are_made_as_hf_argument_parser_makes_them():

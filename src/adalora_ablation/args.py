@@ -16,7 +16,9 @@ it, ``ablate`` compares folders against it (``--status``, ``--dry-run``, sweeps)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import importlib.metadata
 import json
 import os
 import typing
@@ -27,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from .errors import OneLineArgumentParser, UsageError, first_line
-from .files import file_sha256
+from .files import default_cache_dir, file_sha256
 from .signals import (
     INCLUDE_HELP, NORMALIZE_METHODS, PLASTICITY_NORMS, SIGNALS, describe_signals, included_modules, load_signals,
 )
@@ -300,9 +302,26 @@ def trainer_flags_of_transformers() -> dict:
     return {"transformers": transformers.__version__, "flags": flags}
 
 
+@lru_cache(maxsize=1)
 def trainer_flags() -> list[dict]:
-    """TrainingArguments' flags as HfArgumentParser makes them, from configs/trainer_flags.json."""
-    return json.loads(TRAINER_FLAGS.read_text(encoding="utf-8"))["flags"]
+    """TrainingArguments' flags as the installed transformers' HfArgumentParser makes them, read without importing
+    transformers: configs/trainer_flags.json when the installed release is the one it was made from (the newest
+    supported), else a copy made once per release in the cache folder (that first call imports transformers)."""
+    packaged = json.loads(TRAINER_FLAGS.read_text(encoding="utf-8"))
+    installed = importlib.metadata.version("transformers")
+    if packaged["transformers"] == installed:
+        return packaged["flags"]
+    cached = default_cache_dir() / f"trainer_flags-transformers-{installed}.json"
+    if cached.is_file():
+        with contextlib.suppress(ValueError, KeyError):
+            return json.loads(cached.read_text(encoding="utf-8"))["flags"]
+    found = trainer_flags_of_transformers()
+    with contextlib.suppress(OSError):  # a read-only home only costs the import again next time
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_name(f"{cached.name}.{os.getpid()}.partial")
+        partial.write_text(json.dumps(found), encoding="utf-8")
+        os.replace(partial, cached)
+    return found["flags"]
 
 
 def add_trainer_flags(group) -> set[str]:

@@ -1,10 +1,16 @@
 """File checksums, shared by the data layer (a custom task's files are part of its run's identity) and the run
-folder (every checkpoint's manifest)."""
+folder (every checkpoint's manifest); the tool's cache folder."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
+
+
+def default_cache_dir() -> Path:
+    """Where the tool caches what it can recompute (tokenized data, other transformers versions' Trainer flags)."""
+    return Path(os.environ.get("ADALORA_CACHE", Path.home() / ".cache" / "adalora_ablation"))
 
 
 def file_sha256(path: Path) -> str:

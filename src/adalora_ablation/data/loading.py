@@ -17,6 +17,7 @@ import datasets
 from datasets import Dataset, DatasetDict
 
 from ..errors import UsageError, first_line
+from ..files import default_cache_dir
 from .tasks import LOCAL_FILES, Task
 
 # -- the synthetic task ----------------------------------------------------------------------------------------
@@ -312,10 +313,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
     else:  # truncation and padding are per call and change as it tokenizes; they are not part of the tokenizer
         state = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("ADALORA_CACHE", Path.home() / ".cache" / "adalora_ablation"))
 
 
 def tokenize(task: Task, raw: DatasetDict, tokenizer, max_seq_length: int) -> DatasetDict:
