@@ -50,9 +50,10 @@ def straight(tmp_path_factory):
 
 
 def signal_when(condition, sig=signal.SIGTERM) -> threading.Thread:
-    """Send ``sig`` to this process as soon as ``condition()`` holds (checked every 2 ms, for at most 5 min)."""
+    """Send ``sig`` to this process as soon as ``condition()`` holds (checked every 2 ms, for at most 15 min: a
+    loaded machine takes minutes to reach the step)."""
     def watch():
-        deadline = time.time() + 300
+        deadline = time.time() + 900
         while time.time() < deadline:
             if condition():
                 os.kill(os.getpid(), sig)
