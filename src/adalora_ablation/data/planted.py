@@ -233,7 +233,7 @@ def _all_logits(model, encoded: list[dict]) -> torch.Tensor:
 def calibrate(model, unit_updates: dict[str, torch.Tensor], encoded: list[dict], strength: float | str):
     """The teacher at the given strength, or for "auto" at the smallest rung of STRENGTH_LADDER at which the base
     model agrees with it on at most BASE_AGREEMENT of the inputs (the largest rung if none does), with the head
-    shift that balances its classes. Agreement falls as the strength grows, so "auto" bisects the ladder (5 rungs
+    shift that balances its classes. Agreement falls as the strength grows, so "auto" bisects the ladder (about 6 rungs
     tried, not 17). Returns (teacher, strength, shift, base agreement), before the shift is applied to any head,
     and the scale that gives the teacher's logits a spread of 1 over the inputs."""
     base_logits = _all_logits(model, encoded)
