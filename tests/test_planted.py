@@ -135,8 +135,8 @@ def test_rows_carry_the_teachers_logits_and_the_base_model_is_far_from_them(tiny
     assert record["base_agreement"] <= planted.BASE_AGREEMENT
     assert 0.8 < float(taught.std(0).mean()) < 1.25  # the head is scaled to a logit spread of about 1
     # The updates are what differs: the teacher with them removed is the base model, bit for bit.
-    no_updates = planted.make_teacher(model, {n: torch.zeros_like(u) for n, u in
-                                              planted.planted_updates(model, setup).items()})
+    no_updates = planted.make_teacher(model, {n: torch.zeros_like(planted._adapted(model)[n].weight)
+                                              for n in setup.spec})
     assert predictions(no_updates, tokenizer, rows["validation"]) == predictions(model, tokenizer, rows["validation"])
 
 
@@ -163,9 +163,12 @@ def test_every_valid_spec_builds_and_its_strength_is_recorded(tiny_model, spec):
     assert record["base_agreement"] <= planted.BASE_AGREEMENT or used == planted.STRENGTH_LADDER[-1]
     assert used == planted.STRENGTH_LADDER[0] or record["base_agreement"] <= planted.BASE_AGREEMENT
     assert {n: torch.linalg.matrix_rank(u).item() for n, u in updates.items()} == spec
-    scale = {n: torch.linalg.matrix_norm(u, ord=2).item() for n, u in updates.items()}
-    unit = {n: torch.linalg.matrix_norm(u, ord=2).item() for n, u in planted.planted_updates(model, setup).items()}
-    assert all(abs(scale[n] - used * unit[n]) < 1e-4 * scale[n] for n in spec)
+    # every singular value is the strength used x the module's largest
+    weights = planted._adapted(model)
+    for name, update in updates.items():
+        sigma = torch.linalg.svdvals(update.double())[:spec[name]]
+        top = torch.linalg.matrix_norm(weights[name].weight.detach().double(), ord=2)
+        torch.testing.assert_close(sigma, torch.full_like(sigma, used * float(top)), rtol=1e-4, atol=0)
 
 
 def test_labels_mode_gives_the_teachers_classes_and_a_fixed_strength_is_kept(tiny_model):
@@ -179,15 +182,21 @@ def test_labels_mode_gives_the_teachers_classes_and_a_fixed_strength_is_kept(tin
         assert rows[split]["label"] == predictions(teacher, tokenizer, rows[split])  # classes, not logits
 
 
+def calibration_inputs(model, tokenizer, pairs):
+    encoded = [planted._encode(tokenizer, TASK, pairs[:planted.CALIBRATION_ROWS], 24)]
+    return planted.input_moments(model, sorted({n for n in planted._adapted(model)}), encoded)
+
+
 def test_planted_updates_have_the_planted_rank_and_depend_on_the_planted_seed_only(tiny_teacher):
-    model, _, setup, *_ = tiny_teacher
+    model, tokenizer, setup, _, pairs, _ = tiny_teacher
+    inputs = calibration_inputs(model, tokenizer, pairs)
     torch.manual_seed(1)
-    first = planted.planted_updates(model, setup)
+    first, _ = planted.planted_updates(model, setup, inputs)
     torch.manual_seed(2)  # the global (training) seed does not enter
-    again = planted.planted_updates(model, setup)
+    again, _ = planted.planted_updates(model, setup, inputs)
     assert all(torch.equal(first[n], again[n]) for n in first)
     assert all(torch.linalg.matrix_rank(u).item() == setup.spec[n] for n, u in first.items())
-    other = planted.planted_updates(model, tiny_setup(setup.spec, seed=setup.seed + 1))
+    other, _ = planted.planted_updates(model, tiny_setup(setup.spec, seed=setup.seed + 1), inputs)
     assert not any(torch.equal(first[n], other[n]) for n in first)
 
 
@@ -226,11 +235,14 @@ def test_oracle_recall_is_one_and_the_task_ignores_the_training_seed(tmp_path):
         # allocation, and the run's number is their planted-rank-weighted mean
         spec = summary["planted"]["spec"]
         for record in (summary, *allocations):
-            by_module = record["planted_subspace_by_module"]
-            assert set(by_module) == set(spec) and all(0.0 <= by_module[m] <= 1.0 for m in spec)
-            assert record["planted_subspace"] == pytest.approx(sum(spec[m] * by_module[m] for m in spec)
-                                                               / sum(spec.values()))
-        assert len({rec["planted_subspace"] for rec in allocations}) > 1  # measured at each allocation, as it trains
+            for field in ("planted_subspace", "planted_data_recovery"):
+                by_module = record[f"{field}_by_module"]
+                assert set(by_module) == set(spec) and all(0.0 <= by_module[m] <= 1.0 for m in spec)
+                assert record[field] == pytest.approx(sum(spec[m] * by_module[m] for m in spec) / sum(spec.values()))
+        for field in ("planted_subspace", "planted_data_recovery"):  # measured at each allocation, as it trains
+            assert len({rec[field] for rec in allocations}) > 1, field
+        assert summary["planted"]["construction"] == planted.construction_rule()
+        assert set(summary["planted"]["principal_dims"]) == set(spec)
     assert 0.0 <= c["planted_subspace"] <= 1.0 and set(c["planted_subspace_by_module"]) == set(c["planted"]["spec"])
     assert a["planted"]["rows_digest"] == b["planted"]["rows_digest"]  # --seed does not change the task
     assert a["planted"]["head_bias_shift"] == b["planted"]["head_bias_shift"]
@@ -273,6 +285,7 @@ def test_report_has_recovery_columns_with_mean_and_std_over_seeds(tmp_path):
     spec = {"layer.0.a": 2}
     recalls = {"oracle": (1.0, 1.0), "uniform": (0.5, 0.0)}
     subspaces = {"oracle": (0.9, 0.7), "uniform": (0.25, 0.0)}  # the learned directions: not the rank counts
+    data = {"oracle": (0.95, 0.85), "uniform": (0.5, 0.3)}  # the learned updates' effect on the inputs
     for signal, values in recalls.items():
         for seed, recall in enumerate(values, start=1):
             run_dir = tmp_path / "planted" / signal / str(seed)
@@ -283,37 +296,53 @@ def test_report_has_recovery_columns_with_mean_and_std_over_seeds(tmp_path):
                                     "budget_check_passed": True, "final_ranks": ranks,
                                     "planted_recall": planted_recall(ranks, spec), "planted_subspace": subspace,
                                     "planted_subspace_by_module": {"layer.0.a": subspace},
+                                    "planted_data_recovery": data[signal][seed - 1],
+                                    "planted_data_recovery_by_module": {"layer.0.a": data[signal][seed - 1]},
                                     "planted_share": planted_share(ranks, spec), "planted": {"spec": spec},
                                     "total_step": 1, "config": {"adalora": {"tinit": 0, "tfinal": 0}}})
             append_jsonl(run_dir / "rank_pattern.jsonl", {"step": 1, "budget": 4, "total_rank": 4, "ranks": ranks,
                                                           "kept": {m: [1] * r for m, r in ranks.items()}})
     report = build_report(tmp_path, "planted")
     markdown = to_markdown(report)
-    assert "| planted recall mean ± std | subspace recovery mean ± std | planted share mean ± std |" in markdown
-    # oracle: recall (1, 1), subspace (0.9, 0.7), share (0.5, 0.5); uniform: (0.5, 0), (0.25, 0), (0.25, 0)
-    assert "| oracle | 2 |" in markdown and "1.0000 ± 0.0000 | 0.8000 ± 0.1414 | 0.5000 ± 0.0000 |" in markdown
-    assert "0.2500 ± 0.3536 | 0.1250 ± 0.1768 | 0.1250 ± 0.1768 |" in markdown
+    assert ("| planted recall mean ± std | data recovery mean ± std | subspace recovery mean ± std | planted share "
+            "mean ± std |") in markdown
+    # oracle: recall (1, 1), data (0.95, 0.85), subspace (0.9, 0.7), share (0.5, 0.5); uniform: (0.5, 0),
+    # (0.5, 0.3), (0.25, 0), (0.25, 0)
+    assert "| oracle | 2 |" in markdown
+    assert "1.0000 ± 0.0000 | 0.9000 ± 0.0707 | 0.8000 ± 0.1414 | 0.5000 ± 0.0000 |" in markdown
+    assert "0.2500 ± 0.3536 | 0.4000 ± 0.1414 | 0.1250 ± 0.1768 | 0.1250 ± 0.1768 |" in markdown
     assert "subspace recovery = the share of each planted update" in markdown
+    assert "data recovery = 1 - ||(ΔW_l - ΔW_p)·Xᵀ||² / ||ΔW_p·Xᵀ||²" in markdown
     rows = {r["signal"]: r for r in csv.DictReader(io.StringIO(to_csv(report)))}
     assert float(rows["uniform"]["planted_recall_mean"]) == 0.25 and float(rows["oracle"]["planted_share_std"]) == 0
     assert float(rows["oracle"]["planted_subspace_mean"]) == pytest.approx(0.8)
     assert float(rows["uniform"]["planted_subspace_std"]) == pytest.approx(0.1768, abs=1e-4)
+    assert float(rows["uniform"]["planted_data_recovery_mean"]) == pytest.approx(0.4)
     signals = {r["signal"]: r for r in json.loads(to_json(report))["signals"]}
     assert signals["oracle"]["planted_subspace"]["mean"] == pytest.approx(0.8)
     assert signals["oracle"]["planted_subspace"]["n"] == 2
 
-    # the final-rank heatmap writes each planted cell's recovery and says what it is
-    from adalora_ablation.analysis.plots import SUBSPACE_NOTE, plot_comparison, plot_final_rank_heatmap
+    # the final-rank heatmap writes each planted cell's data recovery and says what it is
+    from adalora_ablation.analysis.plots import RECOVERY_NOTES, plot_comparison, plot_final_rank_heatmap
     from adalora_ablation.run.folder import Run
 
     append_jsonl(tmp_path / "planted" / "oracle" / "1" / "signal_scores.jsonl", {"step": 1, "modules": {}})
     oracle = Run.from_dir(tmp_path / "planted" / "oracle" / "1")
     ax = plot_final_rank_heatmap(oracle).axes[0]
-    assert "r=2 · 0.90" in [t.get_text() for t in ax.texts]
-    assert "subspace 0.90" in ax.get_title() and SUBSPACE_NOTE in ax.get_title()
+    assert "r=2 · 0.95" in [t.get_text() for t in ax.texts]
+    assert "data recovery 0.95" in ax.get_title() and RECOVERY_NOTES["planted_data_recovery"] in ax.get_title()
     comparison = plot_comparison({"oracle": oracle, "uniform": Run.from_dir(tmp_path / "planted" / "uniform" / "1")})
     cells = {t.get_text() for axis in comparison.axes for t in axis.texts}
-    assert {"r=2 · 0.90", "r=2 · 0.25"} <= cells and SUBSPACE_NOTE in comparison.get_suptitle()
+    assert {"r=2 · 0.95", "r=2 · 0.50"} <= cells
+    assert RECOVERY_NOTES["planted_data_recovery"] in comparison.get_suptitle()
+    # a run made before data recovery was recorded: its subspace recovery, named as such
+    summary_path = tmp_path / "planted" / "uniform" / "2" / "final_summary.json"
+    old = json.loads(summary_path.read_text())
+    del old["planted_data_recovery"], old["planted_data_recovery_by_module"]
+    write_summary(summary_path.parent, old)
+    append_jsonl(summary_path.parent / "signal_scores.jsonl", {"step": 1, "modules": {}})
+    ax = plot_final_rank_heatmap(Run.from_dir(summary_path.parent)).axes[0]
+    assert "r=2 · 0.00" in [t.get_text() for t in ax.texts] and "subspace 0.00" in ax.get_title()
 
 
 def test_every_spec_of_a_drawn_suite_of_8_builds(tiny_model):

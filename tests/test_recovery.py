@@ -12,8 +12,9 @@ from peft.tuners.adalora.layer import AdaLoraLayer
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from adalora_ablation.adalora.recovery import (
-    learned_factors, learned_updates, planted_subspace, subspace_fields, subspace_recovery,
+    learned_factors, learned_updates, planted_subspace, recovery_fields, subspace_recovery,
 )
+from adalora_ablation.data.planted import InputMoments, PlantedAnswer
 from adalora_ablation.module_names import short_module_name
 from conftest import tiny_adalora
 
@@ -231,7 +232,9 @@ def test_fields_of_a_model_whose_adapters_hold_the_planted_updates():
     orthogonal_rows = torch.randn(updates[b].shape[0], 4, dtype=torch.float64) @ vt[rank_b:rank_b + 4]
     planted_c = torch.outer(torch.randn(updates[c].shape[0]), torch.randn(updates[c].shape[1])).double()
     deltas = {a: updates[a].float(), b: orthogonal_rows.float(), c: planted_c.float()}
-    fields = subspace_fields(pm, deltas, spec)
+    x = {n: torch.randn(40, updates[n].shape[1], dtype=torch.float64) for n in spec}  # any inputs: weight space
+    fields = recovery_fields(pm, PlantedAnswer(deltas, {n: InputMoments(v.T @ v, v.sum(0), 40) for n, v in x.items()}),
+                             spec)
     by_module = fields["planted_subspace_by_module"]
     assert set(by_module) == set(spec)
     assert by_module[a] == pytest.approx(1.0, abs=1e-6) and by_module[b] == pytest.approx(0.0, abs=1e-6)

@@ -33,7 +33,7 @@ from .files import default_cache_dir, file_sha256
 from .signals import (
     INCLUDE_HELP, NORMALIZE_METHODS, PLASTICITY_NORMS, SIGNALS, describe_signals, included_modules, load_signals,
 )
-from .data.planted_spec import default_rule, draw_rule
+from .data.planted_spec import construction_rule, default_rule, draw_rule
 from .data.tasks import CUSTOM, TASK_CHOICES
 from .run.identity import identity
 
@@ -532,6 +532,8 @@ def run_config(run_args, model_args, data_args, ada_args, training_args) -> dict
     result from it)."""
     data = dataclasses.asdict(data_args)
     # The default's and a draw's modules depend on the model; the rule that picks them is the setting.
+    if run_args.task == "planted":  # how the updates are built: another construction, another task
+        data["planted_construction"] = construction_rule()
     if run_args.task == "planted" and not data_args.planted_modules:
         if data_args.planted_draw is None:
             data["planted_default"] = default_rule()

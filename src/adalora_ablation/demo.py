@@ -1,7 +1,7 @@
 """The offline demo on tiny-deberta. By default on the planted task, whose answer is known: the study's four
 signals and the oracle, oracle_fixed, uniform and random controls, with agreement with the teacher, adapter effect
-and how much of the planted rank (and of its directions) each signal found. ``--task synthetic``: the keyword task,
-which every signal solves."""
+and how much of the planted rank (and of the planted updates' effect on the data) each signal found.
+``--task synthetic``: the keyword task, which every signal solves."""
 
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ DEFAULT_SIGNALS = {"planted": ["seed", "oracle", "oracle_fixed", "uniform", "ran
 def comparison_table(summaries: list[dict]) -> str:
     planted = any("planted_recall" in s for s in summaries)
     main = metric_fields(TASKS[summaries[0]["task"]], main_only=True)[0]  # planted: agreement with the teacher
-    header = ["signal", main.label, "adapter effect"] + (["planted recall", "subspace", "planted share"] if planted
-                                                          else [])
+    header = ["signal", main.label, "adapter effect"] + (["planted recall", "data recovery", "planted share"]
+                                                          if planted else [])
     rows = []
     for s in summaries:
         effect = s.get("adapter_effect")
         row = [s["signal"], f"{s[main.field]:.4f}", "—" if effect is None else f"{effect:+.4f}"]
         if planted:
-            subspace = s.get("planted_subspace")
-            row += [f"{s['planted_recall']:.3f}", "—" if subspace is None else f"{subspace:.3f}",
+            recovered = s.get("planted_data_recovery")
+            row += [f"{s['planted_recall']:.3f}", "—" if recovered is None else f"{recovered:.3f}",
                     f"{s['planted_share']:.3f}"]
         rows.append(row + [s["total_rank"], s["target_budget"], "pass" if s["budget_check_passed"] else "FAIL"])
     return table(header + ["total rank", "budget", "budget check"], rows)
@@ -71,8 +71,8 @@ def demo_main(argv: list[str]) -> int:
         spec = ", ".join(f"{name}={rank}" for name, rank in summaries[0]["planted"]["spec"].items())
         print(f"\nPLANTED task (tiny random DeBERTa; labels from a teacher with planted low-rank updates in {spec}; "
               f"final budget {summaries[0]['target_budget']} triplets). Planted recall 1.0: every planted module "
-              "holds its planted rank; subspace: the share of the planted updates that lies in the learned updates' "
-              "top directions (1.0: learned them); oracle is the upper reference.")
+              "holds its planted rank; data recovery: how much of the planted updates' effect on the validation "
+              "inputs the learned updates reproduce (1.0: all of it); oracle is the upper reference.")
     else:
         print("\nSYNTHETIC demo (tiny random DeBERTa, keyword task): these numbers say nothing about GLUE.")
     print(comparison_table(summaries))

@@ -19,7 +19,7 @@ from .adalora.adapter_effect import accuracy_without_adapters
 from .adalora.allocator import install_allocator
 from .args import help_text, parse_settings, run_config
 from .adalora.callback import AdaLoraCallback
-from .adalora.recovery import subspace_fields
+from .adalora.recovery import recovery_fields
 from .data.loading import load_tokenized
 from .data.metrics import compute_metrics_for
 from .data.planted import freeze_head, planted_setup_from_args, prepare_planted_data, rows_digest
@@ -172,7 +172,7 @@ class Loaded:
     total_step: int
     planted_setup: object = None
     planted_record: dict | None = None
-    planted_deltas: dict | None = None
+    planted_answer: object = None  # data/planted.PlantedAnswer: what the learned updates are measured against
 
 
 @dataclasses.dataclass
@@ -222,10 +222,10 @@ def load_model_and_data(plan: RunPlan) -> Loaded:
     if task.planted:
         set_seed(seed)  # the adapters' initialisation and the data order follow --seed, as on every task
     target_modules = detect_target_modules(model, plan.model_args.target_modules)
-    planted_setup, planted_record, planted_deltas, build = None, None, None, {}
+    planted_setup, planted_record, planted_answer, build = None, None, None, {}
     if task.planted:
         planted_setup = planted_setup_from_args(data_args, ada_args, [short_module_name(n) for n in target_modules])
-        planted_record, build["build"], build["build_key"], planted_deltas = prepare_planted_data(
+        planted_record, build["build"], build["build_key"], planted_answer = prepare_planted_data(
             model, tokenizer, task, planted_setup, data_args, model_name, log=logger.info)
         if planted_setup.targets == "logits":  # distillation: every model's own loss is then MSE on the logits,
             model.config.problem_type = "regression"  # to which PEFT adds AdaLoRA's orthogonal regulariser as always
@@ -239,7 +239,7 @@ def load_model_and_data(plan: RunPlan) -> Loaded:
         logger.warning(f"[schedule] {warning}")
     return Loaded(model, tokenizer, target_modules, plan.model_args.modules_to_save or detect_head_modules(model),
                   data, train_set, {name: data[split] for name, split in task.eval_splits.items()}, total_step,
-                  planted_setup, planted_record, planted_deltas)
+                  planted_setup, planted_record, planted_answer)
 
 
 def wrap_model(plan: RunPlan, loaded: Loaded, warmup=None) -> Adapted:
@@ -274,7 +274,7 @@ def make_trainer(plan: RunPlan, loaded: Loaded, adapted: Adapted, run: RunFolder
     if is_main and task.custom_files:  # what the report and the figures read the custom task's metrics from
         write_task_spec(plan.run_args.output_root, task)
     callback = AdaLoraCallback(adapted.peft_model, adapted.allocator, plan.run_dir, write_files=is_main,
-                               planted_deltas=loaded.planted_deltas)
+                               planted_answer=loaded.planted_answer)
     if run.checkpoint is not None:
         logger.info(f"[run] resuming {plan.run_dir} from {run.checkpoint.name}")
         callback.pending_resume = run.resume_state
@@ -393,7 +393,7 @@ def summarise(plan: RunPlan, loaded: Loaded, adapted: Adapted, trainer: AdaLoraT
     if loaded.planted_setup is not None:  # how much of the known answer the allocation found
         spec = loaded.planted_setup.spec
         summary.update(planted_recovery(summary["final_ranks"], spec))
-        summary.update(subspace_fields(adapted.peft_model, loaded.planted_deltas, spec))
+        summary.update(recovery_fields(adapted.peft_model, loaded.planted_answer, spec))
         summary["planted"] = {**loaded.planted_record, "rows": {s: len(d) for s, d in loaded.data.items()},
                               "rows_digest": rows_digest(loaded.data)}
     return summary

@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 
 from .allocator import SignalRankAllocator
 from ..logs import ALLOCATION_LOG_PREFIX
-from .recovery import subspace_fields
+from .recovery import recovery_fields
 from ..data.planted_spec import planted_recovery
 from ..module_names import ranks_by_layer_and_type
 from ..run.resume import run_settings, settings_difference
@@ -64,9 +64,9 @@ def score_aggregates(stats: list[tuple[float, float, float, float]], names: list
 
 class AdaLoraCallback(TrainerCallback):
     def __init__(self, peft_model, allocator: SignalRankAllocator, run_dir: Path, write_files: bool,
-                 planted_deltas: dict[str, torch.Tensor] | None = None):
+                 planted_answer=None):
         self.peft_model = peft_model
-        self.planted_deltas = planted_deltas  # the planted task's ΔW per planted module: the subspace recovery
+        self.planted_answer = planted_answer  # the planted task's ΔW and module inputs (data/planted.PlantedAnswer)
         self.allocator = allocator
         self.run_dir = Path(run_dir)
         self.write_files = write_files
@@ -184,8 +184,8 @@ class AdaLoraCallback(TrainerCallback):
         planted = self.allocator.signal_config.planted
         if not planted:
             return {}
-        subspace = subspace_fields(self.peft_model, self.planted_deltas, planted) if self.planted_deltas else {}
-        return {**planted_recovery(ranks, planted), **subspace}
+        learned = recovery_fields(self.peft_model, self.planted_answer, planted) if self.planted_answer else {}
+        return {**planted_recovery(ranks, planted), **learned}
 
     def _record_allocation(self, step: int, epoch, allocation: dict) -> None:
         # Everything here is on the host already: the allocator fetched it with one transfer.

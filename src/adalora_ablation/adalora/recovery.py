@@ -1,4 +1,17 @@
-"""The planted task's answer in directions, not only in ranks: how much of each planted update the student learned.
+"""The planted task's answer beyond ranks: how much of each planted update the student learned.
+
+**Data recovery** (the main measure): for a planted module with planted update ΔW_p, learned update ΔW_l and X its
+inputs in the teacher on the validation rows (every real token's input vector, a row of X),
+
+    data recovery = max(0, 1 - ||(ΔW_l - ΔW_p)·Xᵀ||_F² / ||ΔW_p·Xᵀ||_F²)
+
+is how much of the planted update's effect on the inputs the task shows the learned update reproduces: 1 when the
+learned update acts on those inputs as the planted one does, 0 when it does no better than no update at all (or
+worse: clipped). A part of either update that the inputs do not excite changes neither norm. With E[x·xᵀ] the
+inputs' mean square, ||D·Xᵀ||_F² = tokens x trace(D·E[x·xᵀ]·Dᵀ), so only that in x in matrix is kept.
+``planted_data_recovery`` is its planted-rank-weighted mean over the planted modules.
+
+**Subspace recovery** (weight space, kept beside it):
 
 ``planted_recall`` counts rank in the planted modules; a module can hold its planted rank and learn directions that
 have nothing to do with the planted U and V. Here, for a planted module with ΔW_p of planted rank r and the
@@ -10,7 +23,7 @@ singular values (fewer where ΔW_l has a lower numerical rank), and
 is the share of the planted update's energy in the learned update's r strongest directions: 1 when the learned
 update spans the planted row and column spaces, 0 when either is orthogonal to them, k/r when it holds k of r
 equal-σ planted directions. ``planted_subspace`` is its planted-rank-weighted mean over the planted modules, as
-``planted_recall`` is rank-weighted.
+``planted_recall`` is rank-weighted. It counts a planted direction the same whatever the inputs do with it.
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ from __future__ import annotations
 import torch
 from peft.tuners.adalora.layer import AdaLoraLayer
 
+from ..data.planted import PlantedAnswer
 from ..module_names import short_module_name
 
 RANK_TOLERANCE = 1e-6  # singular values <= this x the largest one do not count as directions of ΔW_l
@@ -83,9 +97,38 @@ def planted_subspace(by_module: dict[str, float], spec: dict[str, int]) -> float
     return sum(spec[name] * by_module[name] for name in spec) / sum(spec.values())
 
 
-def subspace_fields(peft_model, planted_deltas: dict[str, torch.Tensor], spec: dict[str, int]) -> dict:
-    """``planted_subspace`` and ``planted_subspace_by_module`` of the adapters as they are now (final_summary.json
-    and every rank_pattern.jsonl record of a planted run)."""
+def data_recovery(planted: torch.Tensor, learned, mean_square: torch.Tensor) -> float:
+    """max(0, 1 - trace(E·M·Eᵀ) / trace(P·M·Pᵀ)), E = ΔW_l - ΔW_p, P = ΔW_p (out x in), M = E[x·xᵀ] of the module's
+    inputs (in x in): the share of the planted update's effect on those inputs that the learned update reproduces.
+    ``learned``: ΔW_l or its thin factors (left, right). NaN when ΔW_l is not finite; a ValueError when the inputs
+    do not excite the planted update at all (nothing to recover)."""
+    planted = planted.to("cpu", torch.float64)
+    mean_square = mean_square.to("cpu", torch.float64)
+    effect = float(((planted @ mean_square) * planted).sum())
+    if not effect > 0:
+        raise ValueError("the inputs do not excite the planted update: the share of its effect that was recovered "
+                         "is undefined")
+    if isinstance(learned, tuple):
+        learned = learned[0].to("cpu", torch.float64) @ learned[1].to("cpu", torch.float64)
+    if not torch.isfinite(learned).all():
+        return float("nan")
+    error = learned.to("cpu", torch.float64) - planted
+    missed = float(((error @ mean_square) * error).sum())
+    return max(0.0, 1.0 - missed / effect)
+
+
+def rank_weighted(by_module: dict[str, float], spec: dict[str, int]) -> float:
+    """Σ_m r_m·value_m / Σ_m r_m over the planted modules (spec: module -> planted rank)."""
+    return sum(spec[name] * by_module[name] for name in spec) / sum(spec.values())
+
+
+def recovery_fields(peft_model, answer: PlantedAnswer, spec: dict[str, int]) -> dict:
+    """``planted_data_recovery`` and ``planted_subspace`` (run level, rank-weighted) and their values per planted
+    module, for the adapters as they are now (final_summary.json and every rank_pattern.jsonl record of a planted
+    run)."""
     factors = learned_factors(peft_model, set(spec))
-    by_module = {name: subspace_recovery(planted_deltas[name], factors[name], spec[name]) for name in spec}
-    return {"planted_subspace": planted_subspace(by_module, spec), "planted_subspace_by_module": by_module}
+    data = {name: data_recovery(answer.deltas[name], factors[name], answer.eval_inputs[name].mean_square())
+            for name in spec}
+    subspace = {name: subspace_recovery(answer.deltas[name], factors[name], spec[name]) for name in spec}
+    return {"planted_data_recovery": rank_weighted(data, spec), "planted_data_recovery_by_module": data,
+            "planted_subspace": planted_subspace(subspace, spec), "planted_subspace_by_module": subspace}

@@ -152,20 +152,35 @@ def planted_spec(run: Run) -> dict[str, int]:
     return ((run.summary or {}).get("planted") or {}).get("spec") or {}
 
 
-def planted_subspace_by_module(run: Run) -> dict[str, float | None]:
-    """The planted task's subspace recovery per planted module (final_summary.json); empty when not recorded."""
-    return (run.summary or {}).get("planted_subspace_by_module") or {}
+def recovery_field(runs) -> str:
+    """Which recovery the heatmaps write in the planted cells: data recovery where any of the runs recorded it,
+    else (runs made before it was) subspace recovery; "" when none recorded either."""
+    for field in ("planted_data_recovery", "planted_subspace"):
+        if any((run.summary or {}).get(f"{field}_by_module") for run in runs):
+            return field
+    return ""
 
 
-# A planted cell with a recorded subspace recovery reads "r=<planted rank> · <recovery>"; the titles say what it is
-SUBSPACE_NOTE = "r=planted rank · x.xx: share of ΔW_planted in the learned top-r directions"
+def planted_recovery_by_module(run: Run, field: str) -> dict[str, float | None]:
+    """The run's recovery ``field`` per planted module (final_summary.json); empty when not recorded."""
+    return (run.summary or {}).get(f"{field}_by_module") or {} if field else {}
+
+
+# A planted cell with a recorded recovery reads "r=<planted rank> · <recovery>"; the titles say what it is
+RECOVERY_NOTES = {
+    "planted_data_recovery": "r=planted rank · x.xx: data recovery, the share of ΔW_planted's effect on the "
+                             "inputs that the learned update reproduces",
+    "planted_subspace": "r=planted rank · x.xx: share of ΔW_planted in the learned top-r directions",
+}
+RECOVERY_SHORT = {"planted_data_recovery": "data recovery", "planted_subspace": "subspace"}
 
 
 def draw_rank_grid(ax, final_ranks: dict[str, int], norm: Normalize, planted: dict[str, int] | None = None,
                    subspace: dict[str, float | None] | None = None):
     """Layers (rows) x matrix types (columns), colour and number = final rank; absent cells stay blank. A planted
     module (the planted task) is framed in red and reads "planted <planted rank>", or "r=<planted rank> ·
-    <its subspace recovery>" where the run recorded one (``subspace``; as short, so it fits a narrow panel)."""
+    <its recovery>" where the run recorded one (``subspace``: data recovery, or subspace recovery for older runs;
+    as short, so it fits a narrow panel)."""
     layers = sorted({layer_index(m) for m in final_ranks})
     types = ordered_types(final_ranks)
     grid = np.full((len(layers), len(types)), np.nan)
@@ -263,12 +278,12 @@ def plot_final_rank_heatmap(run: Run) -> Figure:
     layers = len({layer_index(m) for m in ranks})
     fig = Figure(figsize=(6.5, max(3.5, 0.36 * layers + 1.8)), layout="constrained")
     ax = fig.subplots()
-    planted, subspace = planted_spec(run), planted_subspace_by_module(run)
-    image = draw_rank_grid(ax, ranks, Normalize(0, init_rank(run)), planted, subspace)
+    planted, field = planted_spec(run), recovery_field([run])
+    image = draw_rank_grid(ax, ranks, Normalize(0, init_rank(run)), planted, planted_recovery_by_module(run, field))
     fig.colorbar(image, ax=ax, label="final rank")
     note = f"; red: planted modules, recall {run.summary['planted_recall']:.2f}" if planted else ""
-    if planted and run.summary.get("planted_subspace") is not None:
-        note += f", subspace {run.summary['planted_subspace']:.2f}\n{SUBSPACE_NOTE}"
+    if planted and field and run.summary.get(field) is not None:
+        note += f", {RECOVERY_SHORT[field]} {run.summary[field]:.2f}\n{RECOVERY_NOTES[field]}"
     ax.set_title(f"Final rank: {title(run)}\ntotal {sum(ranks.values())}{note}", fontsize=10)
     return fig
 
@@ -302,8 +317,9 @@ def plot_comparison(runs: dict[str, Run], missing: list[str] = ()) -> Figure:
     top, bottom = fig.subfigures(2, 1, height_ratios=[1.25, 1])
     heat_axes = np.atleast_1d(top.subplots(1, len(signals), sharey=True))
     norm = Normalize(0, max(init_rank(run) for run in runs.values()))
+    field = recovery_field(runs.values())  # one measure in every panel, or the cells could not be compared
     for ax, (signal, run) in zip(heat_axes, runs.items()):
-        image = draw_rank_grid(ax, run.final_ranks, norm, planted_spec(run), planted_subspace_by_module(run))
+        image = draw_rank_grid(ax, run.final_ranks, norm, planted_spec(run), planted_recovery_by_module(run, field))
         ax.set_title(f"{signal}\ntotal rank {sum(run.final_ranks.values())}", fontsize=10)
     top.colorbar(image, ax=list(heat_axes), label="final rank", shrink=0.8)
 
@@ -326,8 +342,8 @@ def plot_comparison(runs: dict[str, Run], missing: list[str] = ()) -> Figure:
     heading = f"{first.task}: signals compared at seed {first.seed}"
     if missing:
         heading += f"  (no run for: {', '.join(missing)})"
-    if any(planted_subspace_by_module(run) for run in runs.values()):
-        heading += f"\nred: planted modules; {SUBSPACE_NOTE}"
+    if field:
+        heading += f"\nred: planted modules; {RECOVERY_NOTES[field]}"
     fig.suptitle(heading)
     return fig
 

@@ -57,8 +57,8 @@ SIZE_OPPOSED = "allocation goes against matrix size"
 ADAPTERS_CARRY_LITTLE = "the adapters carry little here; differences between signals cannot show"
 MODULE_SHAPES = "module_shapes"  # final_summary.json: {module name: [in_features, out_features]}
 # final_summary.json of a planted run -> the markdown column's name (the csv and json use the field names)
-RECOVERY_FIELDS = {"planted_recall": "planted recall", "planted_subspace": "subspace recovery",
-                   "planted_share": "planted share"}
+RECOVERY_FIELDS = {"planted_recall": "planted recall", "planted_data_recovery": "data recovery",
+                   "planted_subspace": "subspace recovery", "planted_share": "planted share"}
 ORACLE = "oracle"  # the planted task's upper reference
 
 
@@ -492,7 +492,11 @@ def to_markdown(report: dict) -> str:
               "shared seeds whose differences vary.", multiple_comparisons_note(report), ""]
     if recovery:
         lines += [f"Planted task: planted recall = Σ min(final rank, planted rank) / Σ planted rank over the planted "
-                  f"modules (1.0: every planted module holds its planted rank); subspace recovery = the share of "
+                  f"modules (1.0: every planted module holds its planted rank); data recovery = 1 - "
+                  f"||(ΔW_l - ΔW_p)·Xᵀ||² / ||ΔW_p·Xᵀ||² (clipped at 0) per planted module, X its inputs in the "
+                  f"teacher on the validation rows, ΔW_l the learned update: how much of the planted update's effect "
+                  f"on the data the student reproduces, averaged over the planted modules with weights r (1.0: all "
+                  f"of it, 0: no better than no update); subspace recovery = the share of "
                   f"each planted update ΔW_p (energy, ||·||_F²) that lies in the learned update's r strongest "
                   f"directions (its top-r left and right singular vectors, r the planted rank), averaged over the "
                   f"planted modules with weights r (1.0: the planted directions were learned, 0: none of them); "

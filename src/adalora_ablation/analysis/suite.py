@@ -2,8 +2,11 @@
 against the oracle.
 
 The runs sit in ``planted/<signal>/planted_draw=K/<seed>/`` (one variant folder per drawn spec; other swept settings
-beside planted_draw make separate suites). Per signal: the mean over specs of the main metric, planted recall and
-planted subspace recovery (each spec's mean over its seeds first, so every spec weighs the same); the regret
+beside planted_draw make separate suites). A suite pools only like with like: its finished runs must hold the same
+settings apart from the draw, the signal and the seed (a draw rerun with other steps would otherwise join the mean
+unseen); otherwise one line names the runs and the settings (UsageError). Per signal: the mean over specs of the main
+metric, planted recall, data recovery and subspace recovery (each spec's mean over its seeds first, so every spec
+weighs the same); the regret
 ``oracle - signal``, paired by (spec, seed): per spec the mean over the seeds both finished, then the mean and a 95%
 t interval over specs. The interval is over specs: the spread between specs of seed-averaged values, which is what
 a claim about "planted specs like these" rests on. ``oracle_fixed - oracle`` per spec is what the schedule costs
@@ -24,14 +27,17 @@ import numpy as np
 
 from .. import signals as registry
 from ..data.planted_spec import spec_text
+from ..errors import UsageError
 from ..run.folder import Run, discover, strict_json
-from ..run.identity import parse_variant, variant_name
+from ..run.identity import differing, parse_variant, show, summary_settings, variant_name
 from .markdown import table
 from .report import accuracy_labels, describe
 
 SUITE_SETTING = "planted_draw"  # the variant setting that numbers a suite's specs
 ORACLE, ORACLE_FIXED = "oracle", "oracle_fixed"
-RECALL, SUBSPACE = "planted_recall", "planted_subspace"  # final_summary.json; planted_subspace may be absent
+# final_summary.json; data recovery and subspace may be absent (runs made before they were recorded)
+RECALL, DATA, SUBSPACE = "planted_recall", "planted_data_recovery", "planted_subspace"
+SPEC_SETTINGS = ("planted_draw", "signal", "seed")  # what may differ between the runs of one suite
 METHOD = ("regret = oracle - signal, paired by (spec, seed): per spec the mean over the seeds both finished, then "
           "the mean over specs and its 95% t interval over specs (mean ± t(0.975, specs-1)·sd/√specs, sd over the "
           "per-spec means); the means of a signal alike, over its per-spec means over seeds")
@@ -115,10 +121,31 @@ def over_specs(per_spec: dict[int, float]) -> dict:
     return {**describe([per_spec[k] for k in sorted(per_spec)]), "specs": sorted(per_spec)}
 
 
+def refuse_unlike(runs: list[Run]) -> None:
+    """One line (UsageError) naming two finished runs of the suite whose settings differ other than in the draw,
+    the signal and the seed, and those settings; runs whose summary records no settings are taken as they are."""
+    first = None
+    for run in runs:
+        settings = summary_settings(run.summary) if run.problem is None else None
+        if settings is None:
+            continue
+        if first is None:
+            first = (run, settings)
+            continue
+        names = differing(first[1], settings, ignore=SPEC_SETTINGS)
+        if names:
+            what = "; ".join(f"{n}: {show(first[1][n])} in {first[0].run_dir}, {show(settings[n])} in {run.run_dir}"
+                             for n in names)
+            raise UsageError(f"a planted suite pools only runs that differ in the draw, signal and seed, but {what}; "
+                             f"rerun the odd runs with the suite's settings, or give each setting its own "
+                             f"--output-root (or sweep it beside planted_draw: each value becomes its own suite)")
+
+
 def build_suite(runs: list[Run], task: str, task_dir: Path, rest: str = "", output_root: str = "") -> dict:
     """The suite's numbers from its requested runs (Run objects in planted_draw=K variant folders)."""
+    refuse_unlike(runs)
     main_field, main_label = next(iter(accuracy_labels(task, task_dir).items()))
-    fields = [main_field, RECALL, SUBSPACE]
+    fields = [main_field, RECALL, DATA, SUBSPACE]
     values = collect_values(runs, fields)
     signals = list(dict.fromkeys(r.signal for r in runs))
     specs = sorted({_split(r.variant)[0] for r in runs})
@@ -200,26 +227,29 @@ def suite_markdown(suite: dict) -> str:
     if not suite["oracle_runs"]:
         lines += [f"No finished {ORACLE} runs: no regret to compute.", ""]
     has_fixed = suite["oracle_fixed_runs"]
-    header = ["signal", "specs", f"{label} mean [95% CI]", "planted recall", "planted subspace",
-              f"regret {label} [95% CI]", "regret recall", "regret subspace"]
+    header = ["signal", "specs", f"{label} mean [95% CI]", "planted recall", "data recovery", "planted subspace",
+              f"regret {label} [95% CI]", "regret recall", "regret data recovery", "regret subspace"]
     header += [f"regret vs {ORACLE_FIXED} ({label})"] if has_fixed else []
     rows = []
     for row in suite["signals"]:
         regret = row["regret"]
         cells = [row["signal"], len(row["specs"]), _interval(row[main], sign=""), _mean(row[RECALL]),
-                 _mean(row[SUBSPACE])]
+                 _mean(row[DATA]), _mean(row[SUBSPACE])]
         if regret is None:
-            cells += ["(reference)", "(reference)", "(reference)"]
+            cells += ["(reference)"] * 4
         else:
-            cells += [_interval(regret[main]), _mean(regret[RECALL], "+"), _mean(regret[SUBSPACE], "+")]
+            cells += [_interval(regret[main]), _mean(regret[RECALL], "+"), _mean(regret[DATA], "+"),
+                      _mean(regret[SUBSPACE], "+")]
         if has_fixed:
             vs_fixed = row["regret_vs_oracle_fixed"]
             cells += ["(reference)" if vs_fixed is None else _interval(vs_fixed[main])]
         rows.append(cells)
     lines += [table(header, rows), ""]
-    lines += ["Regret > 0: the signal is below the oracle. Recall and subspace regrets: the means over specs of the "
-              "same paired per-spec means. —: no finished run has the value (planted subspace: runs that do not "
-              "record it).", ""]
+    lines += ["Regret > 0: the signal is below the oracle. Recall, data recovery and subspace regrets: the means over "
+              "specs of the same paired per-spec means. Data recovery: how much of the planted updates' effect on "
+              "the validation rows' module inputs the learned updates reproduce (1 - ||(ΔW_l - ΔW_p)Xᵀ||² / "
+              "||ΔW_p Xᵀ||², clipped at 0); planted subspace: the share of ΔW_p in the learned updates' top-r "
+              "directions, in weight space. —: no finished run has the value (runs that do not record it).", ""]
     cost = suite["schedule_cost"][main]
     if has_fixed and cost and cost["n"]:
         lines += [f"**The schedule's cost** ({ORACLE_FIXED} - {ORACLE}, {label}): {_interval(cost)}. "
@@ -243,6 +273,10 @@ def suite_markdown(suite: dict) -> str:
             cells += ["—" if value is None else f"{value:+.4f}"]
         rows.append(cells)
     lines += [f"### Per spec ({label}: mean over seeds, the number of seeds in brackets)", "", table(header, rows), ""]
+    if any(spec["signals"][s][DATA] is not None for spec in suite["per_spec"] for s in signals):
+        rows = [[spec["draw"]] + ["—" if spec["signals"][s][DATA] is None else f"{spec['signals'][s][DATA]:.4f}"
+                                  for s in signals] for spec in suite["per_spec"]]
+        lines += ["### Per spec: data recovery (mean over seeds)", "", table(["draw"] + signals, rows), ""]
     problems = suite["missing_or_partial"]
     lines += ["### Missing or unfinished runs", ""]
     lines += [f"- {p['signal']} / planted_draw={p['draw']} / seed {p['seed']}: {p['problem']} ({p['path']})"

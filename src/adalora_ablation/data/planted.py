@@ -1,11 +1,14 @@
 """The planted task: a teacher with known low-rank updates, and rows labelled by it.
 
-The teacher is the base model with ΔW = B·A added to the weights of a few adapted modules (``--planted-modules``,
-or draw K of a suite), drawn from ``--planted-seed`` alone. The student is the same base model (same head) with
-AdaLoRA on top, trained by the normal ``train`` path to match the teacher's outputs: by default the teacher's logits
-(MSE on them, distillation: every row says how far the student is from the teacher, not only whether its arg-max is
-right), or the teacher's classes (``--planted-targets labels``). So the answer to "where should rank go?" is known: to
-the planted modules, at their planted ranks; the main metric is the student's agreement with the teacher.
+The teacher is the base model with ΔW = U·diag(σ)·Vᵀ added to the weights of a few adapted modules
+(``--planted-modules``, or draw K of a suite), drawn from ``--planted-seed`` alone. V lies in the principal subspace
+of the module's inputs on the calibration rows (construction v2, planted_spec.construction_rule): an update along
+directions the inputs never take changes no output, so no student could learn it and no metric should count it.
+The student is the same base model (same head) with AdaLoRA on top, trained by the normal ``train`` path to match
+the teacher's outputs: by default the teacher's logits (MSE on them, distillation: every row says how far the
+student is from the teacher, not only whether its arg-max is right), or the teacher's classes (``--planted-targets
+labels``). So the answer to "where should rank go?" is known: to the planted modules, at their planted ranks; the
+main metric is the student's agreement with the teacher.
 
 The rows need no selection, so every valid spec builds: the first candidate inputs are labelled by the teacher. What
 makes allocation matter is the strength of the updates: ``--planted-strength auto`` takes the smallest strength of a
@@ -32,17 +35,15 @@ from transformers.pytorch_utils import Conv1D
 from ..errors import UsageError
 from ..module_names import short_module_name
 from .loading import SYNTHETIC_WORDS, data_fingerprint, find_local, read_local, tokenize
-from .planted_spec import check_planted_spec, default_planted_spec, draw_planted_spec, parse_planted_spec
+from .planted_spec import (
+    BASE_AGREEMENT, PRINCIPAL_SHARE, STRENGTH_LADDER, check_planted_spec, construction_rule, default_planted_spec,
+    draw_planted_spec, parse_planted_spec,
+)
 from .tasks import TASKS, Task
 
 CALIBRATION_ROWS = 512  # the first candidates: the head's bias is centred and the strength chosen on them
 CHUNK = 256  # candidates labelled per forward pass
 GLUE_SOURCES = ("mnli", "rte")  # --data-dir: sentence pairs of the first of these found (MNLI is the larger pool)
-# --planted-strength auto: the rungs tried, smallest first (a factor sqrt(2) apart), and the base model's agreement
-# with the teacher to get down to. Half the inputs: the updates decide the answer on most rows, and the smallest
-# strength that does it keeps the update as easy to learn as the spec allows.
-STRENGTH_LADDER = tuple(round(2 ** (k / 2), 4) for k in range(-2, 9))  # 0.5 .. 16
-BASE_AGREEMENT = 0.5
 TARGETS = ("logits", "labels")  # --planted-targets: distil the teacher's logits (MSE), or its classes
 
 
@@ -73,23 +74,91 @@ def _out_in(module: torch.nn.Module, tensor: torch.Tensor) -> torch.Tensor:
     return tensor.T if isinstance(module, Conv1D) else tensor
 
 
-def planted_updates(model: torch.nn.Module, setup: PlantedSetup, strength: float = 1.0) -> dict[str, torch.Tensor]:
-    """ΔW (out x in) per planted module: U·diag(σ)·Vᵀ with random orthonormal U, V (so its rank is exactly the
-    planted rank) and every σ = ``strength`` x the module's largest singular value. Drawn from ``setup.seed`` alone,
-    module by module in name order, so the same seed gives the same directions whatever the training seed and the
-    strength."""
+@dataclass
+class InputMoments:
+    """What a module's inputs (every real token's input vector; padding left out) look like over some rows: the
+    sum of x·xᵀ (in x in), the sum of x, and the number of tokens, float64 on the CPU."""
+
+    second: torch.Tensor
+    first: torch.Tensor
+    tokens: int
+
+    def covariance(self) -> torch.Tensor:
+        """The centred covariance of the inputs (in x in)."""
+        mean = self.first / max(self.tokens, 1)
+        return self.second / max(self.tokens, 1) - torch.outer(mean, mean)
+
+    def mean_square(self) -> torch.Tensor:
+        """E[x·xᵀ] (in x in): ||ΔW·Xᵀ||_F² / tokens = trace(ΔW·E[x·xᵀ]·ΔWᵀ) for any update ΔW."""
+        return self.second / max(self.tokens, 1)
+
+
+@torch.no_grad()
+def input_moments(model: torch.nn.Module, names, encoded: list[dict]) -> dict[str, InputMoments]:
+    """InputMoments of each module in ``names`` (short names) of ``model`` over the batches ``encoded``: forward
+    hooks read the input of every module as the model computes it; the attention mask leaves padding out."""
+    modules = _adapted(model)
+    found = {name: InputMoments(torch.zeros(0), torch.zeros(0), 0) for name in names}
+    mask: list[torch.Tensor | None] = [None]
+
+    def hook_for(name):
+        def hook(module, args, output):
+            x = args[0].detach().to("cpu", torch.float64)
+            keep = mask[0]
+            rows = x[keep.bool()] if keep is not None and keep.shape == x.shape[:-1] else x.reshape(-1, x.shape[-1])
+            moments = found[name]
+            if moments.tokens == 0:
+                moments.second, moments.first = rows.T @ rows, rows.sum(0)
+            else:
+                moments.second += rows.T @ rows
+                moments.first += rows.sum(0)
+            moments.tokens += rows.shape[0]
+        return hook
+
+    handles = [modules[name].register_forward_hook(hook_for(name)) for name in names]
+    try:
+        for batch in encoded:
+            mask[0] = batch.get("attention_mask")
+            _logits(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+def principal_basis(covariance: torch.Tensor, rank: int, share: float = PRINCIPAL_SHARE) -> torch.Tensor:
+    """The leading eigenvectors (in x d) of a covariance that hold ``share`` of its variance, d >= ``rank`` (and at
+    most its size): the directions the inputs take."""
+    values, vectors = torch.linalg.eigh(covariance.double())
+    values, vectors = values.flip(0).clamp(min=0), vectors.flip(1)
+    total = float(values.sum())
+    held = int((torch.cumsum(values, 0) < share * total).sum()) + 1 if total > 0 else len(values)
+    return vectors[:, :min(len(values), max(rank, held))]
+
+
+def planted_updates(model: torch.nn.Module, setup: PlantedSetup, inputs: dict[str, InputMoments],
+                    strength: float = 1.0) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """ΔW (out x in) per planted module: U·diag(σ)·Vᵀ with U random orthonormal and V a random orthonormal basis of
+    an r-dimensional subspace of the principal subspace of the module's ``inputs`` (so the inputs excite every
+    planted direction, and the rank is exactly the planted rank r), every σ = ``strength`` x the module's largest
+    singular value. The random parts are drawn from ``setup.seed`` alone, module by module in name order; the inputs
+    are the base model's on the calibration rows, which depend on that seed too. Returns the updates and the size d
+    of each module's principal subspace."""
     modules = _adapted(model)
     generator = torch.Generator().manual_seed(setup.seed)
-    updates = {}
+    updates, dims = {}, {}
     for name in sorted(setup.spec):
         module, rank = modules[name], setup.spec[name]
         weight = _out_in(module, module.weight.detach().float().cpu())
         out_f, in_f = weight.shape
         u = torch.linalg.qr(torch.randn(out_f, rank, generator=generator)).Q
-        v = torch.linalg.qr(torch.randn(in_f, rank, generator=generator)).Q
+        basis = principal_basis(inputs[name].covariance(), rank)
+        mix = torch.randn(basis.shape[1], rank, generator=generator, dtype=torch.float64)
+        v = torch.linalg.qr(basis @ mix).Q.float()
         sigma = strength * torch.linalg.matrix_norm(weight, ord=2)
         updates[name] = (sigma * u @ v.T).to(module.weight.dtype)
-    return updates
+        dims[name] = basis.shape[1]
+    return updates, dims
 
 
 def make_teacher(model: torch.nn.Module, updates: dict[str, torch.Tensor]) -> torch.nn.Module:
@@ -164,18 +233,36 @@ def _all_logits(model, encoded: list[dict]) -> torch.Tensor:
 def calibrate(model, unit_updates: dict[str, torch.Tensor], encoded: list[dict], strength: float | str):
     """The teacher at the given strength, or for "auto" at the smallest rung of STRENGTH_LADDER at which the base
     model agrees with it on at most BASE_AGREEMENT of the inputs (the largest rung if none does), with the head
-    shift that balances its classes. Returns (teacher, strength, shift, base agreement), before the shift is
-    applied to any head, and the scale that gives the teacher's logits a spread of 1 over the inputs."""
+    shift that balances its classes. Agreement falls as the strength grows, so "auto" bisects the ladder (about 6 rungs
+    tried, not 17). Returns (teacher, strength, shift, base agreement), before the shift is applied to any head,
+    and the scale that gives the teacher's logits a spread of 1 over the inputs."""
     base_logits = _all_logits(model, encoded)
     teacher = copy.deepcopy(model).eval()
-    for rung in (STRENGTH_LADDER if strength == "auto" else (float(strength),)):
-        set_updates(teacher, model, {n: rung * u for n, u in unit_updates.items()})
-        teacher_logits = _all_logits(teacher, encoded)
-        shift = balancing_shift(teacher_logits) if _has_bias(model) else \
-            torch.zeros(teacher_logits.shape[1], dtype=torch.float64)
-        agreed = agreement(base_logits, teacher_logits, shift)
-        if agreed <= BASE_AGREEMENT:
-            break
+    tried: dict[float, tuple] = {}
+
+    def attempt(rung: float) -> tuple:
+        if rung not in tried:
+            set_updates(teacher, model, {n: rung * u for n, u in unit_updates.items()})
+            teacher_logits = _all_logits(teacher, encoded)
+            shift = balancing_shift(teacher_logits) if _has_bias(model) else \
+                torch.zeros(teacher_logits.shape[1], dtype=torch.float64)
+            tried[rung] = (teacher_logits, shift, agreement(base_logits, teacher_logits, shift))
+        return tried[rung]
+
+    if strength == "auto":
+        low, high = 0, len(STRENGTH_LADDER) - 1  # the answer is in low..high: the top, or the first that gets there
+        if attempt(STRENGTH_LADDER[high])[2] <= BASE_AGREEMENT:
+            while low < high:
+                middle = (low + high) // 2
+                if attempt(STRENGTH_LADDER[middle])[2] <= BASE_AGREEMENT:
+                    high = middle
+                else:
+                    low = middle + 1
+        rung = STRENGTH_LADDER[high]
+    else:
+        rung = float(strength)
+    teacher_logits, shift, agreed = attempt(rung)
+    set_updates(teacher, model, {n: rung * u for n, u in unit_updates.items()})  # the rung chosen, not the last tried
     # A random or new head's logits are small (about 0.1 apart on tiny-deberta): their MSE would be a thousandth of
     # AdaLoRA's orthogonal regulariser. A unit spread makes distilling them weigh like a classification loss.
     scale = 1.0 / max(float(teacher_logits.std(0).mean()), 1e-12) if classifier_layer(model) is not None else 1.0
@@ -237,21 +324,33 @@ def _chunks(pairs, size=CHUNK):
 
 # -- the rows ------------------------------------------------------------------------------------------------------
 def prepare_teacher(model, tokenizer, task: Task, setup: PlantedSetup, data_dir, max_seq_length: int, log=print):
-    """Build the teacher (strength chosen by ``calibrate``) and centre and scale the shared head (both every run, so
-    a cached dataset matches the model). Returns (teacher, candidate pairs, record for the summary, the planted
-    updates ΔW at the strength used)."""
-    unit = planted_updates(model, setup)
+    """Build the teacher (updates in the principal subspace of the base model's inputs on the calibration rows,
+    strength chosen by ``calibrate``) and centre and scale the shared head (both every run, so a cached dataset
+    matches the model). Returns (teacher, candidate pairs, record for the summary, the planted updates ΔW at the
+    strength used)."""
     pairs, inputs = candidate_pairs(setup, data_dir, log=log)
     calibration = [_encode(tokenizer, task, chunk, max_seq_length) for chunk in _chunks(pairs[:CALIBRATION_ROWS])]
+    unit, dims = planted_updates(model, setup, input_moments(model, sorted(setup.spec), calibration))
     teacher, strength, shift, agreed, scale = calibrate(model, unit, calibration, setup.strength)
     rescale_heads(shift, scale, model, teacher)
     if setup.strength == "auto":
         top = "" if agreed <= BASE_AGREEMENT else "; the ladder's top"
         log(f"[data] planted task: strength {strength} (auto: the base model agrees with the teacher on {agreed:.1%} "
-            f"of {len(calibration and pairs[:CALIBRATION_ROWS])} calibration inputs{top})")
-    record = {**setup.record(), "strength_used": strength, "base_agreement": agreed, "inputs": inputs,
+            f"of {len(pairs[:CALIBRATION_ROWS])} calibration inputs{top})")
+    record = {**setup.record(), "construction": construction_rule(), "principal_dims": dims,
+              "strength_used": strength, "base_agreement": agreed, "inputs": inputs,
               "head_bias_shift": shift.tolist(), "head_scale": scale, "labels": list(task.labels)}
     return teacher, pairs, record, {n: strength * u for n, u in unit.items()}
+
+
+@dataclass
+class PlantedAnswer:
+    """What the learned updates are measured against: the planted updates ΔW_p (out x in) and, per planted module,
+    the moments of its inputs in the teacher over the validation rows (adalora/recovery.py: recovery on the
+    data)."""
+
+    deltas: dict[str, torch.Tensor]
+    eval_inputs: dict[str, InputMoments]
 
 
 def label_rows(teacher, tokenizer, task: Task, setup: PlantedSetup, pairs, max_seq_length: int) -> DatasetDict:
@@ -314,9 +413,13 @@ def planted_setup_from_args(data_args, ada_args, module_names: list[str]) -> Pla
 
 def prepare_planted_data(model, tokenizer, task: Task, setup: PlantedSetup, data_args, model_id: str, log=print):
     """Teacher, centred head, and what ``load_tokenized`` needs to build (or find cached) the rows: returns
-    (record for the summary, build, build_key, the planted updates ΔW per module at the strength used)."""
+    (record for the summary, build, build_key, the PlantedAnswer: ΔW per module at the strength used and the
+    teacher's module inputs on the validation rows)."""
     teacher, pairs, record, updates = prepare_teacher(model, tokenizer, task, setup, data_args.data_dir,
                                                       data_args.max_seq_length, log=log)
+    validation = [_encode(tokenizer, task, chunk, data_args.max_seq_length)
+                  for chunk in _chunks(pairs[:setup.eval_rows])]
+    answer = PlantedAnswer(updates, input_moments(teacher, sorted(setup.spec), validation))
 
     def build():
         return planted_dataset(teacher, tokenizer, task, setup, pairs, data_args.max_seq_length, log=log)
@@ -325,8 +428,9 @@ def prepare_planted_data(model, tokenizer, task: Task, setup: PlantedSetup, data
     # setup and the inputs; the key says so.
     fingerprint = "words" if data_args.data_dir is None else data_fingerprint(
         next(TASKS[n] for n in GLUE_SOURCES if record["inputs"].startswith(f"GLUE {n} ")), data_args.data_dir)
-    build_key = {"model": model_id, "setup": setup.record(), "inputs": fingerprint, "v": 3}
-    return record, build, build_key, updates
+    build_key = {"model": model_id, "setup": setup.record(), "construction": record["construction"],
+                 "inputs": fingerprint, "v": 3}
+    return record, build, build_key, answer
 
 
 def freeze_head(peft_model) -> None:

@@ -37,6 +37,33 @@ def draw_rule() -> str:
             f"(where init_r allows); from (planted_seed, planted_draw)")
 
 
+# How a planted update is built (data/planted.py). Its version is recorded in every planted run's settings
+# (planted_construction) and in the summary's planted record: a run made under another construction is another task
+# and must never pass for this one. Raise the version whenever planted_updates or the strength rule change what they
+# build. v1 (no field recorded): V uniformly random over the whole input space. v2: V within the inputs' principal
+# subspace, so that the data excite every planted direction.
+CONSTRUCTION_VERSION = 2
+PRINCIPAL_SHARE = 0.9  # the principal subspace: the leading directions holding this share of the inputs' variance
+# --planted-strength auto: the rungs tried (a factor sqrt(2) apart) and the base model's agreement with the teacher
+# to get down to. Half the inputs: the updates decide the answer on most rows, and the smallest strength that does
+# it keeps the update as easy to learn as the spec allows. Updates the inputs excite move the outputs at a much
+# smaller strength than random ones, hence rungs down to 1/16.
+STRENGTH_LADDER = tuple(round(2 ** (k / 2), 4) for k in range(-8, 9))  # 0.0625 .. 16
+BASE_AGREEMENT = 0.5
+
+
+def construction_rule() -> str:
+    """How the planted updates are built, in words, with the version: what a planted run records as
+    planted_construction (its settings) and construction (the summary's planted record)."""
+    return (f"construction v{CONSTRUCTION_VERSION}: per planted module, V (in x r) a random orthonormal basis of "
+            f"an r-dimensional subspace of the principal subspace of the module's inputs on the calibration rows "
+            f"(the leading eigenvectors of their centred covariance holding {PRINCIPAL_SHARE:.0%} of the variance, "
+            f"at least r of them), U random orthonormal, every singular value = strength x the module's largest; "
+            f"auto strength: the smallest rung of {STRENGTH_LADDER[0]}..{STRENGTH_LADDER[-1]} (factor sqrt 2) at "
+            f"which the base model agrees with the teacher on at most {BASE_AGREEMENT:.0%} of the calibration rows "
+            f"(a bisection)")
+
+
 def draw_planted_spec(names: list[str], init_r: int, target_r: int, seed: int, index: int) -> dict[str, int]:
     """Spec number ``index`` of the suite drawn from ``seed`` for these adapted modules: a function of (the set of
     names, init_r, target_r, seed, index) only, so draws do not depend on each other or on the order they are made

@@ -84,14 +84,26 @@ def show(value) -> str:
     return json.dumps(value) if isinstance(value, (dict, list)) or value is None else str(value)
 
 
+# Settings this tool added after runs were made without them, per task, and the value such a run had: a recorded run
+# that lacks one is read as holding that value (never skipped as "a field only one side knows"), so that it does not
+# pass for a run made with the new value. planted_construction: the planted updates uniformly random (v1).
+ADDED_SETTINGS = {"planted": {"planted_construction": "construction v1"}}
+
+
+def completed(settings: dict) -> dict:
+    """Recorded settings with the ADDED_SETTINGS' old values filled in where the run predates them."""
+    added = ADDED_SETTINGS.get(settings.get("task"), {})
+    return {**{k: v for k, v in added.items() if k not in settings}, **settings}
+
+
 def summary_settings(summary: dict) -> dict | None:
     """A finished run's settings: recorded by train, or, for a run written before fingerprints were recorded, read
     from the full config its summary holds (the same fields, so such runs are compared just as well); None when the
     summary holds neither."""
     if isinstance(summary.get("settings"), dict):
-        return summary["settings"]
+        return completed(summary["settings"])
     if isinstance(summary.get("config"), dict):
-        return result_settings(summary["config"])
+        return completed(result_settings(summary["config"]))
     return None
 
 
@@ -101,7 +113,9 @@ def read_identity(folder: Path) -> dict | None:
         found = json.loads((Path(folder) / IDENTITY_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return found if isinstance(found, dict) and isinstance(found.get("settings"), dict) else None
+    if not (isinstance(found, dict) and isinstance(found.get("settings"), dict)):
+        return None
+    return {**found, "settings": completed(found["settings"])}
 
 
 # -- variants: the settings a sweep varies, as a run folder's name ------------------------------------------------
