@@ -29,9 +29,9 @@ from .. import signals as registry
 from ..data.planted_spec import spec_text
 from ..errors import UsageError
 from ..run.folder import Run, discover, strict_json
-from ..run.identity import differing, parse_variant, show, summary_settings, variant_name
+from ..run.identity import parse_variant, show, variant_name
 from .markdown import table
-from .report import accuracy_labels, describe
+from .report import accuracy_labels, describe, settings_clash
 
 SUITE_SETTING = "planted_draw"  # the variant setting that numbers a suite's specs
 ORACLE, ORACLE_FIXED = "oracle", "oracle_fixed"
@@ -124,21 +124,13 @@ def over_specs(per_spec: dict[int, float]) -> dict:
 def refuse_unlike(runs: list[Run]) -> None:
     """One line (UsageError) naming two finished runs of the suite whose settings differ other than in the draw,
     the signal and the seed, and those settings; runs whose summary records no settings are taken as they are."""
-    first = None
-    for run in runs:
-        settings = summary_settings(run.summary) if run.problem is None else None
-        if settings is None:
-            continue
-        if first is None:
-            first = (run, settings)
-            continue
-        names = differing(first[1], settings, ignore=SPEC_SETTINGS)
-        if names:
-            what = "; ".join(f"{n}: {show(first[1][n])} in {first[0].run_dir}, {show(settings[n])} in {run.run_dir}"
-                             for n in names)
-            raise UsageError(f"a planted suite pools only runs that differ in the draw, signal and seed, but {what}; "
-                             f"rerun the odd runs with the suite's settings, or give each setting its own "
-                             f"--output-root (or sweep it beside planted_draw: each value becomes its own suite)")
+    clash = settings_clash(runs, ignore=SPEC_SETTINGS)
+    if clash:
+        first, run, names = clash
+        what = "; ".join(f"{n}: {show(a)} in {first.run_dir}, {show(b)} in {run.run_dir}" for n, a, b in names)
+        raise UsageError(f"a planted suite pools only runs that differ in the draw, signal and seed, but {what}; "
+                         f"rerun the odd runs with the suite's settings, or give each setting its own "
+                         f"--output-root (or sweep it beside planted_draw: each value becomes its own suite)")
 
 
 def build_suite(runs: list[Run], task: str, task_dir: Path, rest: str = "", output_root: str = "") -> dict:
