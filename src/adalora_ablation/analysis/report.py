@@ -109,10 +109,10 @@ def collect_runs(output_root: str | Path, task: str, signals: list[str] | None =
     return [Run.at(output_root, task, signal, seed, variant) for signal in signals for seed in seeds]
 
 
-def settings_clash(runs: list[Run], ignore: tuple[str, ...]) -> tuple[Run, Run, list[tuple]] | None:
-    """The first finished run with recorded settings, the first later one whose settings differ from its other than
-    in ``ignore``, and those settings as (name, first's value, other's value); None if they all agree. Runs whose
-    summary records no settings are taken as they are."""
+def settings_clash(runs: list[Run], ignore: tuple[str, ...], place) -> str | None:
+    """The settings in which the first finished run that records settings and the first later one differ, other
+    than in ``ignore``, as "name: value in <place(first)>, value in <place(other)>; ..."; None if they all agree.
+    Runs whose summary records no settings are taken as they are."""
     first = None
     for run in runs:
         settings = summary_settings(run.summary) if run.problem is None else None
@@ -123,7 +123,8 @@ def settings_clash(runs: list[Run], ignore: tuple[str, ...]) -> tuple[Run, Run, 
             continue
         names = differing(first[1], settings, ignore=ignore)
         if names:
-            return first[0], run, [(n, first[1][n], settings[n]) for n in names]
+            return "; ".join(f"{n}: {show(first[1][n])} in {place(first[0])}, {show(settings[n])} in {place(run)}"
+                             for n in names)
     return None
 
 
@@ -131,10 +132,8 @@ def refuse_mixed_settings(runs: list[Run]) -> None:
     """Every finished run of one report must have the same settings apart from its signal and seed (a paired test
     of two signals is only a comparison of signals if nothing else differs); otherwise one line naming the runs and
     the settings."""
-    clash = settings_clash(runs, ignore=("signal", "seed"))
-    if clash:
-        first, run, names = clash
-        what = "; ".join(f"{n}: {show(a)} in {first.name}, {show(b)} in {run.name}" for n, a, b in names)
+    what = settings_clash(runs, ignore=("signal", "seed"), place=lambda run: run.name)
+    if what:
         raise UsageError(f"runs with different settings would be pooled in one report ({what}); give each "
                          f"setting its own --output-root, or sweep it (ablate --sweep NAME=V1,V2) so that each "
                          f"value gets its own folder and its own report")

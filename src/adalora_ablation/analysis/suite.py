@@ -29,7 +29,7 @@ from .. import signals as registry
 from ..data.planted_spec import spec_text
 from ..errors import UsageError
 from ..run.folder import Run, discover, strict_json
-from ..run.identity import parse_variant, show, variant_name
+from ..run.identity import parse_variant, variant_name
 from .markdown import table
 from .report import accuracy_labels, describe, settings_clash
 
@@ -124,10 +124,8 @@ def over_specs(per_spec: dict[int, float]) -> dict:
 def refuse_unlike(runs: list[Run]) -> None:
     """One line (UsageError) naming two finished runs of the suite whose settings differ other than in the draw,
     the signal and the seed, and those settings; runs whose summary records no settings are taken as they are."""
-    clash = settings_clash(runs, ignore=SPEC_SETTINGS)
-    if clash:
-        first, run, names = clash
-        what = "; ".join(f"{n}: {show(a)} in {first.run_dir}, {show(b)} in {run.run_dir}" for n, a, b in names)
+    what = settings_clash(runs, ignore=SPEC_SETTINGS, place=lambda run: run.run_dir)
+    if what:
         raise UsageError(f"a planted suite pools only runs that differ in the draw, signal and seed, but {what}; "
                          f"rerun the odd runs with the suite's settings, or give each setting its own "
                          f"--output-root (or sweep it beside planted_draw: each value becomes its own suite)")
