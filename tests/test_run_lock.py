@@ -15,6 +15,7 @@ from adalora_ablation.run import lock as run_lock
 from adalora_ablation.run.lock import (
     LOCK_FILE, STALE_S, LockHeld, LockOwner, RunLock, held_elsewhere, read_owner,
 )
+from cli_in_process import run_cli
 
 HOLDER = """
 import sys, time
@@ -240,26 +241,28 @@ TRAIN = ["--task", "synthetic", "--signal", "combo", "--seed", "5", "--max-steps
 
 
 @pytest.mark.slow
-def test_a_second_train_on_the_same_folder_stops_and_the_first_writes_consistent_logs(tmp_path):
+def test_a_second_train_on_the_same_folder_stops_and_the_first_writes_consistent_logs(tmp_path, capsys):
+    """The first run is a subprocess; the second `train` (plain, then with --overwrite) and the grid's dry run are
+    this test's own process: two processes on one folder, without paying a second interpreter's imports."""
     def cli(*args):
-        return [sys.executable, "-m", "adalora_ablation", *args, "--output-root", str(tmp_path)]
+        return [*args, "--output-root", str(tmp_path)]
 
     run_dir = tmp_path / "synthetic" / "combo" / "5"
-    first = subprocess.Popen(cli("train", *TRAIN), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen([sys.executable, "-m", "adalora_ablation", *cli("train", *TRAIN)], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 120
         while not (run_dir / LOCK_FILE).exists():
             assert first.poll() is None and time.time() < deadline, "the first run never took its lock"
             time.sleep(0.05)
         for extra in ([], ["--overwrite", "True"]):
-            second = subprocess.run(cli("train", *TRAIN, *extra), capture_output=True, text=True, timeout=300)
+            second = run_cli(capsys, *cli("train", *TRAIN, *extra))
             assert second.returncode == 2, second.stderr[-2000:]
             errors = [line for line in second.stderr.splitlines() if line.startswith("adalora-ablation: error:")]
             assert len(errors) == 1 and f"{run_dir} is in use by process {first.pid} on " in errors[0]
             assert first.poll() is None, "the second process disturbed the first"
-        grid = subprocess.run(cli("ablate", "--task", "synthetic", "--signals", "combo", "--seeds", "5", "--dry-run",
-                                  *TRAIN[6:]),  # the same settings: the grid's own run, in progress elsewhere
-                              capture_output=True, text=True, timeout=120)
+        grid = run_cli(capsys, *cli("ablate", "--task", "synthetic", "--signals", "combo", "--seeds", "5", "--dry-run",
+                                    *TRAIN[6:]))  # the same settings: the grid's own run, in progress elsewhere
         assert f"| synthetic | combo | 5 | running elsewhere | process {first.pid} on " in grid.stdout
         first.send_signal(signal.SIGTERM)
         out, _ = first.communicate(timeout=600)
