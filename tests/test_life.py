@@ -2,31 +2,35 @@
 a defined way, and a resume from wherever it stopped equals the uninterrupted run.
 
 Every run here is in this process (one set of torch settings, so results compare bit for bit) and shares one
-uninterrupted run. --save-strategy epoch as the RTE presets have it; 100 steps are one epoch of 63 steps and 37 of
-the next, so the last step is not on an epoch boundary.
+uninterrupted run. --save-strategy epoch as the RTE presets have it; 50 steps are one epoch of 30 steps (960 rows of
+32) and 20 of the next, so the last step is not on an epoch boundary. Where a signal must come at a given moment, a
+log handler sends it from the main thread when the run logs that moment, so it arrives there however loaded the
+machine is (a watching thread could be late: on a busy machine the run had finished before its signal came).
 """
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
 from adalora_ablation.errors import RunInterrupted
+from adalora_ablation.logs import PACKAGE_LOGGER
 from adalora_ablation.run.folder import MANIFEST, complete_checkpoints, read_jsonl, verify_manifest
 from adalora_ablation.run.lock import LOCK_FILE
 from adalora_ablation.train import train
+from cli_in_process import run_cli
 
 pytestmark = pytest.mark.slow
 
-ARGS = ["--task", "synthetic", "--signal", "combo", "--seed", "3", "--max-steps", "100", "--tinit", "10",
-        "--tfinal", "20", "--deltaT", "5", "--save-strategy", "epoch", "--eval-strategy", "epoch",
-        "--logging-steps", "10"]
+ARGS = ["--task", "synthetic", "--signal", "combo", "--seed", "3", "--max-steps", "50", "--tinit", "10",
+        "--tfinal", "10", "--deltaT", "5", "--save-strategy", "epoch", "--eval-strategy", "epoch",
+        "--logging-steps", "10", "--max-train-samples", "960", "--max-eval-samples", "128"]
 TIMING = ("_runtime", "_per_second", "_preparation_time")  # fields that differ between any two runs
 
 
@@ -47,6 +51,28 @@ def straight(tmp_path_factory):
     root = tmp_path_factory.mktemp("straight")
     summary = train([*ARGS, "--output-root", str(root)])
     return run_dir_of(root), summary
+
+
+class _SignalOnLog(logging.Handler):
+    def __init__(self, condition, sig):
+        super().__init__()
+        self.condition, self.sig, self.sent = condition, sig, False
+
+    def emit(self, record):
+        if not self.sent and self.condition(record.getMessage()):
+            self.sent = True
+            os.kill(os.getpid(), self.sig)  # delivered to the main thread, which is the one logging
+
+
+@contextlib.contextmanager
+def signal_on_log(condition, sig=signal.SIGTERM):
+    """Send ``sig`` to this process the first time the run logs a message for which ``condition(message)`` holds."""
+    handler = _SignalOnLog(condition, sig)
+    PACKAGE_LOGGER.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        PACKAGE_LOGGER.removeHandler(handler)
 
 
 def signal_when(condition, sig=signal.SIGTERM) -> threading.Thread:
@@ -74,7 +100,7 @@ def assert_equals_straight(run_dir, summary, straight, approx_loss=False):
     # the whole run's mean loss; after a resume at a step between two log lines the float sums group differently
     assert summary["train_loss"] == (pytest.approx(expected["train_loss"], rel=1e-6) if approx_loss
                                      else expected["train_loss"])
-    final_evals = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "eval_loss" in r and r["step"] == 100]
+    final_evals = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "eval_loss" in r and r["step"] == 50]
     assert len(final_evals) == 2  # the epoch-end evaluation and the final one, each once
 
 
@@ -82,7 +108,7 @@ def test_the_uninterrupted_run_reports_the_trainers_train_loss(straight):
     run_dir, summary = straight
     (end,) = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "train_runtime" in r]
     assert summary["train_loss"] == end["train_loss"]
-    assert [c.name for c in complete_checkpoints(run_dir)] == ["checkpoint-63", "checkpoint-100"]
+    assert [c.name for c in complete_checkpoints(run_dir)] == ["checkpoint-30", "checkpoint-50"]
     assert not (run_dir / LOCK_FILE).exists()
     for checkpoint in complete_checkpoints(run_dir):  # full-shape adapters: PEFT's save would prune them
         assert json.loads((checkpoint / "adapter_config.json").read_text())["rank_pattern"] is None
@@ -90,16 +116,18 @@ def test_the_uninterrupted_run_reports_the_trainers_train_loss(straight):
 
 def test_a_signal_after_the_last_step_keeps_it_and_the_resume_trains_nothing(tmp_path, straight):
     run_dir = run_dir_of(tmp_path)
-    signal_when(lambda: any("train_runtime" in line for line in _lines(run_dir / "metrics.jsonl")))
-    with pytest.raises(RunInterrupted) as stopped:  # during the final evaluation
+    # the Trainer's end-of-training record (train_runtime), logged before the final evaluation
+    with signal_on_log(lambda message: message.startswith("[train] finished at step")) as sent, \
+            pytest.raises(RunInterrupted) as stopped:
         train([*ARGS, "--output-root", str(tmp_path)])
-    assert (stopped.value.step, stopped.value.checkpoint) == (100, "checkpoint-100")
+    assert sent.sent and any("train_runtime" in line for line in _lines(run_dir / "metrics.jsonl"))
+    assert (stopped.value.step, stopped.value.checkpoint) == (50, "checkpoint-50")
     assert not (run_dir / "final_summary.json").exists() and not (run_dir / LOCK_FILE).exists()
-    verify_manifest(run_dir / "checkpoint-100")
+    verify_manifest(run_dir / "checkpoint-50")
 
     summary = train([*ARGS, "--output-root", str(tmp_path), "--resume", "True"])
-    assert summary["resumed_from"] == "checkpoint-100"
-    assert [c.name for c in complete_checkpoints(run_dir)] == ["checkpoint-63", "checkpoint-100"]  # no step 101
+    assert summary["resumed_from"] == "checkpoint-50"
+    assert [c.name for c in complete_checkpoints(run_dir)] == ["checkpoint-30", "checkpoint-50"]  # no step 51
     assert_equals_straight(run_dir, summary, straight)
     assert metric_lines(run_dir) == metric_lines(straight[0])
 
@@ -107,14 +135,15 @@ def test_a_signal_after_the_last_step_keeps_it_and_the_resume_trains_nothing(tmp
 @pytest.mark.resume_check  # .ci/run runs it on the oldest transformers too
 def test_a_signal_mid_epoch_stops_at_its_step_without_an_epoch_end_evaluation(tmp_path, straight):
     run_dir = run_dir_of(tmp_path)
-    signal_when(lambda: any(json.loads(line)["step"] >= 70 for line in _lines(run_dir / "rank_pattern.jsonl")))
-    with pytest.raises(RunInterrupted) as stopped:
+    # the allocation of step 35, in the second epoch (steps 31 to 50), before its last allocation (step 40)
+    with signal_on_log(lambda message: message.startswith("[AdaLoRA Update] Step 35:")) as sent, \
+            pytest.raises(RunInterrupted) as stopped:
         train([*ARGS, "--output-root", str(tmp_path)])
     step = stopped.value.step
-    assert 70 < step < 100
-    assert [r for r in read_jsonl(run_dir / "metrics.jsonl") if "eval_loss" in r and r["step"] > 63] == []
-    assert [c.name for c in complete_checkpoints(run_dir)] == ["checkpoint-63", f"checkpoint-{step}"]
-    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == sorted(["checkpoint-63", f"checkpoint-{step}"])
+    assert sent.sent and 35 <= step < 40
+    assert [r for r in read_jsonl(run_dir / "metrics.jsonl") if "eval_loss" in r and r["step"] > 30] == []
+    assert [c.name for c in complete_checkpoints(run_dir)] == ["checkpoint-30", f"checkpoint-{step}"]
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == sorted(["checkpoint-30", f"checkpoint-{step}"])
     assert not (run_dir / LOCK_FILE).exists()
 
     summary = train([*ARGS, "--output-root", str(tmp_path), "--resume", "True"])
@@ -139,12 +168,12 @@ def test_a_checkpoint_being_written_is_invisible_until_verified_and_a_cut_off_on
     shutil.copytree(straight[0], run_dir_of(tmp_path))
     run_dir = run_dir_of(tmp_path)
     (run_dir / "final_summary.json").unlink()
-    (run_dir / "checkpoint-100" / MANIFEST).unlink()  # as a kill while checkpoint-100 was being written leaves it
-    assert [c.name for c in complete_checkpoints(run_dir)] == ["checkpoint-63"]
+    (run_dir / "checkpoint-50" / MANIFEST).unlink()  # as a kill while checkpoint-50 was being written leaves it
+    assert [c.name for c in complete_checkpoints(run_dir)] == ["checkpoint-30"]
     summary = train([*ARGS, "--output-root", str(tmp_path), "--resume", "True"])
-    assert summary["resumed_from"] == "checkpoint-63"
+    assert summary["resumed_from"] == "checkpoint-30"
     assert_equals_straight(run_dir, summary, straight, approx_loss=True)
-    verify_manifest(run_dir / "checkpoint-100")  # written anew
+    verify_manifest(run_dir / "checkpoint-50")  # written anew
 
 
 def _lines(path):
@@ -154,20 +183,13 @@ def _lines(path):
         return []
 
 
-def test_a_signal_while_the_model_and_data_load_exits_75_with_nothing_written(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "adalora_ablation", "train", *ARGS, "--output-root", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        for line in proc.stdout:
-            if "[data]" in line:  # the data is loaded; the model is being wrapped
-                proc.send_signal(signal.SIGTERM)
-                break
-        out = proc.communicate(timeout=300)[0]
-    finally:
-        proc.kill()
-    assert proc.returncode == 75, out[-2000:]
-    assert "adalora-ablation: stopped by SIGTERM before training started, with nothing to keep" in out
+def test_a_signal_while_the_model_and_data_load_exits_75_with_nothing_written(tmp_path, capsys):
+    """The command line (in this process): SIGTERM as the data is loaded, before the model is wrapped."""
+    with signal_on_log(lambda message: message.startswith("[data]")) as sent:
+        result = run_cli(capsys, "train", *ARGS, "--output-root", str(tmp_path))
+    assert sent.sent and result.returncode == 75, (result.stdout + result.stderr)[-2000:]
+    assert "adalora-ablation: stopped by SIGTERM before training started, with nothing to keep" in result.stderr
+    assert "[train]" not in result.stdout  # not a step trained
     run_dir = run_dir_of(tmp_path)
     assert not (run_dir / LOCK_FILE).exists()
     assert not run_dir.exists() or not complete_checkpoints(run_dir)
