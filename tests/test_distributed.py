@@ -151,12 +151,23 @@ def lines(path):
     return path.read_text().splitlines() if path.exists() else []
 
 
+def allocation_steps(run_dir) -> list[int]:
+    """The steps of the allocations rank 0 has logged so far; a line still being written is not one yet."""
+    steps = []
+    for line in lines(run_dir / "rank_pattern.jsonl"):
+        try:
+            steps.append(json.loads(line)["step"])
+        except json.JSONDecodeError:  # read while it was written: the line is torn
+            pass
+    return steps
+
+
 def stop_ddp_job(proc, run_dir, stop_signal, after_step):
     """Send ``stop_signal`` to the launcher and both workers once rank 0 has logged an allocation after
     ``after_step``; returns the step the job says it stopped after, having checked its checkpoint and release."""
     deadline = time.time() + 400
     while proc.poll() is None and time.time() < deadline and not any(
-            json.loads(line)["step"] > after_step for line in lines(run_dir / "rank_pattern.jsonl")):
+            step > after_step for step in allocation_steps(run_dir)):
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it could be signalled"
     os.killpg(proc.pid, stop_signal)  # inside training, in the reduction phase (steps 10 to 40)
