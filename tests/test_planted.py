@@ -346,14 +346,20 @@ def test_report_has_recovery_columns_with_mean_and_std_over_seeds(tmp_path):
 
 
 def test_every_spec_of_a_drawn_suite_of_8_builds(tiny_model):
+    """Each drawn spec is valid, its updates are built in the principal subspace of its modules' inputs and its rows
+    are labelled. At a fixed strength: the choice of a strength ("auto", a bisection of the ladder that cannot fail)
+    is tested on the specs of test_every_valid_spec_builds_and_its_strength_is_recorded, and costs about 5 more passes
+    over the calibration rows per spec."""
     from adalora_ablation.data.planted_spec import draw_planted_spec
 
     model, tokenizer, names = tiny_model
     for index in range(8):
         spec = draw_planted_spec(names, 8, 1, 0, index)
         check_planted_spec(spec, names, init_r=8, target_r=1)
-        setup = tiny_setup(spec, train_rows=32, eval_rows=16)
+        setup = tiny_setup(spec, strength=1.0, train_rows=32, eval_rows=16)
         teacher, pairs, record, updates = planted.prepare_teacher(copy.deepcopy(model), tokenizer, TASK, setup, None,
                                                                   24, log=lambda _: None)
         rows = planted.label_rows(teacher, tokenizer, TASK, setup, pairs, 24)
         assert len(rows["train"]) == 32 and set(updates) == set(spec), index
+        assert record["strength_used"] == 1.0 and all(spec[n] <= record["principal_dims"][n] for n in spec), index
+        assert {n: torch.linalg.matrix_rank(u).item() for n, u in updates.items()} == spec, index
