@@ -9,15 +9,22 @@ from adalora_ablation.signals import SIGNALS, SignalConfig
 
 from conftest import tiny_adalora
 
-TOTAL, TINIT, TFINAL, DELTA_T = 60, 10, 10, 3
+# A short schedule that still has every phase: warm-up to step 4, an allocation every 2 steps (6, 8, .., 24: ten of
+# them, the budget falling), then 6 steps of the final phase, where the fixed mask is re-applied every step.
+TOTAL, TINIT, TFINAL, DELTA_T = 30, 4, 6, 2
 BUDGETED = sorted(name for name, info in SIGNALS.items() if not info.fixed_pattern)  # oracle_fixed keeps a pattern
 
 
 def test_the_budget_test_covers_every_budgeted_signal():
-    """test_reference_signals.py trains one signal end to end; the exact budget of all the others rests on the
-    parametrized test below, so it must see every signal that allocates a budget."""
+    """test_reference_signals.py trains one signal end to end; the exact budget of all the others rests on
+    test_every_signal_keeps_exactly_the_scheduled_budget_on_either_path, so it must see every signal that allocates
+    a budget."""
     assert {"baseline_adalora", "importance_only", "plasticity_only", "combo", "singular_value", "sensitivity_only",
             "sensitivity_snr", "fisher", "component_norm", "plasticity_rms", "random", "uniform"} <= set(BUDGETED)
+
+
+def tiny_model():
+    return tiny_adalora(total_step=TOTAL, tinit=TINIT, tfinal=TFINAL, deltaT=DELTA_T)
 
 
 def train_loop(peft_model, steps=TOTAL, zero_lora_grads=False, nan_at=()):
@@ -48,8 +55,8 @@ def total_rank(pattern):
 
 
 def test_baseline_matches_plain_peft_at_every_allocation():
-    plain = train_loop(tiny_adalora())
-    model = tiny_adalora()
+    plain = train_loop(tiny_model())
+    model = tiny_model()
     allocator = install_allocator(model, "baseline_adalora", SignalConfig())
     ours = train_loop(model)
     allocation_steps = [s for s in range(TINIT + 1, TOTAL - TFINAL + 1) if s % DELTA_T == 0 or s == TOTAL - TFINAL]
@@ -62,34 +69,59 @@ def test_baseline_matches_plain_peft_at_every_allocation():
     assert isinstance(model.base_model.rankallocator, RankAllocator)
 
 
-@pytest.mark.parametrize("signal", BUDGETED)
-def test_every_signal_keeps_exactly_the_scheduled_budget(signal):
-    model = tiny_adalora()
+def recorded_run(signal, accelerator_path):
+    """One run of PEFT's loop (a NaN gradient at step 3, in the warm-up) with the allocator on the given path;
+    returns (model, allocator, rank pattern after every step, (budget, rank kept, score statistics) at every
+    allocation)."""
+    model = tiny_model()
     allocator = install_allocator(model, signal, SignalConfig())
-    budgets = []
+    allocator.layout.accelerator_path = accelerator_path
+    allocations = []
     original = allocator.mask_to_budget
 
     def recording(m, budget):
         pattern = original(m, budget)
-        budgets.append((budget, total_rank(pattern)))
+        allocations.append((budget, total_rank(pattern), allocator.last_allocation["stats"]))
         return pattern
 
     allocator.mask_to_budget = recording
-    patterns = train_loop(model)
-    assert len(budgets) >= 10 and all(b == kept for b, kept in budgets)
-    assert budgets[-1][0] == allocator.target_bgt and total_rank(patterns[-1]) == allocator.target_bgt
-    # In the final phase the fixed mask is re-applied every step: masked E entries stay exactly zero.
-    for key, keep in patterns[-1].items():
-        e = dict(model.base_model.model.named_parameters())[key]
-        assert torch.all(e.detach().view(-1)[~torch.tensor(keep)] == 0)
+    return model, allocator, train_loop(model, nan_at=(3,)), allocations
+
+
+@pytest.mark.parametrize("signal", sorted(SIGNALS))
+def test_every_signal_keeps_exactly_the_scheduled_budget_on_either_path(signal):
+    """Every signal that allocates a budget keeps exactly the scheduled budget at every allocation; the path a GPU
+    takes (one chunk, finite flag on the device, gather-based triplet sums, no host reads), run on CPU, allocates
+    as the CPU path does: the same rank pattern at every step, the same score statistics (equal up to float
+    rounding), the same count of skipped steps."""
+    runs = {path: recorded_run(signal, path) for path in (False, True)}
+    if signal in BUDGETED:
+        for model, allocator, patterns, allocations in runs.values():
+            budgets = [(budget, kept) for budget, kept, _ in allocations]
+            assert len(budgets) >= 10 and all(b == kept for b, kept in budgets)
+            assert budgets[0][0] > budgets[-1][0] == allocator.target_bgt
+            assert total_rank(patterns[-1]) == allocator.target_bgt
+            # In the final phase the fixed mask is re-applied every step: masked E entries stay exactly zero.
+            for key, keep in patterns[-1].items():
+                e = dict(model.base_model.model.named_parameters())[key]
+                assert torch.all(e.detach().view(-1)[~torch.tensor(keep)] == 0)
+    (_, cpu_allocator, cpu, cpu_allocations), (_, accelerator_allocator, accelerator, accelerator_allocations) = \
+        runs[False], runs[True]
+    assert accelerator == cpu and len(cpu_allocations) >= 5
+    assert int(accelerator_allocator.nonfinite_steps) == int(cpu_allocator.nonfinite_steps) == 1
+    for (_, _, cpu_stats), (_, _, accelerator_stats) in zip(cpu_allocations, accelerator_allocations):
+        assert cpu_stats.keys() == accelerator_stats.keys()
+        for part in cpu_stats:
+            torch.testing.assert_close(torch.tensor(accelerator_stats[part]), torch.tensor(cpu_stats[part]),
+                                       rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("signal", BUDGETED)
 def test_ties_from_zero_gradients_still_keep_exactly_the_budget(signal):
     """With all adapter gradients zero every score ties; PEFT's `<= threshold` would prune everything."""
-    model = tiny_adalora()
+    model = tiny_model()
     install_allocator(model, signal, SignalConfig())
-    second_allocation = 15  # allocations happen at multiples of deltaT after tinit: 12, 15, ...
+    second_allocation = 8  # allocations happen at multiples of deltaT after tinit: 6, 8, ...
     patterns = train_loop(model, steps=second_allocation + 1, zero_lora_grads=True)
     kept = total_rank(patterns[-1])
     budget = model.base_model.rankallocator.budget_schedule(second_allocation)[0]
@@ -99,10 +131,10 @@ def test_ties_from_zero_gradients_still_keep_exactly_the_budget(signal):
 def test_a_fixed_pattern_holds_at_every_step_whatever_the_budget():
     """oracle_fixed: from the first step to the last, E is zero outside the planted pattern; every allocation keeps
     exactly the pattern while the scheduled budget falls."""
-    model = tiny_adalora()
+    model = tiny_model()
     layout_names = install_allocator(model, "baseline_adalora", SignalConfig()).layout.names
     spec = {layout_names[1]: 4, layout_names[8]: 2}
-    model = tiny_adalora()
+    model = tiny_model()
     allocator = install_allocator(model, "oracle_fixed", SignalConfig(planted=spec))
     pattern = torch.tensor([[j < spec.get(name, 0) for j in range(6)] for name in layout_names])
     budgets = []
@@ -135,15 +167,15 @@ def test_a_fixed_pattern_holds_at_every_step_whatever_the_budget():
 
 
 def test_plain_peft_over_prunes_on_ties_which_is_why_we_break_them():
-    model = tiny_adalora()
-    patterns = train_loop(model, steps=13, zero_lora_grads=True)  # first allocation at step 12
+    model = tiny_model()
+    patterns = train_loop(model, steps=7, zero_lora_grads=True)  # first allocation at step 6
     assert total_rank(patterns[-1]) == 0  # PEFT masks every tied triplet: the budget is not kept
 
 
 def test_nonfinite_steps_update_no_ema_and_are_counted():
-    model = tiny_adalora()
+    model = tiny_model()
     allocator = install_allocator(model, "importance_only", SignalConfig())
-    train_loop(model, steps=TINIT + 1, nan_at=(3, 7))
+    train_loop(model, steps=TINIT + 1, nan_at=(1, 3))
     assert int(allocator.nonfinite_steps) == 2 and int(allocator.steps_seen) == TINIT + 1
     assert all(torch.isfinite(b).all() for b in allocator.signal.buffers.values())
 
@@ -159,7 +191,7 @@ def test_keep_top_k_is_exact_and_deterministic_under_ties():
 
 
 def test_allocator_state_round_trips():
-    model = tiny_adalora()
+    model = tiny_model()
     allocator = install_allocator(model, "combo", SignalConfig())
     train_loop(model, steps=5)
     state = allocator.state_dict()
@@ -194,34 +226,8 @@ def test_the_readme_example_signal_plugs_in(monkeypatch):
             return self.layout.combine_elements(self.avg)
 
     assert "weight_magnitude" in signals.SIGNALS
-    model = tiny_adalora()
+    model = tiny_model()
     allocator = install_allocator(model, "weight_magnitude", SignalConfig())
     patterns = train_loop(model)
     assert total_rank(patterns[-1]) == allocator.target_bgt
     assert allocator.last_allocation["scores"].abs().sum() > 0  # the final allocation used its (non-zero) EMAs
-
-
-@pytest.mark.parametrize("signal", sorted(SIGNALS))
-def test_the_accelerator_path_allocates_as_the_cpu_path_does(signal):
-    """The path a GPU takes (one chunk, finite flag on the device, gather-based triplet sums, no host reads), run
-    on CPU: the same rank pattern at every step, the same score statistics (equal up to float rounding)."""
-    runs = {}
-    for accelerator_path in (False, True):
-        model = tiny_adalora()
-        allocator = install_allocator(model, signal, SignalConfig())
-        allocator.layout.accelerator_path = accelerator_path
-        stats = []
-        original = allocator.mask_to_budget
-
-        def recording(m, budget, original=original, stats=stats, allocator=allocator):
-            pattern = original(m, budget)
-            stats.append(allocator.last_allocation["stats"])
-            return pattern
-
-        allocator.mask_to_budget = recording
-        runs[accelerator_path] = train_loop(model, steps=30, nan_at=(4,)), stats, int(allocator.nonfinite_steps)
-    assert runs[True][0] == runs[False][0] and runs[True][2] == runs[False][2] == 1 and len(runs[True][1]) >= 5
-    for cpu, accelerator in zip(runs[False][1], runs[True][1]):
-        assert cpu.keys() == accelerator.keys()
-        for part in cpu:
-            torch.testing.assert_close(torch.tensor(accelerator[part]), torch.tensor(cpu[part]), rtol=1e-5, atol=1e-5)

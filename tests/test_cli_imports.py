@@ -7,8 +7,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 HEAVY = ("torch", "transformers", "peft", "datasets")
 CONFIG = "cfg.yaml"  # written by the probe into its working folder
 
@@ -70,39 +68,41 @@ PROBE = textwrap.dedent("""
 """).format(heavy=HEAVY)
 
 
-@pytest.fixture(scope="module")
-def answers(tmp_path_factory):
-    """Every case in one interpreter, the loaded modules checked after each (a case that loads torch is named)."""
-    folder = tmp_path_factory.mktemp("cli")
+def run_probe(folder, cases, probe=PROBE):
+    result = subprocess.run([sys.executable, "-c", probe, CONFIG, json.dumps(cases)], capture_output=True, text=True,
+                            timeout=300, cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_answers_before_importing_the_training_stack(tmp_path):
+    """Every case in one interpreter (one test, so that two test workers do not start it twice), the loaded
+    modules checked after each: every case that loads torch or answers otherwise is named."""
     from adalora_ablation.args import trainer_flags
 
     trainer_flags()  # on a release other than the packaged file's, the first call caches its flags (one import)
-    result = subprocess.run([sys.executable, "-c", PROBE, CONFIG, json.dumps([argv for argv, _, _ in CASES])],
-                            capture_output=True, text=True, timeout=300, cwd=folder)
-    assert result.returncode == 0, result.stderr
-    return dict(zip(range(len(CASES)), json.loads(result.stdout.strip().splitlines()[-1])))
-
-
-@pytest.mark.parametrize("case", range(len(CASES)), ids=[" ".join(argv) for argv, _, _ in CASES])
-def test_answers_before_importing_the_training_stack(answers, case):
-    argv, code, text = CASES[case]
-    got = answers[case]
-    assert got["heavy"] == [], f"{' '.join(argv)} imported {got['heavy']}"
-    assert got["code"] == code, got
-    if code == 0:
-        assert text in got["out"]
-    else:
+    answers = run_probe(tmp_path, [argv for argv, _, _ in CASES])
+    assert len(answers) == len(CASES)
+    wrong = []
+    for (argv, code, text), got in zip(CASES, answers):
+        command = " ".join(argv)
         lines = got["err"].strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("adalora-ablation: error: "), got["err"]
-        assert text in lines[0]
+        if got["heavy"]:
+            wrong.append(f"{command} imported {got['heavy']}")
+        elif got["code"] != code:
+            wrong.append(f"{command} exited {got['code']}, not {code}: {got}")
+        elif code == 0 and text not in got["out"]:
+            wrong.append(f"{command} printed no {text!r}: {got['out'][-300:]}")
+        elif code != 0 and not (len(lines) == 1 and lines[0].startswith("adalora-ablation: error: ")
+                                and text in lines[0]):
+            wrong.append(f"{command} gave not the one-line error {text!r}: {got['err']}")
+    assert not wrong, "\n".join(wrong)
 
 
 def test_the_probe_sees_an_import_of_torch(tmp_path):
     """The check above can fail: a command that does import torch is caught."""
     code = PROBE.replace("code = main(argv)", "import torch; code = 0")
-    result = subprocess.run([sys.executable, "-c", code, CONFIG, json.dumps([["--version"]])], capture_output=True,
-                            text=True, timeout=300, cwd=tmp_path)
-    assert "torch" in json.loads(result.stdout.strip().splitlines()[-1])[0]["heavy"]
+    assert "torch" in run_probe(tmp_path, [["--version"]], probe=code)[0]["heavy"]
 
 
 def test_train_help_lists_every_flag_train_accepts():

@@ -114,10 +114,10 @@ def test_padding_token_and_side_keep_last_token_pooling_exact(decoder_folders, f
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_tiny_decoder_trains_with_an_exact_budget_over_the_detected_modules(tmp_path, glue_dir, decoder_folders,
+def test_tiny_decoder_trains_with_an_exact_budget_over_the_detected_modules(tmp_path, glue_head, decoder_folders,
                                                                             family):
     summary = train(["--task", "rte", "--signal", "combo", "--model", str(decoder_folders[family]), "--data-dir",
-                     str(glue_dir), "--output-root", str(tmp_path), "--max-train-samples", "64",
+                     str(glue_head), "--output-root", str(tmp_path), "--max-train-samples", "64",
                      "--max-eval-samples", "32", "--max-seq-length", "48", "--per-device-train-batch-size", "8",
                      "--max-steps", "16", "--tinit", "2", "--tfinal", "4", "--deltaT", "2", "--init-r", "6",
                      "--target-r", "2", "--eval-strategy", "no", "--save-strategy", "no", "--warmup-steps", "0"])

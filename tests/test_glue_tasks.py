@@ -84,8 +84,8 @@ def tiny_run(task, glue_dir, root, signal="baseline_adalora"):
 
 
 @pytest.mark.slow
-def test_stsb_trains_one_regression_output_and_reports_pearson_and_spearman(tmp_path, glue_dir, capsys):
-    summary = tiny_run("stsb", glue_dir, tmp_path)
+def test_stsb_trains_one_regression_output_and_reports_pearson_and_spearman(tmp_path, glue_head, capsys):
+    summary = tiny_run("stsb", glue_head, tmp_path)
     assert summary["eval_metrics"]["eval_pearson"] == summary["eval_pearson"]
     assert summary["eval_metrics"]["eval_spearman"] == summary["eval_spearman"]
     assert -1 <= summary["eval_pearson"] <= 1 and "eval_accuracy" not in summary
@@ -107,8 +107,8 @@ def test_stsb_trains_one_regression_output_and_reports_pearson_and_spearman(tmp_
 
 
 @pytest.mark.slow
-def test_cola_single_sentences_train_and_are_scored_by_matthews_correlation(tmp_path, glue_dir):
-    summary = tiny_run("cola", glue_dir, tmp_path)
+def test_cola_single_sentences_train_and_are_scored_by_matthews_correlation(tmp_path, glue_head):
+    summary = tiny_run("cola", glue_head, tmp_path)
     assert summary["eval_metrics"]["eval_matthews"] == summary["eval_matthews"]
     assert 0 <= summary["eval_accuracy"] <= 1 and -1 <= summary["eval_matthews"] <= 1
     assert summary["adapter_effect"] == pytest.approx(summary["eval_matthews"]

@@ -148,8 +148,15 @@ BUILD_SPECS = [{"layer.0.attention.self.query_proj": 2, "layer.1.intermediate.de
                 "layer.0.output.dense": 2}]
 
 
+# The build tests below calibrate on the first 128 candidate rows, not 512: the same code, a fourth of the forward
+# passes ("auto" makes about 7 per spec); the teacher of test_rows_carry_the_teachers_logits... and those of
+# test_planted_data.py calibrate on all 512.
+FEW_CALIBRATION_ROWS = 128
+
+
 @pytest.mark.parametrize("spec", BUILD_SPECS, ids=lambda spec: "+".join(f"{n}={r}" for n, r in spec.items()))
-def test_every_valid_spec_builds_and_its_strength_is_recorded(tiny_model, spec):
+def test_every_valid_spec_builds_and_its_strength_is_recorded(tiny_model, spec, monkeypatch):
+    monkeypatch.setattr(planted, "CALIBRATION_ROWS", FEW_CALIBRATION_ROWS)
     model, tokenizer, names = tiny_model
     model = copy.deepcopy(model)
     check_planted_spec(spec, names, init_r=8, target_r=1)
@@ -345,15 +352,22 @@ def test_report_has_recovery_columns_with_mean_and_std_over_seeds(tmp_path):
     assert "r=2 · 0.00" in [t.get_text() for t in ax.texts] and "subspace 0.00" in ax.get_title()
 
 
-def test_every_spec_of_a_drawn_suite_of_8_builds(tiny_model):
+def test_every_spec_of_a_drawn_suite_of_8_builds(tiny_model, monkeypatch):
+    """Each drawn spec is valid, its updates are built in the principal subspace of its modules' inputs and its rows
+    are labelled. At a fixed strength: the choice of a strength ("auto", a bisection of the ladder that cannot fail)
+    is tested on the specs of test_every_valid_spec_builds_and_its_strength_is_recorded, and costs about 5 more passes
+    over the calibration rows per spec."""
     from adalora_ablation.data.planted_spec import draw_planted_spec
 
+    monkeypatch.setattr(planted, "CALIBRATION_ROWS", FEW_CALIBRATION_ROWS)
     model, tokenizer, names = tiny_model
     for index in range(8):
         spec = draw_planted_spec(names, 8, 1, 0, index)
         check_planted_spec(spec, names, init_r=8, target_r=1)
-        setup = tiny_setup(spec, train_rows=32, eval_rows=16)
+        setup = tiny_setup(spec, strength=1.0, train_rows=32, eval_rows=16)
         teacher, pairs, record, updates = planted.prepare_teacher(copy.deepcopy(model), tokenizer, TASK, setup, None,
                                                                   24, log=lambda _: None)
         rows = planted.label_rows(teacher, tokenizer, TASK, setup, pairs, 24)
         assert len(rows["train"]) == 32 and set(updates) == set(spec), index
+        assert record["strength_used"] == 1.0 and all(spec[n] <= record["principal_dims"][n] for n in spec), index
+        assert {n: torch.linalg.matrix_rank(u).item() for n, u in updates.items()} == spec, index

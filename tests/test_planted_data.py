@@ -258,24 +258,27 @@ def test_a_suite_refuses_runs_whose_settings_differ_beyond_draw_signal_and_seed(
 
 
 @pytest.mark.slow
-def test_every_spec_of_a_minilm_suite_builds_on_glue_sentences(minilm_path, glue_dir):
-    """The real pretrained encoder and real sentence pairs: each of 2 drawn specs builds, its updates lie where the
-    inputs look (the teacher moves away from the base model at a strength of the ladder) and its rows are labelled.
-    (Two, not a suite's worth: each costs about a minute of calibration on 2 cores; the draws themselves are tested
-    on every spec of a tiny-deberta suite.)"""
+def test_a_drawn_spec_builds_on_minilm_and_glue_sentences(minilm_path, glue_head, monkeypatch):
+    """The real pretrained encoder and real sentence pairs: a drawn spec builds, its updates lie where the inputs
+    look (the teacher moves away from the base model at a strength of the ladder) and its rows are labelled.
+    One spec, calibrated on 128 rows, not 512: every forward pass of MiniLM over the calibration rows costs seconds
+    on 2 cores and "auto" makes about 7; the draws themselves are tested on every spec of a tiny-deberta suite, and
+    the calibration on 512 rows by tiny-deberta's specs."""
     from adalora_ablation.data.planted_spec import draw_planted_spec
 
+    monkeypatch.setattr(planted, "CALIBRATION_ROWS", 128)
     set_seed(0)
     model, tokenizer = load_model_and_tokenizer(minilm_path, TASK.labels)
     names = [short_module_name(n) for n in detect_target_modules(model)]
     assert len(names) == 36
-    for index in range(2):
-        spec = draw_planted_spec(names, 8, 1, 0, index)
-        setup = planted.PlantedSetup(spec=spec, seed=0, strength="auto", train_rows=32, eval_rows=16,
-                                     classes=len(TASK.labels))
-        teacher, pairs, record, updates = planted.prepare_teacher(copy.deepcopy(model), tokenizer, TASK, setup,
-                                                                  str(glue_dir), 32, log=lambda _: None)
-        rows = planted.label_rows(teacher, tokenizer, TASK, setup, pairs, 32)
-        assert len(rows["train"]) == 32 and set(updates) == set(spec), index
-        assert record["base_agreement"] <= planted.BASE_AGREEMENT, index
-        assert all(spec[n] <= record["principal_dims"][n] < updates[n].shape[1] for n in spec), index
+    spec = draw_planted_spec(names, 8, 1, 0, 0)
+    setup = planted.PlantedSetup(spec=spec, seed=0, strength="auto", train_rows=32, eval_rows=16,
+                                 classes=len(TASK.labels))
+    logged = []
+    teacher, pairs, record, updates = planted.prepare_teacher(copy.deepcopy(model), tokenizer, TASK, setup,
+                                                              str(glue_head), 32, log=logged.append)
+    assert any("GLUE mnli" in line for line in logged) and any("of 128 calibration inputs" in line for line in logged)
+    rows = planted.label_rows(teacher, tokenizer, TASK, setup, pairs, 32)
+    assert len(rows["train"]) == 32 and set(updates) == set(spec)
+    assert record["base_agreement"] <= planted.BASE_AGREEMENT
+    assert all(spec[n] <= record["principal_dims"][n] < updates[n].shape[1] for n in spec)

@@ -54,12 +54,14 @@ def allocation_steps(tinit, tfinal, total, delta_t):
 
 
 @pytest.fixture(scope="module")
-def minilm_rte_run(tmp_path_factory, minilm_path, glue_dir):
-    """A real run: the pretrained MiniLM on real RTE rows, combo signal, schedule scaled down, grad accumulation 2."""
+def minilm_rte_run(tmp_path_factory, minilm_path, glue_head):
+    """A real run: the pretrained MiniLM on real RTE rows, combo signal, schedule scaled down, grad accumulation 2
+    (96 rows of 32 tokens in micro-batches of 4: a fourth of the tokens of 192 rows of 64 in batches of 8, the
+    same 24 optimizer steps)."""
     root = tmp_path_factory.mktemp("runs")
-    argv = ["--task", "rte", "--signal", "combo", "--seed", "7", "--model", minilm_path, "--data-dir", str(glue_dir),
-            "--output-root", str(root), "--max-train-samples", "192", "--max-eval-samples", "48",
-            "--max-seq-length", "64", "--per-device-train-batch-size", "8", "--gradient-accumulation-steps", "2",
+    argv = ["--task", "rte", "--signal", "combo", "--seed", "7", "--model", minilm_path, "--data-dir", str(glue_head),
+            "--output-root", str(root), "--max-train-samples", "96", "--max-eval-samples", "48",
+            "--max-seq-length", "32", "--per-device-train-batch-size", "4", "--gradient-accumulation-steps", "2",
             "--num-train-epochs", "2", "--tinit", "4", "--tfinal", "6", "--deltaT", "2", "--init-r", "6",
             "--target-r", "2", "--learning-rate", "1e-3", "--logging-steps", "4", "--eval-strategy", "steps",
             "--eval-steps", "12", "--save-strategy", "steps", "--save-steps", "12"]
@@ -70,7 +72,7 @@ def minilm_rte_run(tmp_path_factory, minilm_path, glue_dir):
 @pytest.mark.slow
 def test_minilm_rte_run_writes_every_output_with_its_schema(minilm_rte_run):
     run_dir, summary = minilm_rte_run
-    total = math.ceil(math.ceil(192 / 8) / 2) * 2  # 12 optimizer steps per epoch (2 micro-batches each), 2 epochs
+    total = math.ceil(math.ceil(96 / 4) / 2) * 2  # 12 optimizer steps per epoch (2 micro-batches each), 2 epochs
     assert summary["total_step"] == total == 24
     on_disk = json.loads((run_dir / "final_summary.json").read_text())
     assert on_disk["eval_accuracy"] == summary["eval_accuracy"] and 0 <= on_disk["eval_accuracy"] <= 1
@@ -105,9 +107,9 @@ def test_minilm_rte_run_writes_every_output_with_its_schema(minilm_rte_run):
 
 
 @pytest.mark.slow
-def test_tiny_mnli_reports_matched_and_mismatched(tmp_path, glue_dir):
+def test_tiny_mnli_reports_matched_and_mismatched(tmp_path, glue_head):
     summary = train(["--task", "mnli", "--signal", "importance_only", "--model", "tiny-deberta", "--data-dir",
-                     str(glue_dir), "--output-root", str(tmp_path), "--max-train-samples", "64",
+                     str(glue_head), "--output-root", str(tmp_path), "--max-train-samples", "64",
                      "--max-eval-samples", "32", "--max-seq-length", "32", "--per-device-train-batch-size", "8",
                      "--max-steps", "16", "--tinit", "2", "--tfinal", "4", "--deltaT", "2", "--eval-strategy", "no",
                      "--save-strategy", "no"])
