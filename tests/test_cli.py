@@ -110,14 +110,19 @@ def test_finished_run_is_refused_without_overwrite(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_run_scripts_pass_signal_seed_and_extra_args(tmp_path):
+    """Each of the script's arguments reaches `train`, which refuses it at parse time (before it imports torch):
+    the signal (oracle is for --task planted, the script's task is rte), the seed, and the extra flags."""
     import pathlib
 
-    root = pathlib.Path(__file__).resolve().parents[1]
-    result = subprocess.run(["bash", str(root / "scripts" / "run_rte.sh"), "combo", "5", "--model",
-                             str(tmp_path / "absent"), "--output-root", str(tmp_path / "o")],
-                            capture_output=True, text=True, timeout=300)
-    assert_one_line_error(result, "does not exist")  # the flags reached `train`, which checked the model first
-    usage = subprocess.run(["bash", str(root / "scripts" / "run_mnli.sh")], capture_output=True, text=True)
+    script = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "run_rte.sh"
+    out = ["--output-root", str(tmp_path / "o")]
+    for args, fragment in ((["oracle", "5"], "--signal oracle needs --task planted"),
+                           (["combo", "-1"], "--seed -1 must be >= 0"),
+                           (["combo", "5", "--target-r", "20"], "--target-r 20 must be between 1 and --init-r 12")):
+        result = subprocess.run(["bash", str(script), *args, *out], capture_output=True, text=True, timeout=300)
+        assert_one_line_error(result, fragment)
+    assert not (tmp_path / "o").exists()
+    usage = subprocess.run(["bash", str(script.with_name("run_mnli.sh"))], capture_output=True, text=True)
     assert usage.returncode == 2 and "SIGNAL SEED" in usage.stderr
 
 
