@@ -5,7 +5,8 @@ Every run here is in this process (one set of torch settings, so results compare
 uninterrupted run. --save-strategy epoch as the RTE presets have it; 50 steps are one epoch of 30 steps (960 rows of
 32) and 20 of the next, so the last step is not on an epoch boundary. Where a signal must come at a given moment, a
 log handler sends it from the main thread when the run logs that moment, so it arrives there however loaded the
-machine is (a watching thread could be late: on a busy machine the run had finished before its signal came).
+machine is. A thread watching the run's files instead read a line of rank_pattern.jsonl while it was being written;
+json.loads raised in the thread, which died without sending, and the run finished unsignalled (DID NOT RAISE).
 """
 
 import contextlib

@@ -264,6 +264,10 @@ def test_a_second_train_on_the_same_folder_stops_and_the_first_writes_consistent
         grid = run_cli(capsys, *cli("ablate", "--task", "synthetic", "--signals", "combo", "--seeds", "5", "--dry-run",
                                     *TRAIN[6:]))  # the same settings: the grid's own run, in progress elsewhere
         assert f"| synthetic | combo | 5 | running elsewhere | process {first.pid} on " in grid.stdout
+        allocations = run_dir / "rank_pattern.jsonl"
+        while not (allocations.exists() and len(allocations.read_text().splitlines()) >= 2):  # training, allocating
+            assert first.poll() is None and time.time() < deadline + 300, "the first run never allocated"
+            time.sleep(0.05)
         first.send_signal(signal.SIGTERM)
         out, _ = first.communicate(timeout=600)
     finally:
