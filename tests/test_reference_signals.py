@@ -192,7 +192,7 @@ def test_sensitivity_snr_scores_zero_without_any_gradient():
 def test_trains_end_to_end_with_the_exact_budget(tmp_path):
     """One signal through train end to end (combo with --plasticity-norm rms, which only this run records); every
     signal's exact budget through PEFT's own loop is test_allocator.py's test_every_signal_keeps_exactly_the_
-    scheduled_budget, and each new signal's scores are recomputed from their formulas above."""
+    scheduled_budget_on_either_path, and each new signal's scores are recomputed from their formulas above."""
     signal = "combo"
     summary = train(["--task", "synthetic", "--signal", signal, "--output-root", str(tmp_path), "--max-steps", "24",
                      "--max-train-samples", "96",
