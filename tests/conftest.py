@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import AdaLoraConfig, get_peft_model
-from transformers import AutoModelForSequenceClassification
+from peft import AdaLoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, Trainer
 
 from adalora_ablation.adalora.model import detect_target_modules, tiny_deberta_config
 
@@ -29,6 +29,22 @@ GLUE_DIR = ROOT.parent / "shared" / "data" / "glue"
 def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own tokenized-data cache so tests never see each other's (or a user's) cache."""
     monkeypatch.setenv("ADALORA_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def _training_needs_the_slow_mark(request, monkeypatch):
+    """A test without the ``slow`` mark that trains a transformers or PEFT model through the Trainer in its own
+    process fails: the inner loop (``-m "not slow"``) trains no model. (Toy modules, as the Trainer-arithmetic tests
+    use, are not models. Runs a test starts as subprocesses are kept out by their time, which ``--durations`` shows.)"""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    train = Trainer.train
+
+    def refuse_models(self, *args, **kwargs):
+        if isinstance(self.model, (PreTrainedModel, PeftModel)):
+            raise AssertionError(f"{request.node.nodeid} trains a model: mark it @pytest.mark.slow")
+        return train(self, *args, **kwargs)
+    monkeypatch.setattr(Trainer, "train", refuse_models)
 
 
 @pytest.fixture(scope="session")
