@@ -24,6 +24,7 @@ def our_logs(caplog):
 
 
 @pytest.mark.slow
+@pytest.mark.oldest_transformers  # 4.x reads TensorBoard's folder from TrainingArguments, 5.x at train time
 def test_allocations_reach_tensorboard_and_stay_out_of_metrics_jsonl(tmp_path, our_logs):
     train([*TINY, "--output-root", str(tmp_path), "--report-to", "tensorboard"])
     run_dir = tmp_path / "synthetic" / "importance_only" / "42"

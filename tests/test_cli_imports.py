@@ -80,7 +80,10 @@ def test_answers_before_importing_the_training_stack(tmp_path):
     modules checked after each: every case that loads torch or answers otherwise is named."""
     from adalora_ablation.args import trainer_flags
 
-    trainer_flags()  # on a release other than the packaged file's, the first call caches its flags (one import)
+    # On a release other than the packaged file's, the first call caches its flags (one import) in this test's cache
+    # folder, where the probe looks; an earlier test in this process may have read them already, under its own.
+    trainer_flags.cache_clear()
+    trainer_flags()
     answers = run_probe(tmp_path, [argv for argv, _, _ in CASES])
     assert len(answers) == len(CASES)
     wrong = []

@@ -133,7 +133,7 @@ def test_a_signal_after_the_last_step_keeps_it_and_the_resume_trains_nothing(tmp
     assert metric_lines(run_dir) == metric_lines(straight[0])
 
 
-@pytest.mark.resume_check  # .ci/run runs it on the oldest transformers too
+@pytest.mark.oldest_transformers  # .ci/run runs it on the oldest transformers too
 def test_a_signal_mid_epoch_stops_at_its_step_without_an_epoch_end_evaluation(tmp_path, straight):
     run_dir = run_dir_of(tmp_path)
     # the allocation of step 35, in the second epoch (steps 31 to 50), before its last allocation (step 40)

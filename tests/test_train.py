@@ -117,3 +117,24 @@ def test_tiny_mnli_reports_matched_and_mismatched(tmp_path, glue_head):
     assert summary["eval_metrics"]["eval_matched_accuracy"] == summary["eval_accuracy"]
     assert summary["eval_metrics"]["eval_mismatched_accuracy"] == summary["eval_accuracy_mm"]
     assert summary["total_rank"] == summary["target_budget"] == 4 * 12
+
+
+@pytest.mark.parametrize("version, world_size, device, refused", [
+    ("4.57.6", 2, "cpu", True),    # transformers 4.x loads the optimizer state to "cpu:<rank>": torch cannot
+    ("4.57.6", 1, "cpu", False),   # one process loads to "cpu"
+    ("4.57.6", 2, "cuda", False),  # GPUs: "cuda:<rank>" restores
+    ("5.25.0", 2, "cpu", False),   # fixed in transformers 5
+])
+def test_a_multiprocess_cpu_resume_is_refused_only_where_transformers_cannot_do_it(
+        monkeypatch, version, world_size, device, refused):
+    from types import SimpleNamespace
+
+    from adalora_ablation import train as train_module
+
+    monkeypatch.setattr(train_module.transformers, "__version__", version)
+    args = SimpleNamespace(world_size=world_size, device=torch.device(device))
+    if refused:
+        with pytest.raises(UsageError, match=f"transformers {version} .* resume it with transformers >= 5.4"):
+            train_module.refuse_cpu_multiprocess_resume(args)
+    else:
+        train_module.refuse_cpu_multiprocess_resume(args)

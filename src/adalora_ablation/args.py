@@ -396,6 +396,10 @@ class RunSettings:
             raise UsageError(first_line(exc)) from None
         return training
 
+    def trainer_flag_given(self, name: str) -> bool:
+        """Whether the Trainer flag ``name`` was given (by a preset, config file or flag), not left to its default."""
+        return _given(self.trainer_argv, name)
+
     def parts(self) -> tuple:
         """(run, model, data, adalora, training), as train uses them."""
         return self.run, self.model, self.data, self.adalora, self.training

@@ -202,6 +202,12 @@ def plan_run(argv: list[str], warmup=None) -> RunPlan:
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"{run_dir} exists but is not a folder; move it away or choose another --output-root")
     training_args.output_dir = str(run_dir)
+    if getattr(training_args, "logging_dir", None) is not None and not settings.trainer_flag_given("logging_dir"):
+        # transformers 4.x fills logging_dir (TensorBoard's folder) from output_dir when TrainingArguments is built,
+        # before the run folder is known: point it into the run folder, where 5.x puts it at train time.
+        from transformers.training_args import default_logdir  # 4.x only, as is the field
+
+        training_args.logging_dir = str(run_dir / default_logdir())
     if training_args.load_best_model_at_end:
         raise UsageError("--load-best-model-at-end is not supported: AdaLoRA checkpoints hold full-shape adapters "
                          "and the final rank pattern belongs to the last step; pick a checkpoint from metrics.jsonl "
@@ -296,6 +302,16 @@ def make_trainer(plan: RunPlan, loaded: Loaded, adapted: Adapted, run: RunFolder
     return trainer, callback
 
 
+def refuse_cpu_multiprocess_resume(args) -> None:
+    """transformers 4.x resumes a multi-process run by loading the optimizer state onto each process's device,
+    which on CPUs is "cpu:<rank>", a location torch cannot restore (fixed in transformers 5): refuse in one line
+    instead of every process failing inside the Trainer."""
+    if args.world_size > 1 and args.device.type == "cpu" and int(transformers.__version__.split(".")[0]) < 5:
+        raise UsageError(f"resuming a run of {args.world_size} processes on CPUs fails in transformers "
+                         f"{transformers.__version__} (it loads the optimizer state to an indexed CPU device); "
+                         f"resume it with transformers >= 5.4 installed, or on GPUs")
+
+
 def train_or_load(trainer: AdaLoraTrainer, callback: AdaLoraCallback, run: RunFolder, stopper: StopOnSignal,
                   total_step: int) -> float | None:
     """Train (from the start or the run's checkpoint); returns the training loss summed over every step of the run
@@ -307,6 +323,8 @@ def train_or_load(trainer: AdaLoraTrainer, callback: AdaLoraCallback, run: RunFo
         trainer.load_without_training(checkpoint)
         callback.on_train_begin(trainer.args, trainer.state, trainer.control)  # the allocator's state
         return trainer.checkpoints.loss.total()
+    if checkpoint is not None:
+        refuse_cpu_multiprocess_resume(trainer.args)
     with trainer.checkpoints.naming_write_errors():
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if stopper.stopped_at is not None:

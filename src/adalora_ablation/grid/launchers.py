@@ -65,7 +65,10 @@ def run_process(name: str, command: list[str], gpu: str | None, cpu_threads: int
         env["CUDA_VISIBLE_DEVICES"] = gpu
     if cpu_threads is not None:
         env.setdefault("OMP_NUM_THREADS", str(cpu_threads))
-    print(f"[grid] {name}" + (f" on GPU {gpu}" if gpu is not None else ""), flush=True)
+    # one write per line: print() writes the text and its newline apart, and --gpus starts runs from several
+    # threads at once, whose lines could then run into one another
+    sys.stdout.write(f"[grid] {name}" + (f" on GPU {gpu}" if gpu is not None else "") + "\n")
+    sys.stdout.flush()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
     last_line = ""
     for line in proc.stdout:
