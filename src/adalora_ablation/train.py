@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import math
 import platform
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -204,10 +206,9 @@ def plan_run(argv: list[str], warmup=None) -> RunPlan:
     training_args.output_dir = str(run_dir)
     if getattr(training_args, "logging_dir", None) is not None and not settings.trainer_flag_given("logging_dir"):
         # transformers 4.x fills logging_dir (TensorBoard's folder) from output_dir when TrainingArguments is built,
-        # before the run folder is known: point it into the run folder, where 5.x puts it at train time.
-        from transformers.training_args import default_logdir  # 4.x only, as is the field
-
-        training_args.logging_dir = str(run_dir / default_logdir())
+        # before the run folder is known: point it into the run folder, named as transformers names it there.
+        started = datetime.datetime.now().strftime("%b%d_%H-%M-%S")
+        training_args.logging_dir = str(run_dir / "runs" / f"{started}_{socket.gethostname()}")
     if training_args.load_best_model_at_end:
         raise UsageError("--load-best-model-at-end is not supported: AdaLoRA checkpoints hold full-shape adapters "
                          "and the final rank pattern belongs to the last step; pick a checkpoint from metrics.jsonl "
