@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from cli_in_process import run_cli
 from runs_crafted import Schedule, write_run
 
 from adalora_ablation.grid.ablate import ablate_main
@@ -114,7 +115,7 @@ def test_a_budget_sweep_on_two_gpus_gives_one_folder_per_variant_and_a_report_pe
     from adalora_ablation.errors import UsageError
 
     grid = ["--task", "synthetic", "--signals", "combo", "--seeds", "1", "--output-root", str(tmp_path), *TRAIN]
-    result = ablate(*grid, "--sweep", "target_r=2,4", "--gpus", "0,1")
+    result = run_cli(capsys, "ablate", *grid, "--sweep", "target_r=2,4", "--gpus", "0,1")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 finished, 0 skipped, 0 failed" in result.stdout
     # --gpus: the warm-up and each run on a GPU of the list, both GPUs used; each process's output on stderr,

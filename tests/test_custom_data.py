@@ -6,10 +6,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import subprocess
-import sys
 
 import pytest
+from cli_in_process import run_cli
 from datasets import Dataset
 
 from adalora_ablation.adalora.model import TINY_DEBERTA, tiny_tokenizer
@@ -147,9 +146,8 @@ def test_custom_csv_end_to_end_through_ablate_and_report(tmp_path, glue_dir, cap
     custom = ["--train-file", str(train), "--validation-file", str(dev), "--test-file", str(test), "--text-columns",
               "text", "--label-column", "sentiment", "--metric", "f1"]
     root = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "adalora_ablation", "ablate", "--task", "custom", "--signals",
-                             "baseline_adalora", "--seeds", "1", "--output-root", str(root), *custom,
-                             *TRAIN], capture_output=True, text=True, timeout=900)
+    result = run_cli(capsys, "ablate", "--task", "custom", "--signals", "baseline_adalora", "--seeds", "1",
+                     "--output-root", str(root), *custom, *TRAIN)
     assert result.returncode == 0, result.stderr[-2000:]
     summaries = {s: read_summary(root / "custom-reviews" / s / "1") for s in ("baseline_adalora",)}
     for signal, summary in summaries.items():

@@ -4,11 +4,11 @@ never seeds a run whose settings differ."""
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from cli_in_process import run_cli
 
 from adalora_ablation.args import CONFIG_DIR, parse_settings, run_identity
 from adalora_ablation.errors import UsageError
@@ -106,9 +106,8 @@ def test_a_finished_warmup_never_seeds_runs_with_other_settings(tmp_path, how):
     assert not any(run.run_dir.exists() for run in group.members)  # nothing seeded, nothing written
 
 
-def _grid(config, root, *flags):
-    result = subprocess.run([sys.executable, "-m", "adalora_ablation", "ablate", str(config), "--signals", *SIGNALS,
-                             "--output-root", str(root), *flags], capture_output=True, text=True, timeout=1200)
+def _grid(capsys, config, root, *flags):
+    result = run_cli(capsys, "ablate", str(config), "--signals", *SIGNALS, "--output-root", str(root), *flags)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "2 finished, 0 skipped, 0 failed" in result.stdout, result.stdout[-2000:]
     return result
@@ -135,10 +134,10 @@ def _results(root) -> dict:
 
 
 @pytest.mark.slow
-def test_ablate_with_a_config_file_runs_its_grid_and_a_changed_file_never_mixes_two_configurations(tmp_path):
+def test_ablate_with_a_config_file_runs_its_grid_and_a_changed_file_never_mixes_two_configurations(tmp_path, capsys):
     config = write_config(tmp_path / "cfg.yaml")
     shared, alone = tmp_path / "shared", tmp_path / "alone"
-    _grid(config, shared)
+    _grid(capsys, config, shared)
     before = _results(shared)
     (first_warmup,) = (shared / "grid" / "warmup").iterdir()
     assert all(r["warmup"]["folder"] == str(first_warmup.resolve()) for r in before.values())
@@ -146,7 +145,7 @@ def test_ablate_with_a_config_file_runs_its_grid_and_a_changed_file_never_mixes_
     write_config(config, learning_rate=3.0e-3)
     for signal in SIGNALS:
         subprocess.run(["rm", "-r", str(run_dir_for(shared, "synthetic", signal, 1))], check=True)
-    _grid(config, shared)
+    _grid(capsys, config, shared)
     after = _results(shared)
     # Independent runs with the new settings: each grid run's train, in this process (what the grid's process for
     # it runs; one torch thread here and there, so the numbers are the same to the last bit).

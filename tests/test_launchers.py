@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_in_process import run_cli
 
 from adalora_ablation.grid import launchers
 from adalora_ablation.grid.ablate import ablate_main
@@ -23,9 +24,9 @@ TRAIN = ["--max-steps", "12", "--tinit", "4", "--tfinal", "4", "--deltaT", "2", 
          "--eval-strategy", "no", "--max-train-samples", "64", "--max-eval-samples", "32", "--adapter-effect", "False"]
 
 
-def ablate(*args):
-    return subprocess.run([sys.executable, "-m", "adalora_ablation", "ablate", *args], capture_output=True,
-                          text=True, timeout=600)
+def ablate(capsys, *args):
+    """``adalora-ablation ablate *args`` in this process (its runs and jobs are processes of their own)."""
+    return run_cli(capsys, "ablate", *args)
 
 
 @pytest.fixture
@@ -130,7 +131,7 @@ def test_submitit_local_records_jobs_skips_finished_and_resubmits_failed(tmp_pat
     (tmp_path / "synthetic" / "random").mkdir(parents=True)
     (tmp_path / "synthetic" / "random" / "1").write_text("a file where the run folder goes: this run fails")
 
-    first = ablate(*grid, "--launcher", "submitit-local", *TRAIN)
+    first = ablate(capsys, *grid, "--launcher", "submitit-local", *TRAIN)
     assert first.returncode == 1, first.stderr[-2000:]
     assert "| synthetic | importance_only | 1 | finished |" in first.stdout
     assert "| synthetic | random | 1 | failed | FAILED, job " in first.stdout
@@ -150,7 +151,7 @@ def test_submitit_local_records_jobs_skips_finished_and_resubmits_failed(tmp_pat
     assert f"| synthetic | random | 1 | FAILED | job {record['synthetic/random/1']['job_id']} " in status
 
     (tmp_path / "synthetic" / "random" / "1").unlink()
-    second = ablate(*grid, "--launcher", "submitit-local", *TRAIN)
+    second = ablate(capsys, *grid, "--launcher", "submitit-local", *TRAIN)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "| synthetic | importance_only | 1 | skipped | already finished |" in second.stdout
     assert "1 finished, 1 skipped, 0 failed" in second.stdout
@@ -208,10 +209,10 @@ def test_preempted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, one
 
 
 @pytest.mark.slow
-def test_several_gpus_per_run_train_as_one_distributed_run(tmp_path, one_thread):
+def test_several_gpus_per_run_train_as_one_distributed_run(tmp_path, capsys, one_thread):
     """--gpus-per-run 2: the job runs two tasks, each given its torch.distributed rank (on CPU: gloo)."""
     pytest.importorskip("submitit")
-    result = ablate("--task", "synthetic", "--signals", "importance_only", "--seeds", "1", "--output-root",
+    result = ablate(capsys, "--task", "synthetic", "--signals", "importance_only", "--seeds", "1", "--output-root",
                     str(tmp_path), "--launcher", "submitit-local", "--gpus-per-run", "2", *TRAIN)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     consistency = json.loads((tmp_path / "synthetic" / "importance_only" / "1" / "ddp_consistency.json").read_text())
