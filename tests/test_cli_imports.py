@@ -47,6 +47,7 @@ CASES = [
     (["demo", "--task", "nope"], 2, "invalid choice: 'nope'"),
     (["demo", "--seed", "-1"], 2, "--seed -1 must be >= 0"),
     (["demo", "--max-steps", "x"], 2, "invalid int value: 'x'"),
+    (["demo", "--jobs", "0"], 2, "--jobs: must be at least 1 (got 0)"),
 ]
 
 PROBE = textwrap.dedent("""

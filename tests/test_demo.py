@@ -1,12 +1,13 @@
-"""The offline demo end to end (.ci/run also runs the README's demo command itself, with all four signals and its
+"""The offline demo end to end (.ci/run also runs the README's demo command itself, with all eight signals and its
 300 steps)."""
 
+import io
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from cli_in_process import run_cli
+
+from adalora_ablation.demo import _LinePrefixed
 
 # The synthetic preset's schedule (tinit 50, tfinal 80) with the budget falling from step 50 to 70: half the demo's
 # steps, which the keyword task still learns.
@@ -14,12 +15,14 @@ STEPS = 150
 
 
 @pytest.mark.slow
-def test_demo_runs_offline_and_tabulates_its_signals(tmp_path):
+def test_demo_trains_its_runs_side_by_side_offline_and_tabulates_them(tmp_path, capfd, monkeypatch):
+    """Two runs at a time, each in a worker process (the default on a machine with two cores or more): every line
+    a worker prints starts with its run's signal, and the table holds each run's own summary."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the workers' environment: nothing from the hub
     signals = ("baseline_adalora", "combo")  # the two ends: PEFT's own score and the combined one
-    result = subprocess.run([sys.executable, "-m", "adalora_ablation", "demo", "--task", "synthetic",
-                             "--output-root", str(tmp_path), "--signals", *signals, "--max-steps", str(STEPS)],
-                            capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_cli(capfd, "demo", "--task", "synthetic", "--output-root", str(tmp_path), "--signals", *signals,
+                     "--max-steps", str(STEPS), "--jobs", "2")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     table = result.stdout[result.stdout.index("| signal |"):]
     for signal in signals:
         summary = json.loads((tmp_path / "synthetic" / signal / "42" / "final_summary.json").read_text())
@@ -27,4 +30,19 @@ def test_demo_runs_offline_and_tabulates_its_signals(tmp_path):
         assert summary["eval_accuracy"] > 0.9  # the synthetic task is learnable: the pipeline really trains
         assert (f"| {signal} | {summary['eval_accuracy']:.4f} | {summary['adapter_effect']:+.4f} | "
                 f"{summary['total_rank']} |") in table
-    assert "SYNTHETIC" in result.stdout
+        assert f"[{signal}] [train] finished at step {STEPS}/{STEPS}" in result.stdout  # marked with its name
+    progress = result.stdout[:result.stdout.index("SYNTHETIC")]
+    assert all(line.startswith(("[baseline_adalora] ", "[combo] ")) for line in progress.splitlines()
+               if line and not line.startswith("=== demo"))
+
+
+def test_a_workers_lines_come_out_whole_each_with_its_runs_name():
+    console = io.StringIO()
+    stream = _LinePrefixed(console)
+    stream.prefix = "[combo] "
+    stream.write("[train] step 1")  # print() writes the text and its newline apart
+    assert console.getvalue() == ""  # nothing until the line is whole
+    stream.write("\n")
+    stream.write("two\nlines\npart")
+    assert console.getvalue() == "[combo] [train] step 1\n[combo] two\n[combo] lines\n"
+

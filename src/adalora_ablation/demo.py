@@ -5,8 +5,14 @@ and how much of the planted rank (and of the planted updates' effect on the data
 
 from __future__ import annotations
 
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
 from .args import parse_settings
-from .errors import OneLineArgumentParser
+from .errors import OneLineArgumentParser, at_least, checked
+from .logs import configure_console
 from .analysis.markdown import table
 from .data.tasks import TASKS, metric_fields
 from .run.folder import run_dir_for
@@ -33,6 +39,63 @@ def comparison_table(summaries: list[dict]) -> str:
     return table(header + ["total rank", "budget", "budget check"], rows)
 
 
+class _LinePrefixed:
+    """A console stream whose every line starts with the run's name, written in one piece: runs that share the
+    console keep their lines apart, as ablate's local grid does."""
+
+    def __init__(self, stream):
+        self.stream, self.prefix, self._partial = stream, "", ""
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        if lines:
+            self.stream.write("".join(f"{self.prefix}{line}\n" for line in lines))
+            self.stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name):  # isatty, encoding, fileno: the console's
+        return getattr(self.stream, name)
+
+
+def _start_worker(threads: int) -> None:
+    # before torch is imported in this process: its thread pool is sized from this
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    sys.stdout, sys.stderr = _LinePrefixed(sys.stdout), _LinePrefixed(sys.stderr)
+    configure_console()  # as the command line does in its own process
+
+
+def _train_in_worker(signal: str, argv: list[str]) -> dict:
+    sys.stdout.prefix = sys.stderr.prefix = f"[{signal}] "
+    from .train import train
+
+    return train(argv)
+
+
+def train_all(runs: dict[str, list[str]], jobs: int) -> list[dict]:
+    """Train every run and return their summaries in order: one after another in this process (``jobs`` 1), or
+    ``jobs`` at a time, each worker process with its share of the cores. A tiny model gains next to nothing from a
+    second thread, so on 2 cores two runs at a time finish the demo in about half the time, with the same numbers."""
+    jobs = min(jobs, len(runs))
+    if jobs <= 1:
+        from .train import train
+
+        summaries = []
+        for signal, argv in runs.items():
+            print(f"\n=== demo: {signal} ===", flush=True)
+            summaries.append(train(argv))
+        return summaries
+    threads = max((os.cpu_count() or 1) // jobs, 1)
+    print(f"\n=== demo: {len(runs)} runs, {jobs} at a time ({threads} CPU thread{'s' * (threads > 1)} each); each "
+          "line starts with its run's signal ===", flush=True)
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_start_worker,
+                             initargs=(threads,)) as pool:
+        return list(pool.map(_train_in_worker, runs, runs.values()))
+
+
 def demo_main(argv: list[str]) -> int:
     load_signals(included_modules(argv))
     parser = OneLineArgumentParser(prog="adalora-ablation demo", description=__doc__)
@@ -47,6 +110,9 @@ def demo_main(argv: list[str]) -> int:
                                                         "oracle_fixed, uniform and random on the planted task")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--max-steps", "--max_steps", type=int, default=None, help="override the demo's 300 steps")
+    parser.add_argument("--jobs", type=checked(at_least(1), int), default=os.cpu_count() or 1,
+                        help="runs trained at once, each in a process of its own with its share of the CPU threads "
+                             "(default: one per core); 1: one after another in this process")
     args = parser.parse_args(argv)
 
     extra = ["--max_steps", str(args.max_steps)] if args.max_steps else []
@@ -58,15 +124,10 @@ def demo_main(argv: list[str]) -> int:
         runs[signal] = ["--task", args.task, "--signal", signal, "--seed", str(args.seed), "--output_root",
                         args.output_root, "--overwrite", "True", *extra]
         parse_settings(runs[signal])  # every run's arguments checked before the first trains (and before torch)
-    from .train import train
-
-    summaries = []
-    for signal, argv in runs.items():
-        print(f"\n=== demo: {signal} (tiny-deberta, {args.task} task) ===", flush=True)
-        summaries.append(train(argv))
-    if not summaries:
+    if not runs:
         print(f"\nno signal to run on --task {args.task}")
         return 2
+    summaries = train_all(runs, args.jobs)
     if args.task == "planted":
         spec = ", ".join(f"{name}={rank}" for name, rank in summaries[0]["planted"]["spec"].items())
         print(f"\nPLANTED task (tiny random DeBERTa; labels from a teacher with planted low-rank updates in {spec}; "

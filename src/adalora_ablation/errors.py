@@ -49,6 +49,24 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see 'adalora-ablation {self.prog.split()[-1]} --help')")
 
 
+def checked(parse, kind=str):
+    """An argparse type from a parser that raises ValueError, so its message becomes the one-line error."""
+    def convert(text):
+        try:
+            return parse(kind(text))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
+
+
+def at_least(minimum):
+    def check(value):
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum} (got {value})")
+        return value
+    return check
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type name when the message is empty."""
     text = str(exc).strip()

@@ -10,20 +10,42 @@ difference of the logits (undefined, NaN, when the labels are classes).
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-CLASSIFICATION = {
-    "accuracy": lambda y, p: accuracy_score(y, p),
-    "f1": lambda y, p: f1_score(y, p, average="binary", pos_label=1, zero_division=0.0),
-    "matthews": lambda y, p: matthews_corrcoef(y, p),
-}
-REGRESSION = {
-    "pearson": lambda y, p: stats.pearsonr(p, y).statistic,
-    "spearman": lambda y, p: stats.spearmanr(p, y).statistic,
-}
+
+# scikit-learn and scipy.stats are imported where a task first needs them (F1, Matthews, the correlations): they
+# add about a second to every process's start, and most tasks (accuracy, agreement) never use them.
+def _accuracy(y, p) -> float:
+    return float(np.mean(np.asarray(y) == np.asarray(p)))  # the share of equal classes, as accuracy_score
+
+
+def _f1(y, p) -> float:
+    from sklearn.metrics import f1_score
+
+    return f1_score(y, p, average="binary", pos_label=1, zero_division=0.0)
+
+
+def _matthews(y, p) -> float:
+    from sklearn.metrics import matthews_corrcoef
+
+    return matthews_corrcoef(y, p)
+
+
+def _pearson(y, p) -> float:
+    from scipy import stats
+
+    return stats.pearsonr(p, y).statistic
+
+
+def _spearman(y, p) -> float:
+    from scipy import stats
+
+    return stats.spearmanr(p, y).statistic
+
+
+CLASSIFICATION = {"accuracy": _accuracy, "f1": _f1, "matthews": _matthews}
+REGRESSION = {"pearson": _pearson, "spearman": _spearman}
 # The planted task's: agreement with the teacher's class, and the logits' MSE against the teacher's (targets logits)
-TEACHER = {"agreement": lambda y, p: accuracy_score(y, p)}
+TEACHER = {"agreement": _accuracy}
 DISTILLATION = ("logit_mse",)
 METRICS = (*CLASSIFICATION, *REGRESSION, *TEACHER, *DISTILLATION)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .. import signals as registry
 from ..args import is_config_file, read_options
-from ..errors import OneLineArgumentParser, UsageError
+from ..errors import OneLineArgumentParser, UsageError, at_least, checked
 from .launchers import (
     SUBMITIT_LAUNCHERS,
     SubmititOptions,
@@ -119,24 +119,6 @@ def print_reports(tasks, output_root: str) -> None:
             print(f"\n(no report for {task}: {exc})")
 
 
-def _checked(parse, kind=str):
-    """An argparse type from a parser that raises ValueError, so its message becomes the one-line error."""
-    def convert(text):
-        try:
-            return parse(kind(text))
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-    return convert
-
-
-def _at_least(minimum):
-    def check(value):
-        if value < minimum:
-            raise ValueError(f"must be at least {minimum} (got {value})")
-        return value
-    return check
-
-
 SEED_COUNT = "n="  # --seeds n=5: seeds 1..5
 
 
@@ -182,15 +164,15 @@ def build_parser(registry) -> OneLineArgumentParser:
     parser.add_argument("--signals", nargs="+", default=["seed"], metavar="SIGNAL_OR_GROUP",
                         choices=registry.group_names() + registry.signal_names(),
                         help=f"signals and named groups: {groups}, all (every signal); default: seed")
-    parser.add_argument("--seeds", nargs="+", type=_checked(parse_seed), default=[42], metavar="SEED",
+    parser.add_argument("--seeds", nargs="+", type=checked(parse_seed), default=[42], metavar="SEED",
                         help="seeds to run, e.g. --seeds 1 2 3 (default 42); --seeds n=N: the N seeds 1..N (as the "
                              "report's seed plan gives them)")
     registry.add_include_flag(parser)
-    parser.add_argument("--sweep", action="append", default=[], type=_checked(parse_sweep), metavar="NAME=V1,V2",
+    parser.add_argument("--sweep", action="append", default=[], type=checked(parse_sweep), metavar="NAME=V1,V2",
                         help="a grid axis over any train setting, e.g. --sweep target_r=2,4,8 (repeatable: the grid "
                              "is tasks x signals x seeds x every sweep's values); each run goes to "
                              "<task>/<signal>/<NAME=V>/<seed>; a sweep of one value is the same as the plain flag")
-    parser.add_argument("--planted-suite", "--planted_suite", type=_checked(_suite_size, int), metavar="N",
+    parser.add_argument("--planted-suite", "--planted_suite", type=checked(_suite_size, int), metavar="N",
                         help="--task planted: a benchmark over N planted specs drawn from --planted-seed, the same "
                              "as --sweep planted_draw=0,...,N-1: each run goes to <task>/<signal>/planted_draw=K/"
                              "<seed>, and the report adds the suite's regret against the oracle")
@@ -202,9 +184,9 @@ def build_parser(registry) -> OneLineArgumentParser:
                         help="show each run's state (finished, its job's state, or not submitted) and exit")
     parser.add_argument("--launcher", choices=LAUNCHERS, default="local",
                         help="local: here; slurm: one submitit job per run; submitit-local: submitit on this machine")
-    parser.add_argument("--gpus", type=_checked(parse_gpus),
+    parser.add_argument("--gpus", type=checked(parse_gpus),
                         help="local launcher: run up to one run per listed GPU at once, e.g. 0,1,2,3")
-    parser.add_argument("--runs-per-gpu", "--runs_per_gpu", type=_checked(_at_least(1), int),
+    parser.add_argument("--runs-per-gpu", "--runs_per_gpu", type=checked(at_least(1), int),
                         help="with --gpus: up to this many runs at once on each listed GPU (default 1); small models "
                              "leave most of a large GPU idle")
     parser.add_argument("--no-share-warmup", "--no_share_warmup", dest="share_warmup", action="store_false",
@@ -212,14 +194,14 @@ def build_parser(registry) -> OneLineArgumentParser:
                              "runs that differ only in signal, signal settings and --target-r")
     submitit = parser.add_argument_group("slurm / submitit-local launchers")
     submitit.add_argument("--slurm-partition", "--slurm_partition")
-    submitit.add_argument("--gpus-per-run", "--gpus_per_run", type=_checked(_at_least(0), int),
+    submitit.add_argument("--gpus-per-run", "--gpus_per_run", type=checked(at_least(0), int),
                           help="GPUs (and processes) per run (default 1)")
-    submitit.add_argument("--time", type=_checked(parse_slurm_time),
+    submitit.add_argument("--time", type=checked(parse_slurm_time),
                           help=f"time limit per job, Slurm format (default {DEFAULT_TIME}); a job that reaches it "
                                "is requeued and resumes from its checkpoints")
-    submitit.add_argument("--cpus-per-run", "--cpus_per_run", type=_checked(_at_least(1), int))
-    submitit.add_argument("--mem-gb", "--mem_gb", type=_checked(_at_least(1), float))
-    submitit.add_argument("--slurm-array-parallelism", "--slurm_array_parallelism", type=_checked(_at_least(1), int),
+    submitit.add_argument("--cpus-per-run", "--cpus_per_run", type=checked(at_least(1), int))
+    submitit.add_argument("--mem-gb", "--mem_gb", type=checked(at_least(1), float))
+    submitit.add_argument("--slurm-array-parallelism", "--slurm_array_parallelism", type=checked(at_least(1), int),
                           help="at most this many runs of the job array at once")
     return parser
 
