@@ -7,6 +7,7 @@ import json
 import pytest
 from cli_in_process import run_cli
 
+from adalora_ablation import demo
 from adalora_ablation.demo import _LinePrefixed
 
 # The synthetic preset's schedule (tinit 50, tfinal 80) with the budget falling from step 50 to 70: half the demo's
@@ -46,3 +47,12 @@ def test_a_workers_lines_come_out_whole_each_with_its_runs_name():
     stream.write("two\nlines\npart")
     assert console.getvalue() == "[combo] [train] step 1\n[combo] two\n[combo] lines\n"
 
+
+
+def test_the_default_jobs_are_the_cores_this_process_may_use(monkeypatch):
+    """A Slurm job or a container may be bound to fewer cores than the machine has: count those, not the machine's."""
+    if not hasattr(demo.os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    monkeypatch.setattr(demo.os, "sched_getaffinity", lambda pid: {3, 5, 7})
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 64)
+    assert demo.usable_cores() == 3

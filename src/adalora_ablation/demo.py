@@ -61,6 +61,11 @@ class _LinePrefixed:
         return getattr(self.stream, name)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: a Slurm job or a container may be given fewer than the machine has."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _start_worker(threads: int) -> None:
     # before torch is imported in this process: its thread pool is sized from this
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -88,7 +93,7 @@ def train_all(runs: dict[str, list[str]], jobs: int) -> list[dict]:
             print(f"\n=== demo: {signal} ===", flush=True)
             summaries.append(train(argv))
         return summaries
-    threads = max((os.cpu_count() or 1) // jobs, 1)
+    threads = max(usable_cores() // jobs, 1)
     print(f"\n=== demo: {len(runs)} runs, {jobs} at a time ({threads} CPU thread{'s' * (threads > 1)} each); each "
           "line starts with its run's signal ===", flush=True)
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_start_worker,
@@ -110,9 +115,9 @@ def demo_main(argv: list[str]) -> int:
                                                         "oracle_fixed, uniform and random on the planted task")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--max-steps", "--max_steps", type=int, default=None, help="override the demo's 300 steps")
-    parser.add_argument("--jobs", type=checked(at_least(1), int), default=os.cpu_count() or 1,
+    parser.add_argument("--jobs", type=checked(at_least(1), int), default=usable_cores(),
                         help="runs trained at once, each in a process of its own with its share of the CPU threads "
-                             "(default: one per core); 1: one after another in this process")
+                             "(default: one per core this process may use); 1: one after another in this process")
     args = parser.parse_args(argv)
 
     extra = ["--max_steps", str(args.max_steps)] if args.max_steps else []
