@@ -178,8 +178,9 @@ def test_eval_inputs_are_the_teachers_on_the_validation_rows(tiny_model):
     setup = planted.PlantedSetup(spec=spec, seed=5, strength="auto", train_rows=48, eval_rows=24,
                                  classes=len(TASK.labels))
     args = SimpleNamespace(data_dir=None, max_seq_length=24)
-    record, build, key, answer = planted.prepare_planted_data(model, tokenizer, TASK, setup, args, "tiny-deberta",
-                                                              log=lambda _: None)
+    record, build, key, answer, hidden = planted.prepare_planted_data(model, tokenizer, TASK, setup, args,
+                                                                      "tiny-deberta", log=lambda _: None)
+    assert hidden is None and "hidden_scale" not in record  # targets logits: no hidden-state term
     assert key["construction"] == construction_rule()  # cached rows of another construction are not reused
     assert set(answer.deltas) == set(answer.eval_inputs) == set(spec)
     rows = build()["validation"]

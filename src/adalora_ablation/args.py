@@ -33,7 +33,7 @@ from .files import default_cache_dir, file_sha256
 from .signals import (
     INCLUDE_HELP, NORMALIZE_METHODS, PLASTICITY_NORMS, SIGNALS, describe_signals, included_modules, load_signals,
 )
-from .data.planted_spec import construction_rule, default_rule, draw_rule
+from .data.planted_spec import construction_rule, default_rule, draw_rule, student_rule
 from .data.tasks import CUSTOM, TASK_CHOICES
 from .run.identity import identity
 
@@ -153,7 +153,8 @@ class DataArguments:
                                           "calibration inputs (recorded as planted.strength_used)."})
     planted_targets: str = field(
         default="logits", metadata={"help": "Task planted: what the student learns from: logits (default: MSE on the "
-                                            "teacher's logits, distillation) or labels (the teacher's classes, "
+                                            "teacher's logits, distillation), hidden (the logits and the teacher's "
+                                            "final hidden states on every token) or labels (the teacher's classes, "
                                             "cross-entropy)."})
     planted_train_rows: int = field(default=2000, metadata={"help": "Task planted: training rows."})
     planted_train_head: bool = field(
@@ -536,8 +537,9 @@ def run_config(run_args, model_args, data_args, ada_args, training_args) -> dict
     result from it)."""
     data = dataclasses.asdict(data_args)
     # The default's and a draw's modules depend on the model; the rule that picks them is the setting.
-    if run_args.task == "planted":  # how the updates are built: another construction, another task
+    if run_args.task == "planted":  # how the updates are built and the student computes: another rule, another task
         data["planted_construction"] = construction_rule()
+        data["planted_student"] = student_rule()
     if run_args.task == "planted" and not data_args.planted_modules:
         if data_args.planted_draw is None:
             data["planted_default"] = default_rule()

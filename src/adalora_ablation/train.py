@@ -24,7 +24,9 @@ from .adalora.callback import AdaLoraCallback
 from .adalora.recovery import recovery_fields
 from .data.loading import load_tokenized
 from .data.metrics import compute_metrics_for
-from .data.planted import freeze_head, planted_setup_from_args, prepare_planted_data, rows_digest
+from .data.planted import (
+    freeze_head, planted_setup_from_args, prepare_planted_data, rows_digest, without_dropout,
+)
 from .data.planted_spec import planted_recovery
 from .module_names import short_module_name
 from .errors import RunInterrupted, UsageError
@@ -175,6 +177,7 @@ class Loaded:
     planted_setup: object = None
     planted_record: dict | None = None
     planted_answer: object = None  # data/planted.PlantedAnswer: what the learned updates are measured against
+    hidden_targets: object = None  # data/planted.HiddenStateTargets (--planted-targets hidden): a second loss term
 
 
 @dataclasses.dataclass
@@ -228,13 +231,14 @@ def load_model_and_data(plan: RunPlan) -> Loaded:
     model, tokenizer = load_model_and_tokenizer(model_name, task.labels)
     if task.planted:
         set_seed(seed)  # the adapters' initialisation and the data order follow --seed, as on every task
+        without_dropout(model)  # before PEFT wraps it: the adapters' lora_dropout stays as set
     target_modules = detect_target_modules(model, plan.model_args.target_modules)
-    planted_setup, planted_record, planted_answer, build = None, None, None, {}
+    planted_setup, planted_record, planted_answer, hidden_targets, build = None, None, None, None, {}
     if task.planted:
         planted_setup = planted_setup_from_args(data_args, ada_args, [short_module_name(n) for n in target_modules])
-        planted_record, build["build"], build["build_key"], planted_answer = prepare_planted_data(
+        planted_record, build["build"], build["build_key"], planted_answer, hidden_targets = prepare_planted_data(
             model, tokenizer, task, planted_setup, data_args, model_name, log=logger.info)
-        if planted_setup.targets == "logits":  # distillation: every model's own loss is then MSE on the logits,
+        if planted_setup.targets != "labels":  # distillation: every model's own loss is then MSE on the logits,
             model.config.problem_type = "regression"  # to which PEFT adds AdaLoRA's orthogonal regulariser as always
     data = load_tokenized(task, data_args, tokenizer, model_name, log=logger.info, **build)
     train_set = data[task.train_split]
@@ -246,7 +250,7 @@ def load_model_and_data(plan: RunPlan) -> Loaded:
         logger.warning(f"[schedule] {warning}")
     return Loaded(model, tokenizer, target_modules, plan.model_args.modules_to_save or detect_head_modules(model),
                   data, train_set, {name: data[split] for name, split in task.eval_splits.items()}, total_step,
-                  planted_setup, planted_record, planted_answer)
+                  planted_setup, planted_record, planted_answer, hidden_targets)
 
 
 def wrap_model(plan: RunPlan, loaded: Loaded, warmup=None) -> Adapted:
@@ -296,6 +300,7 @@ def make_trainer(plan: RunPlan, loaded: Loaded, adapted: Adapted, run: RunFolder
         callbacks=[callback, stopper, CheckLock(run), *(warmup.callbacks if warmup else [])],
         # completes each checkpoint the Trainer writes (full-shape adapters, allocator state, manifest)
         checkpoints=Checkpoints(adapted.peft_model, callback, plan.run_dir, run.resume_state),
+        hidden_targets=loaded.hidden_targets.to(args.device) if loaded.hidden_targets else None,
     )
     callback.trainer = trainer
     # one readable line per log record (loss, lr, the total rank now, eval metrics) instead of the Trainer's dicts

@@ -44,7 +44,9 @@ from .tasks import TASKS, Task
 CALIBRATION_ROWS = 512  # the first candidates: the head's bias is centred and the strength chosen on them
 CHUNK = 256  # candidates labelled per forward pass
 GLUE_SOURCES = ("mnli", "rte")  # --data-dir: sentence pairs of the first of these found (MNLI is the larger pool)
-TARGETS = ("logits", "labels")  # --planted-targets: distil the teacher's logits (MSE), or its classes
+# --planted-targets: distil the teacher's logits (MSE); its logits and its final hidden states on every token; or learn
+# its classes
+TARGETS = ("logits", "hidden", "labels")
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class PlantedSetup:
     train_rows: int
     eval_rows: int
     classes: int
-    targets: str = "logits"  # what the student learns from: the teacher's logits or its classes (TARGETS)
+    targets: str = "logits"  # what the student learns from: the teacher's logits (and hidden states) or classes
 
     def record(self) -> dict:
         return asdict(self)
@@ -230,6 +232,62 @@ def _all_logits(model, encoded: list[dict]) -> torch.Tensor:
     return torch.cat([_logits(model, batch) for batch in encoded])
 
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def final_states(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """The model's last hidden states (batch x tokens x hidden) on ``batch``: what every token ends as, before the
+    head reads one of them."""
+    inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    return model(**inputs, output_hidden_states=True).hidden_states[-1]
+
+
+def masked_mean_square(difference: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mean of ``difference``² over the real tokens (padding left out) and the hidden dimensions."""
+    keep = attention_mask.unsqueeze(-1).to(difference.dtype)
+    return (difference.square() * keep).sum() / (keep.sum() * difference.shape[-1]).clamp(min=1)
+
+
+class HiddenStateTargets:
+    """--planted-targets hidden: besides the logits, the student matches the teacher's final hidden states on every
+    real token. The logits read one token through the head; on a model whose first token barely varies (a
+    mean-pooled sentence encoder such as all-MiniLM-L6-v2) many updates fit them, the planted ones no better than
+    others. Every token's final state does tell the planted updates apart. The term is the mean square difference
+    over real tokens and hidden dimensions divided by ``scale``, the base model's own on the calibration inputs, so
+    that it starts near 1 (as the logits' MSE does, with their unit spread) on any model."""
+
+    def __init__(self, teacher: torch.nn.Module, scale: float):
+        self.teacher, self.scale = teacher, scale
+
+    def to(self, device) -> HiddenStateTargets:
+        self.teacher.to(device)
+        return self
+
+    def loss(self, student_states: torch.Tensor, batch: dict) -> torch.Tensor:
+        with torch.no_grad():
+            target = final_states(self.teacher, batch)
+        return masked_mean_square(student_states - target.to(student_states.dtype), batch["attention_mask"]) / self.scale
+
+
+@torch.no_grad()
+def hidden_scale(model: torch.nn.Module, teacher: torch.nn.Module, encoded: list[dict]) -> float:
+    """The mean square difference between the base model's and the teacher's final hidden states over the real
+    tokens of ``encoded``: what HiddenStateTargets divides by."""
+    was_training = model.training
+    model.eval()
+    try:
+        total, tokens = 0.0, 0.0
+        for batch in encoded:
+            mask = batch["attention_mask"]
+            difference = final_states(model, batch).double() - final_states(teacher, batch).double()
+            kept = float(mask.sum()) * difference.shape[-1]
+            total += float(masked_mean_square(difference, mask)) * kept
+            tokens += kept
+        return max(total / max(tokens, 1.0), 1e-12)
+    finally:
+        model.train(was_training)
+
+
 def calibrate(model, unit_updates: dict[str, torch.Tensor], encoded: list[dict], strength: float | str):
     """The teacher at the given strength, or for "auto" at the smallest rung of STRENGTH_LADDER at which the base
     model agrees with it on at most BASE_AGREEMENT of the inputs (the largest rung if none does), with the head
@@ -333,6 +391,7 @@ def prepare_teacher(model, tokenizer, task: Task, setup: PlantedSetup, data_dir,
     unit, dims = planted_updates(model, setup, input_moments(model, sorted(setup.spec), calibration))
     teacher, strength, shift, agreed, scale = calibrate(model, unit, calibration, setup.strength)
     rescale_heads(shift, scale, model, teacher)
+    hidden = hidden_scale(model, teacher, calibration) if setup.targets == "hidden" else None
     if setup.strength == "auto":
         top = "" if agreed <= BASE_AGREEMENT else "; the ladder's top"
         log(f"[data] planted task: strength {strength} (auto: the base model agrees with the teacher on {agreed:.1%} "
@@ -340,6 +399,8 @@ def prepare_teacher(model, tokenizer, task: Task, setup: PlantedSetup, data_dir,
     record = {**setup.record(), "construction": construction_rule(), "principal_dims": dims,
               "strength_used": strength, "base_agreement": agreed, "inputs": inputs,
               "head_bias_shift": shift.tolist(), "head_scale": scale, "labels": list(task.labels)}
+    if hidden is not None:
+        record["hidden_scale"] = hidden
     return teacher, pairs, record, {n: strength * u for n, u in unit.items()}
 
 
@@ -358,7 +419,7 @@ def label_rows(teacher, tokenizer, task: Task, setup: PlantedSetup, pairs, max_s
     the teacher's logits (``targets`` logits) or class (``targets`` labels) as its label. No row is rejected."""
     pairs = pairs[:setup.eval_rows + setup.train_rows]
     logits = torch.cat([_logits(teacher, _encode(tokenizer, task, chunk, max_seq_length)) for chunk in _chunks(pairs)])
-    labels = logits.tolist() if setup.targets == "logits" else logits.argmax(-1).tolist()
+    labels = logits.argmax(-1).tolist() if setup.targets == "labels" else logits.tolist()
     k0, k1 = task.text_keys
     out = {}
     for split, rows in (("validation", slice(0, setup.eval_rows)), (task.train_split, slice(setup.eval_rows, None))):
@@ -372,7 +433,8 @@ def planted_dataset(teacher, tokenizer, task: Task, setup: PlantedSetup, pairs, 
     """The planted rows, tokenized as every task's rows are."""
     raw = label_rows(teacher, tokenizer, task, setup, pairs, max_seq_length)
     log(f"[data] planted task: {len(raw[task.train_split]):,} training and {len(raw['validation']):,} validation rows "
-        f"labelled by the teacher ({'its logits' if setup.targets == 'logits' else 'its classes'})")
+        f"labelled by the teacher ({'its classes' if setup.targets == 'labels' else 'its logits'}"
+        f"{'; the student also matches its final hidden states on every token' if setup.targets == 'hidden' else ''})")
     return tokenize(task, raw, tokenizer, max_seq_length)
 
 
@@ -414,7 +476,8 @@ def planted_setup_from_args(data_args, ada_args, module_names: list[str]) -> Pla
 def prepare_planted_data(model, tokenizer, task: Task, setup: PlantedSetup, data_args, model_id: str, log=print):
     """Teacher, centred head, and what ``load_tokenized`` needs to build (or find cached) the rows: returns
     (record for the summary, build, build_key, the PlantedAnswer: ΔW per module at the strength used and the
-    teacher's module inputs on the validation rows)."""
+    teacher's module inputs on the validation rows, and the HiddenStateTargets with ``--planted-targets hidden``,
+    else None)."""
     teacher, pairs, record, updates = prepare_teacher(model, tokenizer, task, setup, data_args.data_dir,
                                                       data_args.max_seq_length, log=log)
     validation = [_encode(tokenizer, task, chunk, data_args.max_seq_length)
@@ -430,7 +493,17 @@ def prepare_planted_data(model, tokenizer, task: Task, setup: PlantedSetup, data
         next(TASKS[n] for n in GLUE_SOURCES if record["inputs"].startswith(f"GLUE {n} ")), data_args.data_dir)
     build_key = {"model": model_id, "setup": setup.record(), "construction": record["construction"],
                  "inputs": fingerprint, "v": 3}
-    return record, build, build_key, answer
+    hidden = HiddenStateTargets(teacher, record["hidden_scale"]) if setup.targets == "hidden" else None
+    return record, build, build_key, answer, hidden
+
+
+def without_dropout(model: torch.nn.Module) -> None:
+    """Every dropout of ``model`` at p=0 (planted_spec.student_rule): the teacher computes without dropout, and a
+    student that drops activations could not match it even with the planted updates (on MiniLM, dropout 0.1 moves
+    the final hidden states tens of times further than the planted updates do). Attention reads its dropout's p too."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
 
 
 def freeze_head(peft_model) -> None:

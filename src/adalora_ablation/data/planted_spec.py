@@ -64,6 +64,12 @@ def construction_rule() -> str:
             f"(a bisection)")
 
 
+def student_rule() -> str:
+    """How the planted student computes, in words: what a planted run records as planted_student (its settings)."""
+    return ("student v2: the base model's dropout off (every torch.nn.Dropout at p=0), as the teacher computes; "
+            "the adapters' own lora_dropout as set")
+
+
 def draw_planted_spec(names: list[str], init_r: int, target_r: int, seed: int, index: int) -> dict[str, int]:
     """Spec number ``index`` of the suite drawn from ``seed`` for these adapted modules: a function of (the set of
     names, init_r, target_r, seed, index) only, so draws do not depend on each other or on the order they are made

@@ -318,12 +318,25 @@ class Checkpoints(TrainerCallback):
 
 class AdaLoraTrainer(Trainer):
     """The Trainer, with the tool's own record of each step's loss (``training_step``, which the Trainer documents
-    for overriding) and the checkpoint completion as its last callback."""
+    for overriding), the checkpoint completion as its last callback, and on the planted task with
+    ``--planted-targets hidden`` a second training loss term (``compute_loss``, documented for overriding too)."""
 
-    def __init__(self, *args, checkpoints: Checkpoints, **kwargs):
+    def __init__(self, *args, checkpoints: Checkpoints, hidden_targets=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.checkpoints = checkpoints
+        self.hidden_targets = hidden_targets  # data/planted.HiddenStateTargets, or None
         self.add_callback(checkpoints)
+
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        """The model's own loss (the logits' MSE, to which PEFT adds AdaLoRA's orthogonal regulariser), plus while
+        training the distance to the teacher's final hidden states. Evaluation keeps the model's own loss, so that
+        eval_loss means the same whatever the targets."""
+        if self.hidden_targets is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+        loss, outputs = super().compute_loss(model, {**inputs, "output_hidden_states": True}, return_outputs=True,
+                                             **kwargs)
+        loss = loss + self.hidden_targets.loss(outputs.hidden_states[-1], inputs)
+        return (loss, outputs) if return_outputs else loss
 
     def training_step(self, *args, **kwargs):
         loss = super().training_step(*args, **kwargs)
