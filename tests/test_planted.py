@@ -230,9 +230,11 @@ def planted_run(root, *flags):
 
 @pytest.mark.slow
 def test_oracle_recall_is_one_and_the_task_ignores_the_training_seed(tmp_path):
-    a = planted_run(tmp_path, "--signal", "oracle", "--seed", "1")
+    a = planted_run(tmp_path, "--signal", "oracle", "--seed", "1", "--logging-steps", "1")
     b = planted_run(tmp_path, "--signal", "oracle", "--seed", "2")
     c = planted_run(tmp_path, "--signal", "uniform", "--seed", "1", "--planted-seed", "7")
+    d = planted_run(tmp_path / "hidden", "--signal", "oracle", "--seed", "1", "--logging-steps", "1",
+                    "--planted-targets", "hidden")
     for summary in (a, b):
         assert summary["planted_recall"] == 1.0 and summary["budget_check_passed"]
         allocations = [json.loads(line) for line in
@@ -256,6 +258,16 @@ def test_oracle_recall_is_one_and_the_task_ignores_the_training_seed(tmp_path):
     assert a["planted"]["strength_used"] == b["planted"]["strength_used"] in planted.STRENGTH_LADDER
     assert a["planted"]["targets"] == "logits" and 0 <= a["eval_agreement"] <= 1 and a["eval_logit_mse"] >= 0
     assert c["planted"]["rows_digest"] != a["planted"]["rows_digest"]  # --planted-seed does
+    # --planted-targets hidden: the same rows (the teacher's logits); the training loss adds the distance to the
+    # teacher's final hidden states. At step 1 both students are still the base model (same seed, same first batch),
+    # so the loss differs by that term alone, which the base model's own distance on the calibration rows scales to
+    # about 1.
+    assert d["planted"]["targets"] == "hidden" and d["planted"]["rows_digest"] == a["planted"]["rows_digest"]
+    assert d["planted"]["hidden_scale"] > 0 and "hidden_scale" not in a["planted"]
+    first = [json.loads((root / "planted" / "oracle" / "1" / "metrics.jsonl").open().readline())
+             for root in (tmp_path, tmp_path / "hidden")]
+    assert first[0]["step"] == first[1]["step"] == 1
+    assert 0.2 < first[1]["loss"] - first[0]["loss"] < 5
     assert c["planted_recall"] < 1.0  # uniform cannot hold ranks above --target-r
     # the head stays the teacher's: only the adapters train (init_r 8 triplets of in + out + 1 per module)
     assert a["planted"]["train_head"] is False

@@ -193,7 +193,62 @@ def test_eval_inputs_are_the_teachers_on_the_validation_rows(tiny_model):
     assert not torch.allclose(base.second, answer.eval_inputs["layer.1.attention.output.dense"].second)
 
 
+def test_a_cached_calibration_gives_the_same_teacher_record_and_head(tiny_model, tmp_path):
+    model, tokenizer, names = tiny_model
+    spec = {"layer.0.attention.self.value_proj": 2, "layer.1.attention.output.dense": 3}
+    setup = planted.PlantedSetup(spec=spec, seed=5, strength="auto", train_rows=48, eval_rows=24,
+                                 classes=len(TASK.labels), targets="hidden")
+
+    def prepare(setup, log):
+        base = copy.deepcopy(model)  # the head is centred and scaled in place
+        teacher, pairs, record, updates = planted.prepare_teacher(base, tokenizer, TASK, setup, None, 24, log=log.append,
+                                                                  cache_root=tmp_path, model_id="tiny-deberta")
+        batch = planted._encode(tokenizer, TASK, pairs[:32], 24)
+        return record, updates, planted._logits(teacher, batch), planted._logits(base, batch)
+
+    first_log, second_log = [], []
+    first, second = prepare(setup, first_log), prepare(setup, second_log)
+    assert not any("from cache" in line for line in first_log)
+    assert any("calibration loaded from cache" in line for line in second_log)
+    assert first[0] == second[0] and first[0]["hidden_scale"] > 0  # the record: strength, agreement, shift, scales
+    assert all(torch.equal(first[1][n], second[1][n]) for n in spec)  # the updates
+    assert torch.equal(first[2], second[2]) and torch.equal(first[3], second[3])  # the teacher's and base's logits
+    # another setting is another calibration: a fixed strength is calibrated (not read) and gives other updates
+    other_log = []
+    other = prepare(planted.PlantedSetup(**{**setup.record(), "strength": 0.5}), other_log)
+    assert not any("from cache" in line for line in other_log) and other[0]["strength_used"] == 0.5
+    # a damaged cache file is calibrated again, to the same result
+    for path in (tmp_path / "planted_teacher").glob("*.pt"):
+        path.write_bytes(b"not a torch file")
+    damaged_log = []
+    again = prepare(setup, damaged_log)
+    assert any("could not read the cached calibration" in line for line in damaged_log)
+    assert again[0] == first[0] and torch.equal(again[2], first[2])
+
+
 # -- the construction is part of a run's identity ------------------------------------------------------------------
+def test_a_run_whose_student_kept_its_dropout_is_another_run():
+    from adalora_ablation.args import parse_train_args, run_config
+    from adalora_ablation.data.planted_spec import student_rule
+    from adalora_ablation.run.identity import difference, identity, summary_settings
+
+    asked = identity(run_config(*parse_train_args(["--task", "planted"])))["settings"]
+    assert asked["planted_student"] == student_rule() and student_rule().startswith("student v2")
+    old = {k: v for k, v in asked.items() if k != "planted_student"}  # made before the student lost its dropout
+    assert summary_settings({"settings": old})["planted_student"] == "student v1"
+    assert difference(summary_settings({"settings": old}), asked).startswith("planted_student: student v1 in the")
+
+
+def test_the_minilm_preset_distils_hidden_states_on_a_real_encoder():
+    from adalora_ablation.args import parse_train_args
+
+    run, model, data, ada, training = parse_train_args(["--task", "planted", "--preset", "minilm"])
+    assert model.model == "sentence-transformers/all-MiniLM-L6-v2" and data.planted_targets == "hidden"
+    assert (training.max_steps, ada.tinit, ada.tfinal, ada.init_r, ada.target_r) == (400, 50, 200, 8, 1)
+    # a flag still wins over the preset (offline: the model's folder)
+    assert parse_train_args(["--task", "planted", "--preset", "minilm", "--model", "/m"])[1].model == "/m"
+
+
 def test_a_run_made_with_the_old_construction_is_another_run(tmp_path):
     from adalora_ablation.args import parse_train_args, run_config
     from adalora_ablation.run.identity import difference, identity, summary_settings

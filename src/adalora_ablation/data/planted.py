@@ -25,8 +25,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import random
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from datasets import Dataset, DatasetDict
@@ -34,7 +36,8 @@ from transformers.pytorch_utils import Conv1D
 
 from ..errors import UsageError
 from ..module_names import short_module_name
-from .loading import SYNTHETIC_WORDS, data_fingerprint, find_local, read_local, tokenize
+from ..files import default_cache_dir
+from .loading import SYNTHETIC_WORDS, data_fingerprint, find_local, read_local, tokenize, tokenizer_fingerprint
 from .planted_spec import (
     BASE_AGREEMENT, PRINCIPAL_SHARE, STRENGTH_LADDER, check_planted_spec, construction_rule, default_planted_spec,
     draw_planted_spec, parse_planted_spec,
@@ -381,27 +384,83 @@ def _chunks(pairs, size=CHUNK):
 
 
 # -- the rows ------------------------------------------------------------------------------------------------------
-def prepare_teacher(model, tokenizer, task: Task, setup: PlantedSetup, data_dir, max_seq_length: int, log=print):
+def prepare_teacher(model, tokenizer, task: Task, setup: PlantedSetup, data_dir, max_seq_length: int, log=print,
+                    cache_root: Path | None = None, model_id: str | None = None):
     """Build the teacher (updates in the principal subspace of the base model's inputs on the calibration rows,
     strength chosen by ``calibrate``) and centre and scale the shared head (both every run, so a cached dataset
     matches the model). Returns (teacher, candidate pairs, record for the summary, the planted updates ΔW at the
-    strength used)."""
+    strength used). With ``cache_root`` (and the model's ``model_id``), what the calibration finds is kept there for
+    exactly this model, tokenizer, setup, construction, inputs and sequence length, and read back by the next run
+    of the same: a suite's runs of one spec calibrate once, not once each."""
     pairs, inputs = candidate_pairs(setup, data_dir, log=log)
     calibration = [_encode(tokenizer, task, chunk, max_seq_length) for chunk in _chunks(pairs[:CALIBRATION_ROWS])]
-    unit, dims = planted_updates(model, setup, input_moments(model, sorted(setup.spec), calibration))
-    teacher, strength, shift, agreed, scale = calibrate(model, unit, calibration, setup.strength)
+    cache = None if cache_root is None else calibration_cache(cache_root, {
+        "model": model_id, "setup": setup.record(), "construction": construction_rule(),
+        "inputs": inputs_fingerprint(inputs, data_dir), "tokenizer": tokenizer_fingerprint(tokenizer),
+        "max_seq_length": max_seq_length})
+    found = _read_calibration(cache, log)
+    if found is None:
+        unit, dims = planted_updates(model, setup, input_moments(model, sorted(setup.spec), calibration))
+        teacher, strength, shift, agreed, scale = calibrate(model, unit, calibration, setup.strength)
+        hidden = hidden_scale(model, teacher, calibration) if setup.targets == "hidden" else None
+        found = {"unit": unit, "dims": dims, "strength": strength, "shift": shift, "agreed": agreed, "scale": scale,
+                 "hidden": hidden}
+        _write_calibration(cache, found, log)
+    else:
+        teacher = copy.deepcopy(model).eval()
+        set_updates(teacher, model, {n: found["strength"] * u for n, u in found["unit"].items()})
+    unit, strength, shift, agreed, scale = (found[k] for k in ("unit", "strength", "shift", "agreed", "scale"))
     rescale_heads(shift, scale, model, teacher)
-    hidden = hidden_scale(model, teacher, calibration) if setup.targets == "hidden" else None
     if setup.strength == "auto":
         top = "" if agreed <= BASE_AGREEMENT else "; the ladder's top"
         log(f"[data] planted task: strength {strength} (auto: the base model agrees with the teacher on {agreed:.1%} "
             f"of {len(pairs[:CALIBRATION_ROWS])} calibration inputs{top})")
-    record = {**setup.record(), "construction": construction_rule(), "principal_dims": dims,
+    record = {**setup.record(), "construction": construction_rule(), "principal_dims": found["dims"],
               "strength_used": strength, "base_agreement": agreed, "inputs": inputs,
               "head_bias_shift": shift.tolist(), "head_scale": scale, "labels": list(task.labels)}
-    if hidden is not None:
-        record["hidden_scale"] = hidden
+    if found["hidden"] is not None:
+        record["hidden_scale"] = found["hidden"]
     return teacher, pairs, record, {n: strength * u for n, u in unit.items()}
+
+
+def inputs_fingerprint(inputs: str, data_dir) -> str:
+    """What the candidate inputs were read from, as a digest (``inputs``: candidate_pairs' description)."""
+    if data_dir is None:
+        return "words"
+    return data_fingerprint(next(TASKS[n] for n in GLUE_SOURCES if inputs.startswith(f"GLUE {n} ")), data_dir)
+
+
+def calibration_cache(cache_root: Path, key: dict) -> Path:
+    """Where the calibration for ``key`` (everything that decides it) is kept."""
+    text = json.dumps({**key, "calibration_rows": CALIBRATION_ROWS}, sort_keys=True)
+    return cache_root / "planted_teacher" / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.pt"
+
+
+def _read_calibration(path: Path | None, log) -> dict | None:
+    if path is None or not path.exists():
+        return None
+    try:
+        found = torch.load(path, weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: calibrate again (and write it anew)
+        log(f"[data] planted task: could not read the cached calibration {path} ({type(exc).__name__}); calibrating")
+        return None
+    found["shift"] = torch.tensor(found["shift"], dtype=torch.float64)
+    log(f"[data] planted task: calibration loaded from cache {path}")
+    return found
+
+
+def _write_calibration(path: Path | None, found: dict, log) -> None:
+    if path is None:
+        return
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({**found, "shift": found["shift"].tolist()}, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only or full disk must not stop the run; the next run calibrates again
+        log(f"[data] could not cache the planted calibration ({exc}); continuing without cache")
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass
@@ -478,8 +537,10 @@ def prepare_planted_data(model, tokenizer, task: Task, setup: PlantedSetup, data
     (record for the summary, build, build_key, the PlantedAnswer: ΔW per module at the strength used and the
     teacher's module inputs on the validation rows, and the HiddenStateTargets with ``--planted-targets hidden``,
     else None)."""
+    cache_root = Path(data_args.cache_dir) if getattr(data_args, "cache_dir", None) else default_cache_dir()
     teacher, pairs, record, updates = prepare_teacher(model, tokenizer, task, setup, data_args.data_dir,
-                                                      data_args.max_seq_length, log=log)
+                                                      data_args.max_seq_length, log=log, cache_root=cache_root,
+                                                      model_id=model_id)
     validation = [_encode(tokenizer, task, chunk, data_args.max_seq_length)
                   for chunk in _chunks(pairs[:setup.eval_rows])]
     answer = PlantedAnswer(updates, input_moments(teacher, sorted(setup.spec), validation))
@@ -489,10 +550,8 @@ def prepare_planted_data(model, tokenizer, task: Task, setup: PlantedSetup, data
 
     # The rows depend on the model's weights (from --planted-seed for tiny-deberta, from its files otherwise), the
     # setup and the inputs; the key says so.
-    fingerprint = "words" if data_args.data_dir is None else data_fingerprint(
-        next(TASKS[n] for n in GLUE_SOURCES if record["inputs"].startswith(f"GLUE {n} ")), data_args.data_dir)
     build_key = {"model": model_id, "setup": setup.record(), "construction": record["construction"],
-                 "inputs": fingerprint, "v": 3}
+                 "inputs": inputs_fingerprint(record["inputs"], data_args.data_dir), "v": 3}
     hidden = HiddenStateTargets(teacher, record["hidden_scale"]) if setup.targets == "hidden" else None
     return record, build, build_key, answer, hidden
 
