@@ -138,6 +138,9 @@ def test_training_adds_the_distance_to_the_teachers_final_states_and_evaluation_
     assert hidden > 0.01  # the term is really there
     assert float(loss) == pytest.approx(float(out.loss) + hidden, rel=1e-5)
     assert loss.requires_grad  # and it trains the adapters
+    # the term is part of the model's output loss, which the Trainer then scales as any model's loss
+    again, outputs = trainer.compute_loss(model, inputs, return_outputs=True)
+    assert float(outputs["loss"]) == float(outputs.loss) == pytest.approx(float(loss), rel=1e-6)
     model.eval()  # evaluation: the model's own loss, so eval_loss means the same whatever the targets
     assert float(trainer.compute_loss(model, inputs)) == pytest.approx(float(model(**inputs).loss), rel=1e-6)
 

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import random
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -270,6 +271,21 @@ class HiddenStateTargets:
         with torch.no_grad():
             target = final_states(self.teacher, batch)
         return masked_mean_square(student_states - target.to(student_states.dtype), batch["attention_mask"]) / self.scale
+
+    @contextmanager
+    def added_to_loss(self, model: torch.nn.Module, batch: dict):
+        """While inside: every forward pass of ``model`` (called with output_hidden_states) returns its own loss plus
+        this term on ``batch``."""
+        def hook(module, args, output):
+            term = self.loss(output.hidden_states[-1], batch)
+            output["loss"] = term if output.loss is None else output.loss + term  # a ModelOutput's key and field
+            return output
+
+        handle = model.register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
 
 
 @torch.no_grad()

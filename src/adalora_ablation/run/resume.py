@@ -329,14 +329,14 @@ class AdaLoraTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
         """The model's own loss (the logits' MSE, to which PEFT adds AdaLoRA's orthogonal regulariser), plus while
-        training the distance to the teacher's final hidden states. Evaluation keeps the model's own loss, so that
-        eval_loss means the same whatever the targets."""
+        training the distance to the teacher's final hidden states, added to the model's output loss itself: the
+        Trainer then scales the sum as it scales any model's loss (gradient accumulation, processes), whatever its
+        version does. Evaluation keeps the model's own loss, so that eval_loss means the same whatever the targets."""
         if self.hidden_targets is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
-        loss, outputs = super().compute_loss(model, {**inputs, "output_hidden_states": True}, return_outputs=True,
-                                             **kwargs)
-        loss = loss + self.hidden_targets.loss(outputs.hidden_states[-1], inputs)
-        return (loss, outputs) if return_outputs else loss
+        with self.hidden_targets.added_to_loss(model, inputs):
+            return super().compute_loss(model, {**inputs, "output_hidden_states": True},
+                                        return_outputs=return_outputs, **kwargs)
 
     def training_step(self, *args, **kwargs):
         loss = super().training_step(*args, **kwargs)
