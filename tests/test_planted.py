@@ -178,6 +178,32 @@ def test_every_valid_spec_builds_and_its_strength_is_recorded(tiny_model, spec, 
         torch.testing.assert_close(sigma, torch.full_like(sigma, used * float(top)), rtol=1e-4, atol=0)
 
 
+def test_auto_strength_stays_at_or_below_the_largest_allowed(tiny_model, monkeypatch):
+    monkeypatch.setattr(planted, "CALIBRATION_ROWS", FEW_CALIBRATION_ROWS)
+    model, tokenizer, names = tiny_model
+    spec = {"layer.0.attention.self.value_proj": 2}
+
+    def strength(max_strength):
+        setup = planted.PlantedSetup(**{**tiny_setup(spec, train_rows=64, eval_rows=32).record(),
+                                        "max_strength": max_strength})
+        return planted.prepare_teacher(copy.deepcopy(model), tokenizer, TASK, setup, None, 24,
+                                       log=lambda _: None)[2]
+
+    free = strength(planted.STRENGTH_LADDER[-1])
+    assert free["base_agreement"] <= planted.BASE_AGREEMENT and free["strength_used"] > planted.STRENGTH_LADDER[0]
+    below = planted.STRENGTH_LADDER[planted.STRENGTH_LADDER.index(free["strength_used"]) - 1]
+    capped = strength(below)  # the answer is above the cap: the cap, and the base model agrees more
+    assert capped["strength_used"] == below and capped["base_agreement"] > planted.BASE_AGREEMENT
+    assert capped["max_strength"] == below
+    assert strength(free["strength_used"])["strength_used"] == free["strength_used"]  # at the cap: unchanged
+
+
+def test_a_largest_strength_off_the_ladder_is_refused(tmp_path):
+    with pytest.raises(UsageError, match="--planted-max-strength 0.01 is outside the strength ladder"):
+        planted_run(tmp_path, "--planted-max-strength", "0.01")
+    assert not (tmp_path / "planted").exists()
+
+
 def test_labels_mode_gives_the_teachers_classes_and_a_fixed_strength_is_kept(tiny_model):
     model, tokenizer, names = tiny_model
     model = copy.deepcopy(model)

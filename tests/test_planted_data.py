@@ -244,6 +244,7 @@ def test_the_minilm_preset_distils_hidden_states_on_a_real_encoder():
 
     run, model, data, ada, training = parse_train_args(["--task", "planted", "--preset", "minilm"])
     assert model.model == "sentence-transformers/all-MiniLM-L6-v2" and data.planted_targets == "hidden"
+    assert data.planted_strength == "auto" and data.planted_max_strength == 0.5
     assert (training.max_steps, ada.tinit, ada.tfinal, ada.init_r, ada.target_r) == (400, 50, 200, 8, 1)
     # a flag still wins over the preset (offline: the model's folder)
     assert parse_train_args(["--task", "planted", "--preset", "minilm", "--model", "/m"])[1].model == "/m"

@@ -148,9 +148,15 @@ class DataArguments:
                                                              "inputs, independent of --seed."})
     planted_strength: str = field(
         default="auto", metadata={"help": "Task planted: every planted singular value is this times the module's "
-                                          "largest singular value; auto (default): the smallest of 0.5, 0.71, 1, ..., "
-                                          "16 at which the base model agrees with the teacher on at most half of the "
-                                          "calibration inputs (recorded as planted.strength_used)."})
+                                          "largest singular value; auto (default): the smallest of 0.0625, 0.088, "
+                                          "0.125, ..., 16 (up to --planted-max-strength) at which the base model "
+                                          "agrees with the teacher on at most half of the calibration inputs "
+                                          "(recorded as planted.strength_used)."})
+    planted_max_strength: float = field(
+        default=16.0, metadata={"help": "Task planted: the largest strength --planted-strength auto may choose "
+                                        "(default 16, the ladder's top). A pretrained model may need updates as "
+                                        "large as its weights before half its predictions change, and such a "
+                                        "teacher is far harder to learn (the minilm preset: 0.5)."})
     planted_targets: str = field(
         default="logits", metadata={"help": "Task planted: what the student learns from: logits (default: MSE on the "
                                             "teacher's logits, distillation), hidden (the logits and the teacher's "

@@ -64,6 +64,7 @@ class PlantedSetup:
     eval_rows: int
     classes: int
     targets: str = "logits"  # what the student learns from: the teacher's logits (and hidden states) or classes
+    max_strength: float = STRENGTH_LADDER[-1]  # the largest rung "auto" may choose
 
     def record(self) -> dict:
         return asdict(self)
@@ -307,9 +308,11 @@ def hidden_scale(model: torch.nn.Module, teacher: torch.nn.Module, encoded: list
         model.train(was_training)
 
 
-def calibrate(model, unit_updates: dict[str, torch.Tensor], encoded: list[dict], strength: float | str):
-    """The teacher at the given strength, or for "auto" at the smallest rung of STRENGTH_LADDER at which the base
-    model agrees with it on at most BASE_AGREEMENT of the inputs (the largest rung if none does), with the head
+def calibrate(model, unit_updates: dict[str, torch.Tensor], encoded: list[dict], strength: float | str,
+              max_strength: float = STRENGTH_LADDER[-1]):
+    """The teacher at the given strength, or for "auto" at the smallest rung of STRENGTH_LADDER (up to
+    ``max_strength``) at which the base model agrees with it on at most BASE_AGREEMENT of the inputs (the largest
+    rung allowed if none does), with the head
     shift that balances its classes. Agreement falls as the strength grows, so "auto" bisects the ladder (about 6 rungs
     tried, not 17). Returns (teacher, strength, shift, base agreement), before the shift is applied to any head,
     and the scale that gives the teacher's logits a spread of 1 over the inputs."""
@@ -327,15 +330,16 @@ def calibrate(model, unit_updates: dict[str, torch.Tensor], encoded: list[dict],
         return tried[rung]
 
     if strength == "auto":
-        low, high = 0, len(STRENGTH_LADDER) - 1  # the answer is in low..high: the top, or the first that gets there
-        if attempt(STRENGTH_LADDER[high])[2] <= BASE_AGREEMENT:
+        ladder = [r for r in STRENGTH_LADDER if r <= max_strength]
+        low, high = 0, len(ladder) - 1  # the answer is in low..high: the top, or the first that gets there
+        if attempt(ladder[high])[2] <= BASE_AGREEMENT:
             while low < high:
                 middle = (low + high) // 2
-                if attempt(STRENGTH_LADDER[middle])[2] <= BASE_AGREEMENT:
+                if attempt(ladder[middle])[2] <= BASE_AGREEMENT:
                     high = middle
                 else:
                     low = middle + 1
-        rung = STRENGTH_LADDER[high]
+        rung = ladder[high]
     else:
         rung = float(strength)
     teacher_logits, shift, agreed = attempt(rung)
@@ -417,7 +421,8 @@ def prepare_teacher(model, tokenizer, task: Task, setup: PlantedSetup, data_dir,
     found = _read_calibration(cache, log)
     if found is None:
         unit, dims = planted_updates(model, setup, input_moments(model, sorted(setup.spec), calibration))
-        teacher, strength, shift, agreed, scale = calibrate(model, unit, calibration, setup.strength)
+        teacher, strength, shift, agreed, scale = calibrate(model, unit, calibration, setup.strength,
+                                                            setup.max_strength)
         hidden = hidden_scale(model, teacher, calibration) if setup.targets == "hidden" else None
         found = {"unit": unit, "dims": dims, "strength": strength, "shift": shift, "agreed": agreed, "scale": scale,
                  "hidden": hidden}
@@ -428,7 +433,7 @@ def prepare_teacher(model, tokenizer, task: Task, setup: PlantedSetup, data_dir,
     unit, strength, shift, agreed, scale = (found[k] for k in ("unit", "strength", "shift", "agreed", "scale"))
     rescale_heads(shift, scale, model, teacher)
     if setup.strength == "auto":
-        top = "" if agreed <= BASE_AGREEMENT else "; the ladder's top"
+        top = "" if agreed <= BASE_AGREEMENT else "; the largest strength allowed"
         log(f"[data] planted task: strength {strength} (auto: the base model agrees with the teacher on {agreed:.1%} "
             f"of {len(pairs[:CALIBRATION_ROWS])} calibration inputs{top})")
     record = {**setup.record(), "construction": construction_rule(), "principal_dims": found["dims"],
@@ -531,6 +536,9 @@ def planted_setup_from_args(data_args, ada_args, module_names: list[str]) -> Pla
     """The spec (given, drawn or default), checked against the adapted modules and the budget; bad values are one-line
     UsageErrors, raised before anything is built or written."""
     strength = parse_strength(data_args.planted_strength)
+    if not STRENGTH_LADDER[0] <= data_args.planted_max_strength <= STRENGTH_LADDER[-1]:
+        raise UsageError(f"--planted-max-strength {data_args.planted_max_strength:g} is outside the strength ladder "
+                         f"{STRENGTH_LADDER[0]}..{STRENGTH_LADDER[-1]}; e.g. --planted-max-strength 0.5")
     if min(data_args.planted_train_rows, data_args.planted_eval_rows) < 16:
         raise UsageError("--planted-train-rows and --planted-eval-rows must be >= 16")
     if data_args.planted_targets not in TARGETS:
@@ -545,7 +553,8 @@ def planted_setup_from_args(data_args, ada_args, module_names: list[str]) -> Pla
     check_planted_spec(spec, module_names, ada_args.init_r, ada_args.target_r)
     return PlantedSetup(spec=spec, seed=data_args.planted_seed, strength=strength,
                         train_rows=data_args.planted_train_rows, eval_rows=data_args.planted_eval_rows,
-                        classes=len(TASKS["planted"].labels), targets=data_args.planted_targets)
+                        classes=len(TASKS["planted"].labels), targets=data_args.planted_targets,
+                        max_strength=data_args.planted_max_strength)
 
 
 def prepare_planted_data(model, tokenizer, task: Task, setup: PlantedSetup, data_args, model_id: str, log=print):

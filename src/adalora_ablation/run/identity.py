@@ -87,8 +87,10 @@ def show(value) -> str:
 # Settings this tool added after runs were made without them, per task, and the value such a run had: a recorded run
 # that lacks one is read as holding that value (never skipped as "a field only one side knows"), so that it does not
 # pass for a run made with the new value. planted_construction: the planted updates uniformly random (v1);
-# planted_student: the student's base model kept the dropout of its config (v1).
-ADDED_SETTINGS = {"planted": {"planted_construction": "construction v1", "planted_student": "student v1"}}
+# planted_student: the student's base model kept the dropout of its config (v1); planted_max_strength: "auto" could
+# choose any rung of the ladder (up to 16).
+ADDED_SETTINGS = {"planted": {"planted_construction": "construction v1", "planted_student": "student v1",
+                              "planted_max_strength": 16.0}}
 
 
 def completed(settings: dict) -> dict:
