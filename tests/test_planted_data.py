@@ -201,8 +201,9 @@ def test_a_cached_calibration_gives_the_same_teacher_record_and_head(tiny_model,
 
     def prepare(setup, log):
         base = copy.deepcopy(model)  # the head is centred and scaled in place
-        teacher, pairs, record, updates = planted.prepare_teacher(base, tokenizer, TASK, setup, None, 24, log=log.append,
-                                                                  cache_root=tmp_path, model_id="tiny-deberta")
+        teacher, pairs, record, updates = planted.prepare_teacher(base, tokenizer, TASK, setup, None, 24,
+                                                                  log=log.append, cache_root=tmp_path,
+                                                                  model_id="tiny-deberta")
         batch = planted._encode(tokenizer, TASK, pairs[:32], 24)
         return record, updates, planted._logits(teacher, batch), planted._logits(base, batch)
 

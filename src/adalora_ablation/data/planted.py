@@ -271,7 +271,8 @@ class HiddenStateTargets:
     def loss(self, student_states: torch.Tensor, batch: dict) -> torch.Tensor:
         with torch.no_grad():
             target = final_states(self.teacher, batch)
-        return masked_mean_square(student_states - target.to(student_states.dtype), batch["attention_mask"]) / self.scale
+        difference = student_states - target.to(student_states.dtype)
+        return masked_mean_square(difference, batch["attention_mask"]) / self.scale
 
     @contextmanager
     def added_to_loss(self, model: torch.nn.Module, batch: dict):
